@@ -1,0 +1,202 @@
+"""``dicom-node``: the operator's command line.
+
+Exit codes scripts can trust: 0 success; 1 the work ran but something failed (an instance
+refused, a peer answered a failure); 2 bad usage or configuration; 3 a peer could not be
+reached or refused the association. Every failure prints one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .config import NodeConfig, load_config
+from .errors import ConfigError, NodeError, PeerError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PEER = 3
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(code: int, message: str) -> int:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return code
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .service import Node
+
+    _setup_logging(args.verbose)
+    node = Node(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    if node.recovery and node.recovery.reconciled:
+        logging.getLogger("dicom_node").warning("Recovered from an unclean shutdown: %s", node.recovery)
+    err.print(f"[green]{config.node.ae_title}[/] listening on {config.node.host}:{node.port} (Ctrl-C to stop)", highlight=False)
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+    return EXIT_OK
+
+
+def cmd_echo(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .scu import echo
+
+    peer = config.peer(args.peer)
+    started = time.perf_counter()
+    try:
+        status = echo(config.node.ae_title, peer, timeout=args.timeout)
+    except PeerError as exc:
+        return _fail(EXIT_PEER, str(exc))
+    if status != 0:
+        return _fail(EXIT_FAILED, f"{peer.name} answered C-ECHO with status 0x{status:04X}")
+    print(f"C-ECHO {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): success in {1000 * (time.perf_counter() - started):.0f} ms")
+    return EXIT_OK
+
+
+def cmd_send(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .scu import SendResult, iter_dicom_candidates, send_files
+
+    peer = config.peer(args.to)
+    if not peer.receive:
+        return _fail(EXIT_USAGE, f"peers: {peer.name} has receive: false; the node sends nothing to it")
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        return _fail(EXIT_USAGE, f"no such file or folder: {missing[0]}")
+    files = list(iter_dicom_candidates(args.paths))
+    if not files:
+        return _fail(EXIT_USAGE, "no files to send")
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]sending to " + peer.name), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=False, disable=args.quiet,
+    ) as progress:
+        task = progress.add_task("send", total=len(files))
+
+        def on_result(result: SendResult) -> None:
+            progress.advance(task)
+            if not result.ok:
+                status = "not sent" if result.status is None else f"0x{result.status:04X}"
+                progress.console.print(f"[red]failed[/] {result.path}: {status} {result.reason}", highlight=False)
+
+        report = send_files(config.node.ae_title, peer, files, on_result=on_result, timeout=args.timeout)
+    elapsed = time.perf_counter() - started
+    failed = report.failed
+    print(f"{report.sent} of {len(files)} sent to {peer.name} in {elapsed:.1f} s, {len(failed)} failed")
+    if failed:
+        if report.sent == 0 and all(r.unreachable for r in failed):
+            return _fail(EXIT_PEER, failed[0].reason)
+        return _fail(EXIT_FAILED, f"{len(failed)} instance(s) not stored by {peer.name}; first: {failed[0].path}: {failed[0].reason}")
+    return EXIT_OK
+
+
+def _when(timestamp: float | None) -> str:
+    return "" if timestamp is None else datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .index import Index
+
+    if not config.index.path.exists():
+        studies: list[dict[str, Any]] = []
+    else:
+        index = Index(config.index.path, synchronous="NORMAL")
+        try:
+            studies = index.studies()
+        finally:
+            index.close()
+    if args.json:
+        json.dump({"studies": studies}, sys.stdout, indent=2, default=str)
+        print()
+        return EXIT_OK
+    out = Console()
+    if not studies:
+        out.print(f"No studies in {config.index.path}")
+        return EXIT_OK
+    table = Table(title=f"Studies in {config.index.path}")
+    for column in ("patient", "study / series", "modality", "instances", "state", "version", "last received"):
+        table.add_column(column)
+    for study in studies:
+        count = sum(s["instance_count"] for s in study["series"])
+        table.add_row(f"{study['patient_name']} ({study['patient_id']})", study["study_uid"], "", str(count),
+                      study["state"], str(study["version"]), _when(study["last_received_at"]), style="bold")
+        for series in study["series"]:
+            label = f"  {series['series_number'] or ''} {series['series_description']}".rstrip()
+            table.add_row("", f"{label}\n  {series['series_uid']}", series["modality"], str(series["instance_count"]),
+                          series["state"], str(series["version"]), _when(series["last_received_at"]))
+    out.print(table)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-node", description="A DICOM node that receives studies and runs AI pipelines on them.")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: $DICOM_NODE_CONFIG, else config/node.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the listener until Ctrl-C / SIGTERM")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging, pynetdicom's included")
+    serve.set_defaults(func=cmd_serve)
+
+    echo = sub.add_parser("echo", help="C-ECHO a configured peer")
+    echo.add_argument("peer", help="peer name from the configuration")
+    echo.add_argument("--timeout", type=float, default=10.0)
+    echo.set_defaults(func=cmd_echo)
+
+    send = sub.add_parser("send", help="C-STORE files or folders to a configured peer")
+    send.add_argument("paths", nargs="+", type=Path)
+    send.add_argument("--to", required=True, help="peer name from the configuration")
+    send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(func=cmd_send)
+
+    status = sub.add_parser("status", help="studies and series in the index, with their states")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        return int(args.func(config, args))
+    except ConfigError as exc:
+        return _fail(EXIT_USAGE, f"configuration: {exc}")
+    except NodeError as exc:
+        return _fail(EXIT_FAILED, str(exc))
+    except KeyboardInterrupt:
+        return _fail(EXIT_FAILED, "interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

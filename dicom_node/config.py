@@ -1,0 +1,234 @@
+"""The node's configuration: one YAML file, validated into typed models.
+
+Operators script against these key names, so they are stable and documented in README.md.
+A bad file raises :class:`ConfigError` whose message names the key and what is wrong, so the
+node refuses to start instead of running half-configured.
+
+Relative paths in the file are resolved against the current working directory, as the
+README's commands run the node from the repository root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+#: Where the configuration comes from when no ``--config`` is given.
+CONFIG_ENV_VAR = "DICOM_NODE_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/node.yaml")
+
+#: Environment variables that override the common keys (documented in README.md).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "DICOM_NODE_AE_TITLE": ("node", "ae_title"),
+    "DICOM_NODE_HOST": ("node", "host"),
+    "DICOM_NODE_PORT": ("node", "port"),
+    "DICOM_NODE_STORAGE_PATH": ("storage", "path"),
+    "DICOM_NODE_DURABILITY": ("storage", "durability"),
+    "DICOM_NODE_INDEX_PATH": ("index", "path"),
+    "DICOM_NODE_AUDIT_PATH": ("audit", "path"),
+}
+
+_AE_TITLE_FORBIDDEN = set("\\")
+
+
+def _check_ae_title(value: str) -> str:
+    """AE titles are 1-16 characters of the default repertoire, no backslash, not all spaces."""
+    title = value.strip()
+    if not title:
+        raise ValueError("an AE title must not be empty")
+    if len(title) > 16:
+        raise ValueError(f"an AE title has at most 16 characters, {title!r} has {len(title)}")
+    if any(ch in _AE_TITLE_FORBIDDEN or not (32 <= ord(ch) < 127) for ch in title):
+        raise ValueError(f"an AE title uses printable ASCII without backslash, got {title!r}")
+    return title
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Durability(str, Enum):
+    """How hard the store works before a C-STORE is acknowledged.
+
+    ``fsync``: file and directory entry are fsynced, so an acknowledged instance survives a
+    power cut. ``none``: written and renamed but left to the OS cache; survives a crash of the
+    node (kill -9), not of the machine. Only for throw-away set-ups.
+    """
+
+    FSYNC = "fsync"
+    NONE = "none"
+
+
+class NodeSection(_Section):
+    ae_title: str = "AI_NODE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
+    #: Reject calling AE titles (and, per peer, hosts) not listed in ``peers``.
+    reject_unknown_callers: bool = True
+    max_associations: int = Field(16, ge=1, le=1000)
+    #: Seconds a silent association may stay open before it is aborted.
+    network_timeout_seconds: float = Field(60.0, gt=0)
+
+    _check_title = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class StorageSection(_Section):
+    path: Path = Path("./var/storage")
+    durability: Durability = Durability.FSYNC
+    #: New instances are refused with 0xA700 when free space drops below this.
+    min_free_mb: int = Field(1024, ge=0)
+
+
+class IndexSection(_Section):
+    path: Path = Path("./var/index.sqlite")
+
+
+class AuditSection(_Section):
+    #: JSON lines, one per association and per refused request.
+    path: Path = Path("./var/audit.jsonl")
+
+
+class Peer(_Section):
+    """A remote AE the node knows. ``send``: may send (C-STORE) to us; ``receive``: may
+    receive results from us. ``verify_host``: the caller must connect from ``host``."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    send: bool = True
+    receive: bool = True
+    verify_host: bool = False
+
+    _check_title = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a peer host must not be empty")
+        return value.strip()
+
+    def host_matches(self, address: str) -> bool:
+        """Whether a connection from ``address`` may be this peer (names compare as given,
+        addresses as IP addresses so ``::ffff:127.0.0.1`` equals ``127.0.0.1``)."""
+        try:
+            mine = ipaddress.ip_address(self.host)
+            theirs = ipaddress.ip_address(address)
+        except ValueError:
+            return self.host == address
+        if isinstance(theirs, ipaddress.IPv6Address) and theirs.ipv4_mapped is not None:
+            theirs = theirs.ipv4_mapped
+        return mine == theirs
+
+
+class CompletionSection(_Section):
+    series_stable_seconds: float = Field(10.0, gt=0)
+    study_stable_seconds: float = Field(30.0, gt=0)
+    #: How often the completion sweep looks at the index.
+    sweep_interval_seconds: float = Field(1.0, gt=0)
+
+
+class NodeConfig(_Section):
+    """The whole configuration file."""
+
+    node: NodeSection = NodeSection()
+    storage: StorageSection = StorageSection()
+    index: IndexSection = IndexSection()
+    audit: AuditSection = AuditSection()
+    peers: list[Peer] = []
+    completion: CompletionSection = CompletionSection()
+    #: Filled by the routing issue: rules that pick pipelines and destinations. Accepted and
+    #: kept as written until a module reads them, so one file serves every version.
+    routes: list[dict[str, Any]] = []
+    #: Filled by the AI pipeline issue: named pipelines and their models.
+    pipelines: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _unique_peers(self) -> NodeConfig:
+        names = [p.name for p in self.peers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"peer names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def peer(self, name: str) -> Peer:
+        """The peer called ``name``; ConfigError names the known ones otherwise."""
+        for peer in self.peers:
+            if peer.name == name:
+                return peer
+        known = ", ".join(p.name for p in self.peers) or "none"
+        raise ConfigError(f"peers: no peer named {name!r} (known: {known})")
+
+    def callers(self) -> list[Peer]:
+        """Peers allowed to send to us."""
+        return [p for p in self.peers if p.send]
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """``--config`` wins, then ``$DICOM_NODE_CONFIG``, then config/node.yaml."""
+    if path:
+        return Path(path)
+    if environ.get(CONFIG_ENV_VAR):
+        return Path(environ[CONFIG_ENV_VAR])
+    return DEFAULT_CONFIG_PATH
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against README.md)"
+        got = item.get("input")
+        shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Validate already-loaded YAML data, applying environment overrides first."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of sections, got {type(data).__name__}")
+    data = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if environ and var in environ:
+            target = data.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{source}: {section}: expected a mapping, got {type(target).__name__}")
+            target[key] = environ[var]
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read and validate the configuration file; ConfigError says what to fix."""
+    env = os.environ if environ is None else environ
+    config_path = resolve_config_path(path, env)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: configuration file not found (use --config PATH or ${CONFIG_ENV_VAR})") from None
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read configuration file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{config_path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, str(config_path), env)

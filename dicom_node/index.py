@@ -1,0 +1,314 @@
+"""The node's index: a SQLite database (WAL) of every stored instance and the state of each
+series and study.
+
+It is what routing reads (patient, study, series, modality, body part, description, who sent
+it) and where completion keeps its state, so a restart resumes where the node stopped.
+
+Series and study life cycle::
+
+    (first instance) -> receiving --(quiet for stable_seconds)--> complete
+                           ^                                         |
+                           +---- a late instance: version + 1 -------+
+
+A late instance re-opens a completed series (and its study) as a new *version*, so later
+stages see "series X version 2 is complete" and redo their work for it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import IndexError_
+from .instance import InstanceHeader
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL DEFAULT '',
+    patient_name TEXT NOT NULL DEFAULT '',
+    study_date TEXT NOT NULL DEFAULT '',
+    study_description TEXT NOT NULL DEFAULT '',
+    accession_number TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    completed_at REAL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    modality TEXT NOT NULL DEFAULT '',
+    body_part_examined TEXT NOT NULL DEFAULT '',
+    series_description TEXT NOT NULL DEFAULT '',
+    series_number INTEGER,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    completed_at REAL
+);
+CREATE INDEX IF NOT EXISTS series_by_state ON series(state, last_received_at);
+CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    instance_number INTEGER,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    called_ae TEXT NOT NULL DEFAULT '',
+    peer_address TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    series_version INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS receipts (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    peer_address TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL
+);
+"""
+
+
+class State(str, Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
+class Outcome(str, Enum):
+    """What storing one received instance did to the index."""
+
+    NEW = "new"
+    #: The same SOP Instance UID with the same bytes: nothing changed, the receipt is recorded.
+    DUPLICATE = "duplicate"
+    #: The same SOP Instance UID with other bytes: the file was replaced.
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Who sent an instance, from where and when."""
+
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A series or study that just became complete, at a given version."""
+
+    level: str  # "series" | "study"
+    uid: str
+    version: int
+    study_uid: str
+
+
+class Index:
+    """Thread-safe access to the index database; one connection, one writer at a time."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise IndexError_(f"cannot open index {path}: {exc}") from exc
+        self._lock = threading.RLock()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back and re-raised as IndexError_ on failure."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise IndexError_(f"index write failed: {exc}") from exc
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise IndexError_(f"index read failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- clean shutdown marker ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # -- instances ------------------------------------------------------------------------
+
+    def instance(self, sop_instance_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return rows[0] if rows else None
+
+    def record_instance(self, header: InstanceHeader, path: Path, size: int, receipt: Receipt, outcome: Outcome) -> None:
+        """Record a stored instance, and open (or re-open) its series and study.
+
+        A duplicate with identical bytes only adds a receipt: the series stays as it is.
+        """
+        with self.transaction() as db:
+            if outcome is Outcome.DUPLICATE:
+                db.execute("UPDATE instances SET receive_count = receive_count + 1 WHERE sop_instance_uid = ?", (header.sop_instance_uid,))
+                self._add_receipt(db, header.sop_instance_uid, receipt, outcome)
+                return
+            self._touch_study(db, header, receipt.received_at)
+            series_version = self._touch_series(db, header, receipt, new_instance=outcome is Outcome.NEW)
+            db.execute(
+                """
+                INSERT INTO instances(sop_instance_uid, sop_class_uid, series_uid, study_uid, instance_number,
+                    transfer_syntax_uid, path, size, calling_ae, called_ae, peer_address, received_at, series_version)
+                VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(sop_instance_uid) DO UPDATE SET
+                    sop_class_uid = excluded.sop_class_uid, series_uid = excluded.series_uid,
+                    study_uid = excluded.study_uid, instance_number = excluded.instance_number,
+                    transfer_syntax_uid = excluded.transfer_syntax_uid, path = excluded.path,
+                    size = excluded.size, calling_ae = excluded.calling_ae, called_ae = excluded.called_ae,
+                    peer_address = excluded.peer_address, received_at = excluded.received_at,
+                    series_version = excluded.series_version, receive_count = receive_count + 1
+                """,
+                (
+                    header.sop_instance_uid, header.sop_class_uid, header.series_instance_uid,
+                    header.study_instance_uid, header.instance_number, header.transfer_syntax_uid,
+                    str(path), size, receipt.calling_ae, receipt.called_ae, receipt.peer_address,
+                    receipt.received_at, series_version,
+                ),
+            )
+            if outcome is Outcome.REPLACED:
+                self._add_receipt(db, header.sop_instance_uid, receipt, outcome)
+
+    @staticmethod
+    def _add_receipt(db: sqlite3.Connection, uid: str, receipt: Receipt, outcome: Outcome) -> None:
+        db.execute(
+            "INSERT INTO receipts(sop_instance_uid, received_at, calling_ae, peer_address, outcome) VALUES(?, ?, ?, ?, ?)",
+            (uid, receipt.received_at, receipt.calling_ae, receipt.peer_address, outcome.value),
+        )
+
+    @staticmethod
+    def _touch_study(db: sqlite3.Connection, header: InstanceHeader, now: float) -> None:
+        db.execute(
+            """
+            INSERT INTO studies(study_uid, patient_id, patient_name, study_date, study_description,
+                accession_number, state, version, first_received_at, last_received_at)
+            VALUES(?, ?, ?, ?, ?, ?, 'receiving', 1, ?, ?)
+            ON CONFLICT(study_uid) DO UPDATE SET
+                last_received_at = max(last_received_at, excluded.last_received_at),
+                version = CASE WHEN state = 'complete' THEN version + 1 ELSE version END,
+                state = 'receiving', completed_at = NULL
+            """,
+            (
+                header.study_instance_uid, header.patient_id, header.patient_name, header.study_date,
+                header.study_description, header.accession_number, now, now,
+            ),
+        )
+
+    @staticmethod
+    def _touch_series(db: sqlite3.Connection, header: InstanceHeader, receipt: Receipt, new_instance: bool) -> int:
+        row = db.execute(
+            """
+            INSERT INTO series(series_uid, study_uid, modality, body_part_examined, series_description,
+                series_number, calling_ae, state, version, instance_count, first_received_at, last_received_at)
+            VALUES(?, ?, ?, ?, ?, ?, ?, 'receiving', 1, ?, ?, ?)
+            ON CONFLICT(series_uid) DO UPDATE SET
+                last_received_at = max(last_received_at, excluded.last_received_at),
+                instance_count = instance_count + excluded.instance_count,
+                version = CASE WHEN state = 'complete' THEN version + 1 ELSE version END,
+                state = 'receiving', completed_at = NULL
+            RETURNING version
+            """,
+            (
+                header.series_instance_uid, header.study_instance_uid, header.modality,
+                header.body_part_examined, header.series_description, header.series_number,
+                receipt.calling_ae, 1 if new_instance else 0, receipt.received_at, receipt.received_at,
+            ),
+        ).fetchone()
+        return int(row["version"])
+
+    # -- completion -----------------------------------------------------------------------
+
+    def complete_stable(self, now: float, series_stable_seconds: float, study_stable_seconds: float) -> list[Completed]:
+        """Mark series, then studies, complete once quiet long enough; return what changed.
+
+        A study completes only when none of its series is still receiving.
+        """
+        with self.transaction() as db:
+            series = db.execute(
+                """
+                UPDATE series SET state = 'complete', completed_at = ?
+                WHERE state = 'receiving' AND last_received_at <= ?
+                RETURNING series_uid, version, study_uid
+                """,
+                (now, now - series_stable_seconds),
+            ).fetchall()
+            studies = db.execute(
+                """
+                UPDATE studies SET state = 'complete', completed_at = ?
+                WHERE state = 'receiving' AND last_received_at <= ?
+                  AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = studies.study_uid AND s.state = 'receiving')
+                RETURNING study_uid, version
+                """,
+                (now, now - study_stable_seconds),
+            ).fetchall()
+        done = [Completed("series", r["series_uid"], r["version"], r["study_uid"]) for r in series]
+        done += [Completed("study", r["study_uid"], r["version"], r["study_uid"]) for r in studies]
+        return done
+
+    # -- reports --------------------------------------------------------------------------
+
+    def studies(self) -> list[dict[str, Any]]:
+        """Studies with their series, newest first, for ``dicom-node status``."""
+        studies = [dict(r) for r in self.query("SELECT * FROM studies ORDER BY last_received_at DESC")]
+        series = self.query("SELECT * FROM series ORDER BY series_number, first_received_at")
+        by_study: dict[str, list[dict[str, Any]]] = {}
+        for row in series:
+            by_study.setdefault(row["study_uid"], []).append(dict(row))
+        for study in studies:
+            study["series"] = by_study.get(study["study_uid"], [])
+        return studies
+
+    def known_paths(self) -> set[str]:
+        return {r["path"] for r in self.query("SELECT path FROM instances")}

@@ -1,0 +1,158 @@
+"""What the node needs to know about one received instance, read from its file header.
+
+The listener never decodes pixel data: it reads the header (everything before Pixel Data)
+for the index and checks that the Pixel Data the file claims is really all there. The second
+check guards the streamed receive path (pynetdicom issue 765 once stored truncated Pixel Data
+when datasets were written to disk in chunks), so a short file is refused, never acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from .errors import InvalidInstanceError
+
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+
+_UID_CLEAN = re.compile(r"[^0-9.]")
+
+
+def clean_uid(uid: str) -> str:
+    """A UID made safe as a file name: only digits and dots survive, never empty or '.'/'..'."""
+    cleaned = _UID_CLEAN.sub("", uid).strip(".")
+    if not cleaned:
+        raise InvalidInstanceError(f"UID {uid!r} has no digits to name a file with")
+    return cleaned
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """The attributes the index and routing need, as text."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = ""
+    patient_name: str = ""
+    study_date: str = ""
+    study_description: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    body_part_examined: str = ""
+    series_description: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Parse the header of a DICOM Part 10 file and check its Pixel Data is complete.
+
+    Raises InvalidInstanceError with the reason when the file is not a dataset we can index
+    (no file meta, a required UID missing) or when it is shorter than its own elements say.
+    """
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as fp:
+            ds = dcmread(fp, stop_before_pixels=True)
+            pixel_start = fp.tell()
+            ts = UID(ds.file_meta.TransferSyntaxUID)
+            if ts != DeflatedExplicitVRLittleEndian:
+                if pixel_start < size:
+                    _check_pixel_data(fp, pixel_start, size, ts.is_implicit_VR, ts.is_little_endian)
+                elif "Rows" in ds:
+                    # pydicom stops quietly at the end of a short file: an image pixel module
+                    # with no Pixel Data after it is a file cut short, not a valid instance.
+                    raise InvalidInstanceError("Rows present but Pixel Data missing (truncated file?)")
+    except InvalidInstanceError:
+        raise
+    except (InvalidDicomError, EOFError, struct.error, zlib.error, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidInstanceError(f"not a readable DICOM dataset: {exc}") from exc
+
+    missing = [kw for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not _text(ds.get(kw))]
+    if missing:
+        raise InvalidInstanceError(f"required attribute(s) missing or empty: {', '.join(missing)}")
+    return InstanceHeader(
+        sop_class_uid=_text(ds.SOPClassUID),
+        sop_instance_uid=_text(ds.SOPInstanceUID),
+        study_instance_uid=_text(ds.StudyInstanceUID),
+        series_instance_uid=_text(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ts),
+        patient_id=_text(ds.get("PatientID")),
+        patient_name=_text(ds.get("PatientName")),
+        study_date=_text(ds.get("StudyDate")),
+        study_description=_text(ds.get("StudyDescription")),
+        accession_number=_text(ds.get("AccessionNumber")),
+        modality=_text(ds.get("Modality")),
+        body_part_examined=_text(ds.get("BodyPartExamined")),
+        series_description=_text(ds.get("SeriesDescription")),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+    )
+
+
+def _read_element_header(fp: BinaryIO, implicit: bool, little: bool) -> tuple[tuple[int, int], int]:
+    endian = "<" if little else ">"
+    raw = fp.read(8)
+    if len(raw) < 8:
+        raise InvalidInstanceError("file ends inside an element header (truncated)")
+    group, element = struct.unpack(endian + "HH", raw[:4])
+    if implicit or (group, element) in (_ITEM, _SEQUENCE_DELIMITER):
+        (length,) = struct.unpack(endian + "L", raw[4:])
+        return (group, element), length
+    vr = raw[4:6]
+    if vr in _LONG_VRS:
+        more = fp.read(4)
+        if len(more) < 4:
+            raise InvalidInstanceError("file ends inside an element header (truncated)")
+        (length,) = struct.unpack(endian + "L", more)
+    else:
+        (length,) = struct.unpack(endian + "H", raw[6:])
+    return (group, element), length
+
+
+def _check_pixel_data(fp: BinaryIO, start: int, size: int, implicit: bool, little: bool) -> None:
+    """Walk the pixel data element (native or encapsulated) and fail if the file is short."""
+    fp.seek(start)
+    tag, length = _read_element_header(fp, implicit, little)
+    if tag not in _PIXEL_TAGS:
+        return
+    if length != _UNDEFINED:
+        if fp.tell() + length > size:
+            raise InvalidInstanceError(f"Pixel Data is truncated: {length} bytes declared, {size - fp.tell()} present")
+        return
+    while True:
+        item, item_length = _read_element_header(fp, True, little)
+        if item == _SEQUENCE_DELIMITER:
+            return
+        if item != _ITEM or item_length == _UNDEFINED:
+            raise InvalidInstanceError(f"encapsulated Pixel Data is malformed: unexpected tag ({item[0]:04X},{item[1]:04X})")
+        if fp.tell() + item_length > size:
+            raise InvalidInstanceError("encapsulated Pixel Data is truncated: a fragment runs past the end of the file")
+        fp.seek(item_length, os.SEEK_CUR)

@@ -1,0 +1,297 @@
+"""The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE.
+
+Durability contract: a C-STORE is answered Success only after the instance is in its final
+place (fsync + rename) and its index row is committed. Anything else is a failure status with
+a log line, and the sender keeps its copy:
+
+    0xA700  out of resources: free space under the watermark, or the disk is full
+    0xA701  out of resources: the file could not be written or renamed
+    0xA702  out of resources: the index could not record the instance
+    0xC210  cannot understand: not a readable dataset, truncated, or required UIDs missing
+    0xC211  cannot understand: an unexpected error (logged with its traceback)
+
+Every dataset is streamed to disk as it arrives (pynetdicom's chunked receive), into the
+store's hidden ``.incoming`` folder, so memory stays bounded whatever the instance size and
+the final rename never copies.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom.association import Association
+
+from .audit import AuditLog
+from .config import NodeConfig, Peer
+from .contexts import storage_contexts, verification_context
+from .errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
+from .index import Index, Outcome, Receipt
+from .instance import read_header
+from .store import InstanceStore
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_STORE_FAILED = 0xA701
+STATUS_INDEX_FAILED = 0xA702
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_UNEXPECTED = 0xC211
+
+#: No real AE title can contain a backslash, so this list matches no caller at all.
+_NOBODY = ["\\"]
+
+
+def _install_incoming_tempfile() -> None:
+    """Make pynetdicom's streamed C-STORE files land in the receiving AE's ``.incoming``.
+
+    pynetdicom creates them with ``NamedTemporaryFile`` in the system temp folder, possibly
+    another file system (then the final rename would be a copy) or a RAM disk. The decode runs
+    in the association's DUL thread, whose ``assoc.ae`` tells us which node is receiving.
+    """
+    current = _dimse_messages.NamedTemporaryFile
+    if getattr(current, "_dicom_node", False):
+        return
+    original = tempfile.NamedTemporaryFile
+
+    def named_temporary_file(*args: Any, **kwargs: Any) -> Any:
+        thread = threading.current_thread()
+        ae = getattr(getattr(thread, "assoc", None), "ae", None)
+        folder = getattr(ae, "incoming_dir", None)
+        if folder is not None:
+            kwargs.setdefault("dir", folder)
+            kwargs.setdefault("prefix", ".recv-")
+        return original(*args, **kwargs)
+
+    named_temporary_file._dicom_node = True  # type: ignore[attr-defined]
+    _dimse_messages.NamedTemporaryFile = named_temporary_file  # type: ignore[attr-defined]
+
+
+@dataclass
+class _AssociationStats:
+    calling_ae: str
+    called_ae: str
+    address: str
+    port: int
+    started: float
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    bytes: int = 0
+    outcome: str = "open"
+    failures: list[str] = field(default_factory=list)
+
+
+class NodeAE(AE):  # type: ignore[misc]
+    """An AE that knows its callers and where streamed instances go.
+
+    ``require_calling_aet`` is computed per association: pynetdicom negotiates in the
+    association's own thread, so the caller's address is at hand and a peer with
+    ``verify_host`` is only recognised from its configured host. An unknown caller is refused
+    with A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised).
+    """
+
+    def __init__(self, ae_title: str, callers: list[Peer], reject_unknown: bool, incoming_dir: Path) -> None:
+        super().__init__(ae_title=ae_title)
+        self.callers = callers
+        self.reject_unknown = reject_unknown
+        self.incoming_dir = incoming_dir
+
+    def allowed_titles(self, address: str) -> list[str]:
+        return [p.ae_title for p in self.callers if not p.verify_host or p.host_matches(address)]
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        if not self.reject_unknown:
+            return []
+        thread = threading.current_thread()
+        address = thread.requestor.address if isinstance(thread, Association) else ""
+        return self.allowed_titles(address) or _NOBODY
+
+
+class StorageSCP:
+    """The C-STORE / C-ECHO handlers and the association bookkeeping for the audit log."""
+
+    def __init__(self, store: InstanceStore, index: Index, audit: AuditLog, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.index = index
+        self.audit = audit
+        self.clock = clock
+        # Keyed by id(association); each key is touched by its own association thread only.
+        self._stats: dict[int, _AssociationStats] = {}
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def handlers(self) -> list[tuple[Any, ...]]:
+        return [
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_RELEASED, self.on_ended),
+            (evt.EVT_ABORTED, self.on_ended),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
+        ]
+
+    def on_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def on_store(self, event: evt.Event) -> int | Dataset:
+        assoc = event.assoc
+        stats = self._stats.get(id(assoc))
+        requested = str(event.request.AffectedSOPInstanceUID)
+        status, note, size = self._store(event, assoc)
+        if stats is not None:
+            if status == STATUS_SUCCESS:
+                if note == Outcome.DUPLICATE.value:
+                    stats.duplicates += 1
+                else:
+                    stats.stored += 1
+                stats.bytes += size
+            else:
+                stats.failed += 1
+                if len(stats.failures) < 20:
+                    stats.failures.append(f"{requested}: 0x{status:04X} {note}")
+        if status == STATUS_SUCCESS:
+            return status
+        # Tell the sender why, not only that: Error Comment is LO, at most 64 characters.
+        response = Dataset()
+        response.Status = status
+        response.ErrorComment = note[:64]
+        return response
+
+    def _store(self, event: evt.Event, assoc: Association) -> tuple[int, str, int]:
+        requested = str(event.request.AffectedSOPInstanceUID)
+        caller = assoc.requestor
+        try:
+            self.store.check_free_space()
+            received = Path(event.dataset_path)
+            header = read_header(received)
+            size = os.path.getsize(received)
+            if header.sop_instance_uid != requested:
+                log.warning("C-STORE from %s: Affected SOP Instance UID %s differs from the dataset's %s; stored under the dataset's",
+                            caller.ae_title, requested, header.sop_instance_uid)
+            final = self.store.path_for(header)
+            known = self.index.instance(header.sop_instance_uid)
+            if known is not None and final.exists() and filecmp.cmp(received, final, shallow=False):
+                outcome = Outcome.DUPLICATE
+            else:
+                outcome = Outcome.NEW if known is None else Outcome.REPLACED
+                final = self.store.commit(received, header)
+            receipt = Receipt(
+                calling_ae=str(caller.ae_title).strip(),
+                called_ae=str(assoc.acceptor.ae_title).strip(),
+                peer_address=str(caller.address),
+                received_at=self.clock(),
+            )
+            self.index.record_instance(header, final, size, receipt, outcome)
+            if outcome is not Outcome.NEW:
+                log.info("SOP Instance %s received again from %s: %s", header.sop_instance_uid, receipt.calling_ae, outcome.value)
+            return STATUS_SUCCESS, outcome.value, size
+        except DiskFullError as exc:
+            log.error("Refusing %s from %s with 0xA700: %s", requested, caller.ae_title, exc)
+            return STATUS_OUT_OF_RESOURCES, str(exc), 0
+        except InvalidInstanceError as exc:
+            log.error("Refusing %s from %s with 0xC210: %s", requested, caller.ae_title, exc)
+            return STATUS_CANNOT_UNDERSTAND, str(exc), 0
+        except StoreError as exc:
+            log.error("Failed to store %s from %s (0xA701): %s", requested, caller.ae_title, exc)
+            return STATUS_STORE_FAILED, str(exc), 0
+        except IndexError_ as exc:
+            log.error("Failed to index %s from %s (0xA702): %s", requested, caller.ae_title, exc)
+            return STATUS_INDEX_FAILED, str(exc), 0
+        except Exception as exc:  # the handler must answer a status, never die silently
+            log.exception("Unexpected error storing %s from %s (0xC211)", requested, caller.ae_title)
+            return STATUS_UNEXPECTED, f"unexpected error: {exc}", 0
+
+    # -- association bookkeeping ----------------------------------------------------------
+
+    def on_conn_open(self, event: evt.Event) -> None:
+        """Small instances are ping-pong; Nagle would hold each response ~40 ms."""
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        self._stats[id(assoc)] = _AssociationStats(
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+            address=str(assoc.requestor.address),
+            port=int(assoc.requestor.port),
+            started=self.clock(),
+        )
+
+    def on_rejected(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        address = str(assoc.requestor.address)
+        ae = assoc.ae
+        if isinstance(ae, NodeAE) and ae.reject_unknown and calling not in ae.allowed_titles(address):
+            reason = "calling AE title not recognised"
+        else:
+            reason = "local limit exceeded or called AE title not recognised"
+        log.warning("Rejected association from %s at %s: %s", calling, address, reason)
+        self.audit.write(
+            "association", outcome="rejected", reason=reason, calling_ae=calling,
+            called_ae=str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
+        )
+
+    def on_ended(self, event: evt.Event) -> None:
+        stats = self._stats.get(id(event.assoc))
+        if stats is not None:
+            stats.outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+
+    def on_conn_close(self, event: evt.Event) -> None:
+        stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        if stats.outcome == "open":
+            stats.outcome = "aborted"  # the connection went away without a release
+        fields = {
+            "outcome": stats.outcome, "calling_ae": stats.calling_ae, "called_ae": stats.called_ae,
+            "address": stats.address, "port": stats.port, "instances_stored": stats.stored,
+            "instances_duplicate": stats.duplicates, "instances_failed": stats.failed, "bytes": stats.bytes,
+            "duration_s": round(self.clock() - stats.started, 3),
+        }
+        if stats.failures:
+            fields["failures"] = stats.failures
+        self.audit.write("association", **fields)
+        log.info("Association from %s (%s) %s: %d stored, %d duplicate, %d failed",
+                 stats.calling_ae, stats.address, stats.outcome, stats.stored, stats.duplicates, stats.failed)
+
+
+def build_ae(config: NodeConfig, store: InstanceStore) -> NodeAE:
+    """The configured listener AE (not yet listening)."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _install_incoming_tempfile()
+    ae = NodeAE(
+        ae_title=config.node.ae_title,
+        callers=config.callers(),
+        reject_unknown=config.node.reject_unknown_callers,
+        incoming_dir=store.incoming,
+    )
+    ae.supported_contexts = storage_contexts() + [verification_context()]
+    ae.maximum_pdu_size = 0  # no limit: senders then use large PDVs
+    ae.maximum_associations = config.node.max_associations
+    ae.network_timeout = config.node.network_timeout_seconds
+    ae.acse_timeout = 30
+    ae.dimse_timeout = config.node.network_timeout_seconds
+    return ae
