@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -78,7 +78,10 @@ class NodeSection(_Section):
     #: Seconds a silent association may stay open before it is aborted.
     network_timeout_seconds: float = Field(60.0, gt=0)
 
-    _check_title = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    @field_validator("ae_title")
+    @classmethod
+    def _check_title(cls, value: str) -> str:
+        return _check_ae_title(value)
 
 
 class StorageSection(_Section):
@@ -109,7 +112,10 @@ class Peer(_Section):
     receive: bool = True
     verify_host: bool = False
 
-    _check_title = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    @field_validator("ae_title")
+    @classmethod
+    def _check_title(cls, value: str) -> str:
+        return _check_ae_title(value)
 
     @field_validator("host")
     @classmethod
@@ -153,13 +159,14 @@ class NodeConfig(_Section):
     #: Filled by the AI pipeline issue: named pipelines and their models.
     pipelines: dict[str, dict[str, Any]] = {}
 
-    @model_validator(mode="after")
-    def _unique_peers(self) -> NodeConfig:
-        names = [p.name for p in self.peers]
+    @field_validator("peers")
+    @classmethod
+    def _unique_peers(cls, peers: list[Peer]) -> list[Peer]:
+        names = [p.name for p in peers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"peer names must be unique, repeated: {', '.join(dupes)}")
-        return self
+        return peers
 
     def peer(self, name: str) -> Peer:
         """The peer called ``name``; ConfigError names the known ones otherwise."""
@@ -186,7 +193,7 @@ def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[st
 def _format_error(source: str, error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".") or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against README.md)"

@@ -1,0 +1,118 @@
+"""Synthetic CT series, written as valid DICOM files, for demos, tests and benchmarks.
+
+Nothing here pretends to be anatomy (the AI package has the phantom with ground truth); this
+writes a geometrically correct axial CT series of any size quickly, so the network path can be
+exercised with realistic file sizes and counts without shipping patient data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+#: Our own UID root for generated objects (pydicom's, with a suffix of our own).
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+
+
+def ct_slice(
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    index: int,
+    rows: int,
+    columns: int,
+    pixels: np.ndarray,
+    spacing: float = 0.7,
+    thickness: float = 1.0,
+    patient_id: str = "SYNTH001",
+    patient_name: str = "Synthetic^Patient",
+    series_number: int = 1,
+    description: str = "Synthetic CT",
+) -> Dataset:
+    """One axial CT Image Storage instance, ready for ``save_as(..., enforce_file_format=True)``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = generate_uid(UID_PREFIX, entropy_srcs=[study_uid, "frame-of-reference"])
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "Synthetic study"
+    ds.Modality = "CT"
+    ds.Manufacturer = "dicom-node synthetic"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description
+    ds.BodyPartExamined = "CHEST"
+    ds.InstanceNumber = index + 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImagePositionPatient = [-(columns * spacing) / 2, -(rows * spacing) / 2, index * thickness]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceThickness = thickness
+    ds.PixelSpacing = [spacing, spacing]
+    ds.KVP = 120
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    ds.WindowCenter = 40
+    ds.WindowWidth = 400
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    return ds
+
+
+def write_ct_series(
+    folder: Path,
+    slices: int,
+    rows: int = 512,
+    columns: int = 512,
+    seed: int = 0,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    patient_id: str = "SYNTH001",
+) -> list[Path]:
+    """Write ``slices`` axial CT files into ``folder``; return their paths in slice order.
+
+    UIDs derive from ``seed`` unless given, so the same call always writes the same files.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study_uid = study_uid or generate_uid(UID_PREFIX, entropy_srcs=[f"study-{seed}"])
+    series_uid = series_uid or generate_uid(UID_PREFIX, entropy_srcs=[study_uid, f"series-{seed}"])
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    body = ((yy - rows / 2) / (rows * 0.4)) ** 2 + ((xx - columns / 2) / (columns * 0.45)) ** 2 <= 1
+    paths = []
+    for index in range(slices):
+        noise = rng.normal(0, 12, size=(rows, columns))
+        pixels = np.where(body, 40 + noise, -1000 + noise / 4).astype(np.int16)
+        sop_uid = generate_uid(UID_PREFIX, entropy_srcs=[series_uid, str(index)])
+        ds = ct_slice(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, index=index,
+                      rows=rows, columns=columns, pixels=pixels, patient_id=patient_id)
+        path = folder / f"CT{index:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

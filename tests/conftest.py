@@ -1,0 +1,144 @@
+"""Shared fixtures: nodes on free loopback ports, DCMTK's tools, synthetic series."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from dicom_node.config import NodeConfig, parse_config
+from dicom_node.service import Node
+
+TEST_SCU = "TEST_SCU"
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset of a Part 10 file, after preamble and file meta."""
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        _read_file_meta_info(fp)
+        return fp.read()
+
+
+def config_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "node": {"ae_title": "AI_NODE", "host": "127.0.0.1", "port": 0},
+        "storage": {"path": str(tmp_path / "storage"), "durability": "fsync", "min_free_mb": 0},
+        "index": {"path": str(tmp_path / "index.sqlite")},
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "peers": [
+            {"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1},
+            {"name": "storescu", "ae_title": "STORESCU", "host": "127.0.0.1", "port": 1},
+            {"name": "echoscu", "ae_title": "ECHOSCU", "host": "127.0.0.1", "port": 1},
+        ],
+        "completion": {"series_stable_seconds": 1, "study_stable_seconds": 2, "sweep_interval_seconds": 0.2},
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **value}
+        else:
+            data[section] = value
+    return data
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., NodeConfig]:
+    def make(**overrides: Any) -> NodeConfig:
+        return parse_config(config_dict(tmp_path, **overrides), "test-config")
+
+    return make
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[[NodeConfig], Node]]:
+    """Start nodes in this process on free ports; all are stopped at teardown."""
+    started: list[Node] = []
+
+    def start(config: NodeConfig) -> Node:
+        node = Node(config)
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node(make_config: Callable[..., NodeConfig], start_node: Callable[[NodeConfig], Node]) -> Node:
+    return start_node(make_config())
+
+
+@dataclass(frozen=True)
+class Dcmtk:
+    storescu: str
+    echoscu: str
+    storescp: str
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        # Debian's DCMTK leaves Nagle on unless told; small instances then stall ~40 ms each.
+        return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def _outside_venv(name: str) -> str | None:
+    """pynetdicom installs its own storescu/echoscu into the venv; we want DCMTK's."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != Path(venv_bin).resolve())
+    return shutil.which(name, path=path + os.pathsep + "/usr/bin")
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> Dcmtk:
+    tools = {name: _outside_venv(name) for name in ("storescu", "echoscu", "storescp")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        pytest.fail(f"DCMTK tools not found outside the venv: {missing} (apt-get install dcmtk)")
+    print(f"\nDCMTK binaries in use: {tools}")
+    return Dcmtk(**tools)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dcmtk_reference_datasets(dcmtk: Dcmtk, folder: Path, storescu_args: list[str], files: list[Path]) -> dict[str, bytes]:
+    """What DCMTK's own storescp (+B, bit-preserving) receives from the same storescu call.
+
+    storescu re-encodes some files (it drops Data Set Trailing Padding, for one), so "byte for
+    byte" is judged against the bytes DCMTK put on the wire, as its own receiver stored them.
+    """
+    import subprocess
+    import time
+
+    from pydicom import dcmread
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    scp = subprocess.Popen([dcmtk.storescp, "+B", "+xa", "-od", str(folder), "-aet", "AI_NODE", str(port)], env=dcmtk.env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # storescp has no readiness signal: retry the send until it listens
+            sent = subprocess.run([dcmtk.storescu, *storescu_args, "-aec", "AI_NODE", "127.0.0.1", str(port), *map(str, files)],
+                                  capture_output=True, text=True, env=dcmtk.env(), timeout=60)
+            if sent.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sent.returncode == 0, f"reference storescp did not receive: {sent.stderr}"
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p) for p in folder.iterdir() if p.is_file()}

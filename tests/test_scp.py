@@ -1,0 +1,281 @@
+"""The listener against real peers on loopback: pynetdicom SCUs and DCMTK's storescu/echoscu."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from dicom_node.audit import read_audit
+from dicom_node.config import NodeConfig
+from dicom_node.service import Node
+from dicom_node.synthetic import write_ct_series
+
+from .conftest import TEST_SCU, Dcmtk, dataset_bytes, dcmtk_reference_datasets
+
+
+def _testfile(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path, f"{name} missing: install the test extras (pydicom-data)"
+    return Path(path)
+
+
+def send(port: int, files: list[Path], calling: str = TEST_SCU) -> list[int]:
+    """C-STORE each file unchanged (chunked send: no decode) over one association."""
+    ae = AE(ae_title=calling)
+    for path in files:
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="AI_NODE")
+        assert assoc.is_established, "association was not accepted"
+        statuses = [int(assoc.send_c_store(path).Status) for path in files]
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    return statuses
+
+
+def stored_path(node: Node, sop_uid: str) -> Path:
+    row = node.index.instance(sop_uid)
+    assert row is not None, f"{sop_uid} is not in the index"
+    return Path(row["path"])
+
+
+def assert_stored_unchanged(node: Node, sources: list[Path]) -> None:
+    for source in sources:
+        uid = str(dcmread(source, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(stored_path(node, uid)) == dataset_bytes(source), f"{source.name} changed on the way"
+
+
+def test_echo(node: Node) -> None:
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+def test_pynetdicom_series_arrives_byte_for_byte_and_indexed(node: Node, tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "series", 12, 64, 64)
+    assert send(node.port, files) == [0] * 12
+    assert_stored_unchanged(node, files)
+    [study] = node.index.studies()
+    [series] = study["series"]
+    assert (series["instance_count"], series["modality"], series["calling_ae"]) == (12, "CT", TEST_SCU)
+    assert list(node.store.incoming.iterdir()) == []
+
+
+COMPRESSED_AND_ENHANCED = [
+    "eCT_Supplemental.dcm",  # Enhanced CT, 2 frames
+    "emri_small_jpeg_ls_lossless.dcm",  # Enhanced MR, JPEG-LS
+    "JPEG-LL.dcm",  # JPEG lossless SV1
+    "MR2_J2KR.dcm",  # JPEG 2000 lossless
+    "emri_small_RLE.dcm",  # RLE
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, Secondary Capture
+    "JPEG2000.dcm",  # JPEG 2000
+    "image_dfl.dcm",  # Deflated Explicit VR Little Endian
+    "JPEG-lossy.dcm",  # JPEG extended (process 2 and 4)
+    "MR_small_bigendian.dcm",  # Explicit VR Big Endian
+    "MR_small_implicit.dcm",  # Implicit VR Little Endian
+]
+
+
+@pytest.mark.parametrize("name", COMPRESSED_AND_ENHANCED)
+def test_compressed_and_enhanced_instances_stored_unchanged(node: Node, name: str) -> None:
+    # One file per node: several of these test files share a SOP Instance UID.
+    source = _testfile(name)
+    assert send(node.port, [source]) == [0]
+    assert_stored_unchanged(node, [source])
+    meta = dcmread(source, stop_before_pixels=True)
+    row = node.index.instance(str(meta.SOPInstanceUID))
+    assert row is not None
+    assert row["transfer_syntax_uid"] == str(meta.file_meta.TransferSyntaxUID)
+
+
+def test_every_compressed_syntax_is_accepted_in_negotiation(node: Node) -> None:
+    """Syntaxes no offline test file carries (HTJ2K, JPEG XL, ...) are still accepted as sent."""
+    from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES
+
+    wanted = ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.50",
+              "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+              "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5",
+              "1.2.840.10008.1.2.1.99"]
+    assert set(wanted) <= set(ACCEPTED_TRANSFER_SYNTAXES)
+    ae = AE(ae_title=TEST_SCU)
+    for ts in wanted:
+        ae.add_requested_context(CTImageStorage, ts)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_established
+    assert sorted(cx.transfer_syntax[0] for cx in assoc.accepted_contexts) == sorted(wanted)
+    assoc.release()
+
+
+# storescu proposes a compressed syntax only when told; -R: only the contexts the files need.
+DCMTK_PROPOSALS = {
+    "CT_small.dcm": [],
+    "eCT_Supplemental.dcm": [],
+    "JPEG-LL.dcm": ["-xs"],
+    "MR2_J2KR.dcm": ["-xv"],
+    "emri_small_jpeg_ls_lossless.dcm": ["-xt"],
+    "emri_small_RLE.dcm": ["-xr"],
+    "image_dfl.dcm": ["-xd"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DCMTK_PROPOSALS))
+def test_dcmtk_storescu_each_file_in_its_own_syntax(node: Node, dcmtk: Dcmtk, tmp_path: Path, name: str) -> None:
+    source = _testfile(name)
+    args = ["-R", *DCMTK_PROPOSALS[name], "-aet", "STORESCU"]
+    result = subprocess.run([dcmtk.storescu, *args, "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(source)],
+                            capture_output=True, text=True, env=dcmtk.env(), timeout=60)
+    print(f"ran {dcmtk.storescu}: rc={result.returncode}")
+    assert result.returncode == 0, result.stderr
+    reference = dcmtk_reference_datasets(dcmtk, tmp_path / "reference", args, [source])
+    [(uid, sent)] = reference.items()
+    assert dataset_bytes(stored_path(node, uid)) == sent
+    assert stored_path(node, uid).read_bytes().startswith(b"\x00" * 128 + b"DICM")
+
+
+def test_dcmtk_storescu_folder_and_echoscu(node: Node, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "series", 30, 64, 64, seed=3)
+    result = subprocess.run(
+        [dcmtk.storescu, "+sd", "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(tmp_path / "series")],
+        capture_output=True, text=True, env=dcmtk.env(), timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_stored_unchanged(node, files)
+    echo = subprocess.run([dcmtk.echoscu, "-aet", "ECHOSCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, env=dcmtk.env(), timeout=30)
+    print(f"ran {dcmtk.echoscu}: rc={echo.returncode}")
+    assert echo.returncode == 0, echo.stderr
+
+
+def test_unknown_caller_rejected_known_accepted_and_audited(node: Node, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_rejected
+    assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 1, 3)
+
+    refused = subprocess.run([dcmtk.echoscu, "-aet", "NOBODY", "-aec", "AI_NODE", "127.0.0.1", str(node.port)],
+                             capture_output=True, text=True, env=dcmtk.env(), timeout=30)
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stderr
+
+    files = write_ct_series(tmp_path / "s", 3, 32, 32)
+    assert send(node.port, files) == [0, 0, 0]
+    node.stop()  # flushes and closes the audit log
+    records = [r for r in read_audit(node.config.audit.path) if r["event"] == "association"]
+    rejected = [r for r in records if r["outcome"] == "rejected"]
+    assert {r["calling_ae"] for r in rejected} == {"INTRUDER", "NOBODY"}
+    assert all(r["reason"] == "calling AE title not recognised" and r["address"] == "127.0.0.1" for r in rejected)
+    [accepted] = [r for r in records if r["outcome"] == "released"]
+    assert (accepted["calling_ae"], accepted["instances_stored"], accepted["instances_failed"]) == (TEST_SCU, 3, 0)
+
+
+def test_verify_host_rejects_known_title_from_elsewhere(make_config: Callable[..., NodeConfig], start_node: Callable[[NodeConfig], Node]) -> None:
+    node = start_node(make_config(peers=[
+        {"name": "far", "ae_title": "FAR_AWAY", "host": "10.9.8.7", "port": 104, "verify_host": True},
+        {"name": "near", "ae_title": "NEAR", "host": "127.0.0.1", "port": 104, "verify_host": True},
+    ]))
+    for title, accepted in (("FAR_AWAY", False), ("NEAR", True)):
+        ae = AE(ae_title=title)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+        assert assoc.is_established is accepted
+        if accepted:
+            assoc.release()
+
+
+def test_opt_out_accepts_unknown_callers(make_config: Callable[..., NodeConfig], start_node: Callable[[NodeConfig], Node]) -> None:
+    node = start_node(make_config(node={"reject_unknown_callers": False}, peers=[]))
+    ae = AE(ae_title="ANYONE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_disk_watermark_refuses_with_a700(make_config: Callable[..., NodeConfig], start_node: Callable[[NodeConfig], Node], tmp_path: Path) -> None:
+    node = start_node(make_config(storage={"min_free_mb": 2**40}))
+    files = write_ct_series(tmp_path / "s", 2, 32, 32)
+    assert send(node.port, files) == [0xA700, 0xA700]
+    assert node.index.studies() == []
+    assert list(node.store.iter_files()) == []
+    assert list(node.store.incoming.iterdir()) == []
+
+
+def test_malformed_dataset_refused_with_c210_and_node_keeps_serving(node: Node, tmp_path: Path) -> None:
+    [good] = write_ct_series(tmp_path / "s", 1, 32, 32)
+    ds = dcmread(good)
+    del ds.StudyInstanceUID
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.999"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad, enforce_file_format=True)
+
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    status = assoc.send_c_store(dcmread(bad))
+    assert status.Status == 0xC210
+    assert "StudyInstanceUID" in status.ErrorComment
+    assert assoc.send_c_store(dcmread(good)).Status == 0
+    assoc.release()
+    assert len(list(node.store.iter_files())) == 1
+
+
+def test_resent_instance_is_idempotent_and_recorded(node: Node, tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "s", 3, 32, 32)
+    assert send(node.port, files) == [0, 0, 0]
+    assert send(node.port, files[:1]) == [0]
+    uid = str(dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+    row = node.index.instance(uid)
+    assert row is not None and row["receive_count"] == 2
+    assert node.index.studies()[0]["series"][0]["instance_count"] == 3
+    assert [r["outcome"] for r in node.index.query("SELECT outcome FROM receipts")] == ["duplicate"]
+    assert len(list(node.store.iter_files())) == 3
+
+
+def test_concurrent_associations(node: Node, tmp_path: Path) -> None:
+    series = [write_ct_series(tmp_path / f"s{i}", 25, 32, 32, seed=100 + i) for i in range(4)]
+    results: dict[int, list[int]] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, send(node.port, series[i]))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(results[i] == [0] * 25 for i in range(4))
+    assert len(node.index.studies()) == 4
+    for files in series:
+        assert_stored_unchanged(node, files)
+
+
+def test_large_instance_streams_with_bounded_memory(node: Node, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    """A 48 MB instance from storescu: the node's Python heap grows far less than the instance."""
+    [big] = write_ct_series(tmp_path / "big", 1, 4096, 6144)  # 4096 x 6144 x 2 bytes = 48 MiB
+    size = big.stat().st_size
+    tracemalloc.start()
+    try:
+        result = subprocess.run(
+            [dcmtk.storescu, "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(big)],
+            capture_output=True, text=True, env=dcmtk.env(), timeout=120,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.returncode == 0, result.stderr
+    assert peak < size / 4, f"peak Python allocation {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB instance"
+    assert_stored_unchanged(node, [big])
