@@ -138,7 +138,8 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
         json.dump({"studies": studies}, sys.stdout, indent=2, default=str)
         print()
         return EXIT_OK
-    out = Console()
+    # Full UIDs matter to operators: a pipe or a log file gets a wide table, not a squeezed one.
+    out = Console() if sys.stdout.isatty() else Console(width=220)
     if not studies:
         out.print(f"No studies in {config.index.path}")
         return EXIT_OK
