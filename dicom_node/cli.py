@@ -50,10 +50,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
-    from .service import Node
+    import os
+
+    from .service import Node, Supervisor
 
     _setup_logging(args.verbose)
-    node = Node(config)
+    workers = config.node.worker_count(os.cpu_count())
+    node: Node | Supervisor = Node(config) if workers == 1 else Supervisor(config, workers)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

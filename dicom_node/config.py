@@ -77,6 +77,12 @@ class NodeSection(_Section):
     max_associations: int = Field(16, ge=1, le=1000)
     #: Seconds a silent association may stay open before it is aborted.
     network_timeout_seconds: float = Field(60.0, gt=0)
+    #: Listener processes sharing the port (SO_REUSEPORT), so concurrent associations are not
+    #: serialised by one interpreter's lock. 0: one per CPU core, at most 4.
+    workers: int = Field(0, ge=0, le=64)
+
+    def worker_count(self, cpus: int | None) -> int:
+        return self.workers or max(1, min(4, cpus or 1))
 
     @field_validator("ae_title")
     @classmethod

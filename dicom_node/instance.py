@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -95,26 +96,58 @@ def read_header(path: Path) -> InstanceHeader:
     except (InvalidDicomError, EOFError, struct.error, zlib.error, ValueError, KeyError, AttributeError) as exc:
         raise InvalidInstanceError(f"not a readable DICOM dataset: {exc}") from exc
 
-    missing = [kw for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not _text(ds.get(kw))]
+    text = _TextReader(ds)
+    header = InstanceHeader(
+        sop_class_uid=text.ascii(0x00080016),
+        sop_instance_uid=text.ascii(0x00080018),
+        study_instance_uid=text.ascii(0x0020000D),
+        series_instance_uid=text.ascii(0x0020000E),
+        transfer_syntax_uid=str(ts),
+        patient_id=text.coded("PatientID", 0x00100020),
+        patient_name=text.coded("PatientName", 0x00100010),
+        study_date=text.ascii(0x00080020),
+        study_description=text.coded("StudyDescription", 0x00081030),
+        accession_number=text.coded("AccessionNumber", 0x00080050),
+        modality=text.ascii(0x00080060),
+        body_part_examined=text.ascii(0x00180015),
+        series_description=text.coded("SeriesDescription", 0x0008103E),
+        series_number=_int_or_none(text.ascii(0x00200011)),
+        instance_number=_int_or_none(text.ascii(0x00200013)),
+    )
+    missing = [name for name, value in (("SOPClassUID", header.sop_class_uid), ("SOPInstanceUID", header.sop_instance_uid),
+               ("StudyInstanceUID", header.study_instance_uid), ("SeriesInstanceUID", header.series_instance_uid)) if not value]
     if missing:
         raise InvalidInstanceError(f"required attribute(s) missing or empty: {', '.join(missing)}")
-    return InstanceHeader(
-        sop_class_uid=_text(ds.SOPClassUID),
-        sop_instance_uid=_text(ds.SOPInstanceUID),
-        study_instance_uid=_text(ds.StudyInstanceUID),
-        series_instance_uid=_text(ds.SeriesInstanceUID),
-        transfer_syntax_uid=str(ts),
-        patient_id=_text(ds.get("PatientID")),
-        patient_name=_text(ds.get("PatientName")),
-        study_date=_text(ds.get("StudyDate")),
-        study_description=_text(ds.get("StudyDescription")),
-        accession_number=_text(ds.get("AccessionNumber")),
-        modality=_text(ds.get("Modality")),
-        body_part_examined=_text(ds.get("BodyPartExamined")),
-        series_description=_text(ds.get("SeriesDescription")),
-        series_number=_int_or_none(ds.get("SeriesNumber")),
-        instance_number=_int_or_none(ds.get("InstanceNumber")),
-    )
+    return header
+
+
+class _TextReader:
+    """Reads element values straight from the raw bytes pydicom left unconverted.
+
+    Converting through pydicom (value validation, multi-value splitting) costs more than the
+    rest of the store path for a small instance; UIDs and code strings are plain ASCII, and
+    free text is only decoded by pydicom when a Specific Character Set says it must be.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        charset = ds.get_item(0x00080005)
+        raw = charset.value if charset is not None else None
+        self.plain = raw is None or (isinstance(raw, bytes) and raw.strip(b" \x00") in (b"", b"ISO_IR 6", b"ISO_IR 100"))
+
+    def ascii(self, tag: int) -> str:
+        element = self.ds.get_item(tag)
+        if element is None or element.value is None:
+            return ""
+        value = element.value
+        if isinstance(value, bytes):
+            return value.decode("latin-1").strip(" \x00")
+        return str(value).strip()
+
+    def coded(self, keyword: str, tag: int) -> str:
+        if self.plain:
+            return self.ascii(tag)
+        return _text(self.ds.get(keyword))
 
 
 def _read_element_header(fp: BinaryIO, implicit: bool, little: bool) -> tuple[tuple[int, int], int]:

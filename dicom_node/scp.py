@@ -38,6 +38,7 @@ from .audit import AuditLog
 from .config import NodeConfig, Peer
 from .contexts import storage_contexts, verification_context
 from .errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
+from . import pynetdicom_tuning
 from .index import Index, Outcome, Receipt
 from .instance import read_header
 from .store import InstanceStore
@@ -282,6 +283,7 @@ def build_ae(config: NodeConfig, store: InstanceStore) -> NodeAE:
     """The configured listener AE (not yet listening)."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     _install_incoming_tempfile()
+    pynetdicom_tuning.install()
     ae = NodeAE(
         ae_title=config.node.ae_title,
         callers=config.callers(),

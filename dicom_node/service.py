@@ -2,17 +2,29 @@
 
 Stages stay independent and testable alone; this module only constructs them from the
 configuration, starts them in order (recover, listen, sweep) and stops them in reverse.
+
+One listener process serves associations in threads; with ``node.workers`` > 1 a supervisor
+starts that many listener processes on the same port (SO_REUSEPORT: the kernel spreads new
+associations over them), while recovery and the completion sweep run once, in the supervisor.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+import socket
 import threading
+from multiprocessing.synchronize import Event as EventType
 from typing import Any
+
+from pynetdicom.transport import ThreadedAssociationServer
 
 from .audit import AuditLog
 from .completion import CompletionScheduler
-from .config import Durability, NodeConfig
+from .config import NodeConfig
+from .errors import NodeError
 from .index import Index
 from .recovery import RecoveryReport, mark_clean_shutdown, recover
 from .scp import StorageSCP, build_ae
@@ -21,22 +33,36 @@ from .store import InstanceStore
 log = logging.getLogger(__name__)
 
 
-class Node:
-    """A running DICOM node: listener + durable store + index + completion sweep."""
+class ReusePortServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's threaded server, bound with SO_REUSEPORT so several processes share a port."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class Node:
+    """A listener process: DICOM server + durable store + index (+ recovery and sweep when it
+    runs alone, which is what tests and single-worker deployments use)."""
+
+    def __init__(self, config: NodeConfig, *, standalone: bool = True, reuse_port: bool = False) -> None:
         self.config = config
+        self.standalone = standalone
+        self.reuse_port = reuse_port
         self.store = InstanceStore(
             config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20
         )
-        synchronous = "FULL" if config.storage.durability is Durability.FSYNC else "NORMAL"
-        self.index = Index(config.index.path, synchronous=synchronous)
+        # WAL + synchronous=NORMAL: a commit survives a crash of the node, not a power cut. The
+        # storage folder (fsynced per file) is the source of truth: after any unclean stop,
+        # recovery re-indexes what the index lacks, so an extra fsync per commit buys nothing.
+        self.index = Index(config.index.path, synchronous="NORMAL")
         self.audit = AuditLog(config.audit.path)
         self.scp = StorageSCP(self.store, self.index, self.audit)
         self.ae = build_ae(config, self.store)
         self.completion = CompletionScheduler(self.index, config.completion)
         self.server: Any = None
         self.recovery: RecoveryReport | None = None
+        self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
     @property
@@ -45,13 +71,21 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        self.recovery = recover(self.store, self.index)
-        self.server = self.ae.start_server(
-            (self.config.node.host, self.config.node.port), block=False, evt_handlers=self.scp.handlers()
-        )
-        self.completion.start()
-        self.audit.write("node_started", ae_title=self.config.node.ae_title, host=self.config.node.host, port=self.port)
-        log.info("%s listening on %s:%d, storing to %s", self.config.node.ae_title, self.config.node.host, self.port, self.store.root)
+        if self.standalone:
+            self.recovery = recover(self.store, self.index)
+        address = (self.config.node.host, self.config.node.port)
+        if self.reuse_port:
+            self.server = self.ae.make_server(address, evt_handlers=self.scp.handlers(), server_class=ReusePortServer)
+            self._thread = threading.Thread(target=self.server.serve_forever, name="dicom-node-acceptor", daemon=True)
+            self._thread.start()
+        else:
+            self.server = self.ae.start_server(address, block=False, evt_handlers=self.scp.handlers())
+        if self.standalone:
+            self.completion.start()
+        self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
+                         port=self.port, pid=os.getpid())
+        log.info("%s listening on %s:%d (pid %d), storing to %s", self.config.node.ae_title, self.config.node.host,
+                 self.port, os.getpid(), self.store.root)
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -60,9 +94,12 @@ class Node:
         self.completion.stop()
         if self.server is not None:
             self.server.shutdown()
+            if self.reuse_port:
+                self.server.server_close()
         self.ae.shutdown()
-        mark_clean_shutdown(self.index)
-        self.audit.write("node_stopped", ae_title=self.config.node.ae_title)
+        if self.standalone:
+            mark_clean_shutdown(self.index)
+        self.audit.write("listener_stopped", ae_title=self.config.node.ae_title, pid=os.getpid())
         self.audit.close()
         self.index.close()
 
@@ -72,3 +109,99 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """A listener must not outlive its supervisor (killed with -9, say): the port would stay
+    served with no recovery or sweep behind it. Linux delivers SIGKILL to us when it dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                threading.Event().wait(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _worker_main(config: NodeConfig, ready: Any, stop: EventType) -> None:
+    """A listener process under the supervisor: serve until told to stop."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        node = Node(config, standalone=False, reuse_port=True)
+        node.start()
+    except Exception as exc:
+        ready.put(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    ready.put(("ready", os.getpid()))
+    stop.wait()
+    node.stop()
+
+
+class Supervisor:
+    """Several listener processes on one port, plus recovery and the completion sweep."""
+
+    def __init__(self, config: NodeConfig, workers: int) -> None:
+        self.config = config
+        self.workers = workers
+        self.store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
+        self.index = Index(config.index.path, synchronous="NORMAL")
+        self.completion = CompletionScheduler(self.index, config.completion)
+        self.recovery: RecoveryReport | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._procs: list[Any] = []
+        self.port = config.node.port
+
+    def start(self) -> None:
+        self.recovery = recover(self.store, self.index)
+        # Reserve the port (port 0 picks one) so every worker binds the same one.
+        placeholder = socket.socket(socket.AF_INET6 if ":" in self.config.node.host else socket.AF_INET)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        placeholder.bind((self.config.node.host, self.config.node.port))
+        self.port = placeholder.getsockname()[1]
+        worker_config = self.config.model_copy(update={"node": self.config.node.model_copy(update={"port": self.port})})
+        ready = self._context.Queue()
+        try:
+            for _ in range(self.workers):
+                proc = self._context.Process(target=_worker_main, args=(worker_config, ready, self._stop), daemon=False)
+                proc.start()
+                self._procs.append(proc)
+            for _ in range(self.workers):
+                kind, detail = ready.get(timeout=60)
+                if kind != "ready":
+                    raise NodeError(f"a listener process failed to start: {detail}")
+        except BaseException:
+            self.stop(clean=False)
+            raise
+        finally:
+            placeholder.close()
+        self.completion.start()
+        log.info("%d listener processes on %s:%d: %s", self.workers, self.config.node.host, self.port,
+                 ", ".join(str(p.pid) for p in self._procs))
+
+    def stop(self, clean: bool = True) -> None:
+        self.completion.stop()
+        self._stop.set()
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                log.error("Listener process %d did not stop in 30 s; killing it", proc.pid)
+                proc.kill()
+                proc.join(timeout=10)
+                clean = False
+        if clean and all(p.exitcode == 0 for p in self._procs):
+            mark_clean_shutdown(self.index)
+        self.index.close()

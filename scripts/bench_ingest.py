@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: how fast does the node take studies, next to DCMTK storescp and Orthanc?
+
+The same synthetic CT studies are sent with DCMTK ``storescu`` (TCP_NODELAY=1 for every DCMTK
+process) to three receivers, each started fresh for every run and alternated A B C A B C in one
+process, so all three see the same machine state:
+
+  storescp  DCMTK ``storescp +B`` (bit-preserving, no fsync): the physical reference
+  orthanc   Orthanc 1.10 with its defaults (fsync per file): the durable peer a hospital picks
+  node      ``dicom-node serve`` with the shipped default durability (fsync)
+
+Workloads: a 300 x 512x512 int16 study (one association), a 1000 x 64x64 study (per-message
+cost), and 4 concurrent associations of 250 64x64 instances each. Prints instances/s, MB/s and
+the node's ratio to each reference (median over rounds).
+
+    .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dicom_node.synthetic import write_ct_series  # noqa: E402
+from tests.peers import PeerProcess, dcmtk_env, start_node, start_orthanc, start_storescp, system_binary  # noqa: E402
+
+SENDER_AE = "BENCH"
+
+
+def send_folders(peer: PeerProcess, folders: list[Path]) -> float:
+    """Send each folder over its own storescu association, all at once; return seconds."""
+    storescu = system_binary("storescu")
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen([storescu, "+sd", "-aet", SENDER_AE, "-aec", peer.ae_title, "127.0.0.1", str(peer.port), str(folder)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
+        for folder in folders
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    elapsed = time.perf_counter() - started
+    for proc, err in zip(procs, errors):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu to {peer.name} failed: {err.decode()[-500:]}")
+    return elapsed
+
+
+def node_config(workdir: Path) -> dict[str, object]:
+    return {
+        "node": {"ae_title": "AI_NODE", "host": "127.0.0.1"},
+        "storage": {"path": str(workdir / "storage"), "min_free_mb": 0},
+        "index": {"path": str(workdir / "index.sqlite")},
+        "audit": {"path": str(workdir / "audit.jsonl")},
+        "peers": [{"name": "bench", "ae_title": SENDER_AE, "host": "127.0.0.1", "port": 1}],
+        "completion": {"series_stable_seconds": 3600, "study_stable_seconds": 3600},
+    }
+
+
+RECEIVERS: dict[str, Callable[[Path], PeerProcess]] = {
+    "storescp": lambda d: start_storescp(d, ae_title="STORESCP"),
+    "orthanc": lambda d: start_orthanc(d, ae_title="ORTHANC"),
+    "node": lambda d: start_node(d, node_config(d)),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smaller studies, for a smoke run")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        big_n, small_n, conc_n = (60, 200, 50) if args.quick else (300, 1000, 250)
+        print(f"generating studies in {root} ...", flush=True)
+        workloads = {
+            f"{big_n} x 512x512": [root / "big"],
+            f"{small_n} x 64x64": [root / "small"],
+            f"4 x {conc_n} x 64x64 concurrent": [root / f"conc{i}" for i in range(4)],
+        }
+        write_ct_series(root / "big", big_n, 512, 512, seed=1)
+        write_ct_series(root / "small", small_n, 64, 64, seed=2)
+        for i in range(4):
+            write_ct_series(root / f"conc{i}", conc_n, 64, 64, seed=10 + i)
+
+        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for name, folders in workloads.items():
+            files = [f for folder in folders for f in folder.iterdir()]
+            count, size = len(files), sum(f.stat().st_size for f in files)
+            for round_ in range(args.rounds):
+                for receiver, start in RECEIVERS.items():
+                    workdir = root / "runs" / f"{receiver}-{round_}"
+                    peer = start(workdir)
+                    try:
+                        seconds = send_folders(peer, folders)
+                    finally:
+                        peer.stop()
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    results.setdefault((name, receiver), []).append((count / seconds, size / seconds / 2**20))
+                    print(f"  {name:28s} {receiver:9s} round {round_ + 1}: {count / seconds:8.0f} inst/s", flush=True)
+
+        print()
+        print(f"{'workload':30s} {'receiver':9s} {'inst/s':>8s} {'MB/s':>8s}   node/storescp  node/orthanc")
+        for name in workloads:
+            med = {r: (statistics.median(x[0] for x in results[(name, r)]), statistics.median(x[1] for x in results[(name, r)])) for r in RECEIVERS}
+            for receiver in RECEIVERS:
+                inst, mbs = med[receiver]
+                ratios = ""
+                if receiver == "node":
+                    ratios = f"   {inst / med['storescp'][0]:13.2f}  {inst / med['orthanc'][0]:12.2f}"
+                print(f"{name:30s} {receiver:9s} {inst:8.0f} {mbs:8.1f}{ratios}")
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
