@@ -56,7 +56,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     workers = config.node.worker_count(os.cpu_count())
-    node: Node | Supervisor = Node(config) if workers == 1 else Supervisor(config, workers)
+    node: Node | Supervisor = Node(config, log_pdus=args.verbose) if workers == 1 else Supervisor(config, workers, log_pdus=args.verbose)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -52,6 +52,8 @@ STATUS_INDEX_FAILED = 0xA702
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_UNEXPECTED = 0xC211
 
+MAX_PDU_SIZE = 1024 * 1024
+
 #: No real AE title can contain a backslash, so this list matches no caller at all.
 _NOBODY = ["\\"]
 
@@ -94,6 +96,7 @@ class _AssociationStats:
     bytes: int = 0
     outcome: str = "open"
     failures: list[str] = field(default_factory=list)
+    association: Any = None
 
 
 class NodeAE(AE):  # type: ignore[misc]
@@ -238,7 +241,17 @@ class StorageSCP:
             address=str(assoc.requestor.address),
             port=int(assoc.requestor.port),
             started=self.clock(),
+            association=assoc,
         )
+
+    def drain(self, timeout: float) -> None:
+        """Wait (bounded) for accepted associations to end and write their audit lines."""
+        deadline = time.monotonic() + timeout
+        for stats in list(self._stats.values()):
+            assoc = stats.association
+            for thread in (assoc, getattr(assoc, "dul", None)):
+                if isinstance(thread, threading.Thread) and thread.is_alive():
+                    thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def on_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -279,9 +292,13 @@ class StorageSCP:
                  stats.calling_ae, stats.address, stats.outcome, stats.stored, stats.duplicates, stats.failed)
 
 
-def build_ae(config: NodeConfig, store: InstanceStore) -> NodeAE:
-    """The configured listener AE (not yet listening)."""
+def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -> NodeAE:
+    """The configured listener AE (not yet listening); ``log_pdus`` keeps pynetdicom's
+    per-PDU debug handlers."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom's "standard" handlers format a log line per PDU and per DIMSE message even when
+    # nothing is logged; the node logs its own lines (serve --verbose turns them back on).
+    _config.LOG_HANDLER_LEVEL = "standard" if log_pdus else "none"
     _install_incoming_tempfile()
     pynetdicom_tuning.install()
     ae = NodeAE(
@@ -291,7 +308,9 @@ def build_ae(config: NodeConfig, store: InstanceStore) -> NodeAE:
         incoming_dir=store.incoming,
     )
     ae.supported_contexts = storage_contexts() + [verification_context()]
-    ae.maximum_pdu_size = 0  # no limit: senders then use large PDVs
+    # Large PDVs cut per-PDU cost; 1 MiB (not unlimited) keeps a sender that honours it from
+    # making us hold a whole instance in one PDU. DCMTK sends at most 128 KiB anyway.
+    ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.maximum_associations = config.node.max_associations
     ae.network_timeout = config.node.network_timeout_seconds
     ae.acse_timeout = 30

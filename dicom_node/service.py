@@ -45,7 +45,10 @@ class Node:
     """A listener process: DICOM server + durable store + index (+ recovery and sweep when it
     runs alone, which is what tests and single-worker deployments use)."""
 
-    def __init__(self, config: NodeConfig, *, standalone: bool = True, reuse_port: bool = False) -> None:
+    #: How long stop() waits for open associations to end before aborting them.
+    DRAIN_SECONDS = 10.0
+
+    def __init__(self, config: NodeConfig, *, standalone: bool = True, reuse_port: bool = False, log_pdus: bool = False) -> None:
         self.config = config
         self.standalone = standalone
         self.reuse_port = reuse_port
@@ -58,7 +61,7 @@ class Node:
         self.index = Index(config.index.path, synchronous="NORMAL")
         self.audit = AuditLog(config.audit.path)
         self.scp = StorageSCP(self.store, self.index, self.audit)
-        self.ae = build_ae(config, self.store)
+        self.ae = build_ae(config, self.store, log_pdus=log_pdus)
         self.completion = CompletionScheduler(self.index, config.completion)
         self.server: Any = None
         self.recovery: RecoveryReport | None = None
@@ -93,9 +96,11 @@ class Node:
         self._stopped.set()
         self.completion.stop()
         if self.server is not None:
-            self.server.shutdown()
+            self.server.shutdown()  # no new associations
             if self.reuse_port:
                 self.server.server_close()
+        # Let associations in flight finish (their audit lines included) before aborting any.
+        self.scp.drain(self.DRAIN_SECONDS)
         self.ae.shutdown()
         if self.standalone:
             mark_clean_shutdown(self.index)
@@ -131,16 +136,18 @@ def _die_with_parent() -> None:
         threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _worker_main(config: NodeConfig, ready: Any, stop: EventType) -> None:
+def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool) -> None:
     """A listener process under the supervisor: serve until told to stop."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if log_pdus else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if not log_pdus:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
-        node = Node(config, standalone=False, reuse_port=True)
+        node = Node(config, standalone=False, reuse_port=True, log_pdus=log_pdus)
         node.start()
     except Exception as exc:
         ready.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -153,9 +160,10 @@ def _worker_main(config: NodeConfig, ready: Any, stop: EventType) -> None:
 class Supervisor:
     """Several listener processes on one port, plus recovery and the completion sweep."""
 
-    def __init__(self, config: NodeConfig, workers: int) -> None:
+    def __init__(self, config: NodeConfig, workers: int, log_pdus: bool = False) -> None:
         self.config = config
         self.workers = workers
+        self.log_pdus = log_pdus
         self.store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
         self.index = Index(config.index.path, synchronous="NORMAL")
         self.completion = CompletionScheduler(self.index, config.completion)
@@ -176,7 +184,7 @@ class Supervisor:
         ready = self._context.Queue()
         try:
             for _ in range(self.workers):
-                proc = self._context.Process(target=_worker_main, args=(worker_config, ready, self._stop), daemon=False)
+                proc = self._context.Process(target=_worker_main, args=(worker_config, ready, self._stop, self.log_pdus), daemon=False)
                 proc.start()
                 self._procs.append(proc)
             for _ in range(self.workers):

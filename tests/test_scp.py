@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import tracemalloc
 from collections.abc import Callable
@@ -277,5 +278,23 @@ def test_large_instance_streams_with_bounded_memory(node: Node, dcmtk: Dcmtk, tm
     finally:
         tracemalloc.stop()
     assert result.returncode == 0, result.stderr
+    assert peak < size / 4, f"peak Python allocation {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB instance"
+    assert_stored_unchanged(node, [big])
+
+
+def test_large_instance_from_pynetdicom_streams_with_bounded_memory(node: Node, tmp_path: Path) -> None:
+    """A pynetdicom sender honours our 1 MiB maximum PDU, so no PDU holds the whole instance."""
+    [big] = write_ct_series(tmp_path / "big", 1, 4096, 6144)
+    size = big.stat().st_size
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tests.test_scp import send; "
+        "assert send(int(sys.argv[2]), [Path(sys.argv[3])]) == [0]"
+    )
+    tracemalloc.start()  # the sender runs in its own process: only the node's allocations count
+    try:
+        subprocess.run([sys.executable, "-c", script, str(Path(__file__).parents[1]), str(node.port), str(big)], check=True, timeout=120)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert peak < size / 4, f"peak Python allocation {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB instance"
     assert_stored_unchanged(node, [big])
