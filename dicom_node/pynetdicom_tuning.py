@@ -127,10 +127,16 @@ class _AssociationTime:
         if seconds != _REACTOR_POLL or not isinstance(thread, Association) or thread._kill:
             time.sleep(seconds)
             return
+        if not thread._reactor_checkpoint.is_set():
+            return  # a send_*() wants the reactor paused: get there at once
         messages = thread.dimse.msg_queue
         with messages.not_empty:
             if not messages._qsize():
                 messages.not_empty.wait(IDLE_WAIT)
+            if messages._qsize():
+                # Queue.put wakes a single waiter. A send_*() in get_msg(block=True) may wait on
+                # the same condition; we do not take the message, so pass the wake-up on.
+                messages.not_empty.notify()
 
 
 _SHORT_VRS = {"UI": b"\x00", "SH": b" ", "AE": b" "}

@@ -48,3 +48,22 @@ def test_tuned_listener_serves_back_to_back_associations(node: Node, tmp_path: P
         assert send(node.port, [path]) == [0]
     assert time.monotonic() - started < 60
     assert node.index.studies()[0]["series"][0]["instance_count"] == 20
+
+
+def test_requestor_never_waits_out_its_timeout(node: Node, tmp_path: Path) -> None:
+    """Regression: the reactor's wait must not swallow the wake-up meant for send_c_store.
+
+    Queue.put wakes one waiter; when the reactor's idle wait took it, send_c_store sat out its
+    whole DIMSE timeout before finding its response. 40 sends with a 5 s timeout would then
+    take minutes; healthy, they take well under a second each.
+    """
+    from dicom_node.config import Peer
+    from dicom_node.scu import send_files
+
+    files = write_ct_series(tmp_path / "s", 40, 16, 16)
+    peer = Peer(name="node", ae_title="AI_NODE", host="127.0.0.1", port=node.port)
+    started = time.monotonic()
+    for _ in range(3):
+        report = send_files("TEST_SCU", peer, files, timeout=5)
+        assert report.sent == 40
+    assert time.monotonic() - started < 4.5, "a C-STORE waited for its DIMSE timeout"
