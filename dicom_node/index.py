@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,7 +133,8 @@ class Index:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            # timeout=0: lock waits are retried in _begin_immediate (readers never wait in WAL).
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -149,7 +151,7 @@ class Index:
         """One write transaction; rolled back and re-raised as IndexError_ on failure."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._begin_immediate()
                 try:
                     yield self._db
                 except BaseException:
@@ -158,6 +160,28 @@ class Index:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise IndexError_(f"index write failed: {exc}") from exc
+
+    #: Longest a writer waits for another process's write lock before giving up.
+    LOCK_TIMEOUT_SECONDS = 30.0
+
+    def _begin_immediate(self) -> None:
+        """Take the write lock, retrying quickly while another listener process holds it.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries; index transactions
+        last well under a millisecond, so with several listener processes those sleeps, not
+        the work, would set the pace. Retry every 0.2 ms instead, up to LOCK_TIMEOUT_SECONDS.
+        """
+        deadline = time.monotonic() + self.LOCK_TIMEOUT_SECONDS
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.0002)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

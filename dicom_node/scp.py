@@ -283,7 +283,7 @@ class StorageSCP:
             "outcome": stats.outcome, "calling_ae": stats.calling_ae, "called_ae": stats.called_ae,
             "address": stats.address, "port": stats.port, "instances_stored": stats.stored,
             "instances_duplicate": stats.duplicates, "instances_failed": stats.failed, "bytes": stats.bytes,
-            "duration_s": round(self.clock() - stats.started, 3),
+            "duration_s": round(self.clock() - stats.started, 3), "pid": os.getpid(),
         }
         if stats.failures:
             fields["failures"] = stats.failures

@@ -79,6 +79,7 @@ class Node:
         address = (self.config.node.host, self.config.node.port)
         if self.reuse_port:
             self.server = self.ae.make_server(address, evt_handlers=self.scp.handlers(), server_class=ReusePortServer)
+            self.ae._servers.append(self.server)  # as start_server does: server.shutdown() expects it
             self._thread = threading.Thread(target=self.server.serve_forever, name="dicom-node-acceptor", daemon=True)
             self._thread.start()
         else:

@@ -1,0 +1,147 @@
+"""A CT phantom with ground truth: a torso of analytic shapes with realistic HU, and random
+hypodense liver lesions and lung nodules. Seeded, so the same seed gives the same phantom.
+
+Used to train and evaluate the shipped model, in tests, demos and benchmarks. Everything is in
+patient millimetres (LPS: +x to the patient's left, +y posterior, +z towards the head) and
+sampled on whatever grid is asked for, so spacing and slice thickness are free parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .types import Volume
+
+# Label values of the phantom's ground truth (and of the shipped ct-organs model).
+BACKGROUND, LUNG, LIVER, SPLEEN, KIDNEY, BONE, LIVER_LESION, LUNG_NODULE = range(8)
+LABEL_NAMES = {LUNG: "lungs", LIVER: "liver", SPLEEN: "spleen", KIDNEY: "kidneys", BONE: "bone",
+               LIVER_LESION: "liver lesion", LUNG_NODULE: "lung nodule"}
+
+HU = {"air": -1000.0, "fat": -100.0, "soft": 40.0, "lung": -850.0, "liver": 60.0, "spleen": 48.0,
+      "kidney": 32.0, "bone": 700.0}
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A ground-truth lesion: its label, centre (mm, LPS) and semi-axes (mm)."""
+
+    label: int
+    center: tuple[float, float, float]
+    semi_axes: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Phantom:
+    volume: Volume  # voxels in HU
+    labels: np.ndarray  # uint8, same shape
+    lesions: tuple[Lesion, ...]
+
+
+def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, center: tuple[float, float, float],
+               axes: tuple[float, float, float]) -> np.ndarray:
+    return (((x - center[0]) / axes[0]) ** 2 + ((y - center[1]) / axes[1]) ** 2 + ((z - center[2]) / axes[2]) ** 2) <= 1.0
+
+
+def make_phantom(
+    seed: int,
+    shape: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    liver_lesions: tuple[int, int] = (0, 3),
+    lung_nodules: tuple[int, int] = (0, 3),
+    noise_hu: tuple[float, float] = (8.0, 20.0),
+) -> Phantom:
+    """A random torso sampled on a (k, j, i) grid.
+
+    ``shape`` and ``spacing`` default to a random clinical-like grid (pixel spacing 0.6-1.0 mm,
+    slice thickness 1-5 mm, 512 x 512 in-plane); pass small ones for fast tests and training.
+    Lesion counts are drawn from the inclusive ranges given.
+    """
+    rng = np.random.default_rng(seed)
+    if spacing is None:
+        pixel = float(rng.uniform(0.6, 1.0))
+        spacing = (float(rng.choice([1.0, 1.25, 2.0, 2.5, 3.0, 5.0])), pixel, pixel)
+    if shape is None:
+        shape = (max(8, int(round(400.0 / spacing[0]))), 512, 512)
+    nk, nj, ni = shape
+    sk, sj, si = spacing
+    length = nk * sk
+
+    # Body: an elliptic cylinder that fits in the field of view.
+    fov_x, fov_y = ni * si, nj * sj
+    a = min(rng.uniform(140, 175), 0.46 * fov_x)
+    b = min(rng.uniform(95, 125), 0.46 * fov_y, a * 0.85)
+    cx, cy = rng.uniform(-0.03, 0.03) * fov_x, rng.uniform(-0.03, 0.03) * fov_y
+    z0 = -length / 2
+    zd = z0 + length * rng.uniform(0.48, 0.58)  # diaphragm level
+
+    k = (np.arange(nk) + 0.5) * sk + z0
+    j = (np.arange(nj) - nj / 2 + 0.5) * sj
+    i = (np.arange(ni) - ni / 2 + 0.5) * si
+    z, y, x = np.meshgrid(k, j, i, indexing="ij", sparse=True)
+
+    hu = np.full(shape, HU["air"], dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    body = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0
+    body = np.broadcast_to(body, shape)
+    fat_depth = rng.uniform(0.86, 0.93)
+    inner = np.broadcast_to(((x - cx) / (a * fat_depth)) ** 2 + ((y - cy) / (b * fat_depth)) ** 2 <= 1.0, shape)
+    hu[body] = HU["fat"]
+    hu[inner] = HU["soft"] + rng.uniform(-5, 5)
+
+    def organ(label: int, tissue: str, center: tuple[float, float, float], axes: tuple[float, float, float]) -> np.ndarray:
+        mask = _ellipsoid(x, y, z, center, axes) & inner
+        hu[mask] = HU[tissue] + rng.uniform(-6, 6)
+        labels[mask] = label
+        return mask
+
+    jitter = lambda scale: rng.uniform(1 - scale, 1 + scale)  # noqa: E731
+    lung_axes = (0.36 * a * jitter(0.1), 0.62 * b * jitter(0.1), 0.24 * length * jitter(0.1))
+    lungs = np.zeros(shape, dtype=bool)
+    for side in (-1, 1):
+        center = (cx + side * 0.45 * a, cy - 0.05 * b, zd + lung_axes[2] * 0.95)
+        lungs |= organ(LUNG, "lung", center, (lung_axes[0] * jitter(0.05), lung_axes[1], lung_axes[2]))
+    liver = organ(LIVER, "liver", (cx - 0.33 * a, cy + 0.02 * b, zd - 0.11 * length * jitter(0.1)),
+                  (0.48 * a * jitter(0.08), 0.62 * b * jitter(0.08), 0.12 * length * jitter(0.1)))
+    organ(SPLEEN, "spleen", (cx + 0.55 * a, cy + 0.28 * b, zd - 0.09 * length),
+          (0.17 * a * jitter(0.1), 0.26 * b * jitter(0.1), 0.07 * length * jitter(0.1)))
+    for side in (-1, 1):
+        organ(KIDNEY, "kidney", (cx + side * 0.42 * a, cy + 0.5 * b, zd - 0.28 * length * jitter(0.05)),
+              (0.13 * a * jitter(0.1), 0.2 * b * jitter(0.1), 0.07 * length * jitter(0.1)))
+    # Spine: a vertebral column along the whole torso, posterior midline.
+    spine_r = 0.12 * a * jitter(0.1)
+    spine = np.broadcast_to((x - cx) ** 2 + (y - (cy + 0.62 * b)) ** 2 <= spine_r**2, shape) & inner
+    hu[spine] = HU["bone"] + rng.uniform(-150, 250)
+    labels[spine] = BONE
+
+    lesions: list[Lesion] = []
+
+    def place(label: int, host: np.ndarray, count: int, radius: tuple[float, float], contrast: tuple[float, float]) -> None:
+        # Lesion centres well inside the host organ (eroded by the largest radius, in voxels).
+        margin = max(1, int(radius[1] / min(spacing)))
+        core = ndimage.binary_erosion(host, iterations=margin) if host.any() else host
+        candidates = np.argwhere(core)
+        for _ in range(count):
+            if len(candidates) == 0:
+                return
+            kji = candidates[rng.integers(len(candidates))]
+            center = (float(i[kji[2]]), float(j[kji[1]]), float(k[kji[0]]))
+            r = rng.uniform(*radius)
+            axes = (r * jitter(0.2), r * jitter(0.2), r * jitter(0.2))
+            mask = _ellipsoid(x, y, z, center, axes) & host
+            if mask.sum() < 4:
+                continue
+            hu[mask] = np.median(hu[host]) + rng.uniform(*contrast)
+            labels[mask] = label
+            lesions.append(Lesion(label, center, axes))
+
+    place(LIVER_LESION, liver, int(rng.integers(liver_lesions[0], liver_lesions[1] + 1)), (6.0, 15.0), (-70.0, -45.0))
+    place(LUNG_NODULE, lungs, int(rng.integers(lung_nodules[0], lung_nodules[1] + 1)), (4.0, 10.0), (850.0, 900.0))
+
+    # Scanner blur and noise.
+    hu = ndimage.gaussian_filter(hu, sigma=(0.6 * min(1.0, 1.0 / sk), 0.6, 0.6))
+    hu += rng.normal(0.0, rng.uniform(*noise_hu), size=shape).astype(np.float32)
+    volume = Volume(hu.astype(np.float32), spacing, origin=(float(i[0]), float(j[0]), float(k[0])), modality="CT")
+    return Phantom(volume, labels, tuple(lesions))

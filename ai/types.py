@@ -1,0 +1,113 @@
+"""The seam between the DICOM side and the numeric side: ``Volume`` in, ``Findings`` out.
+
+Nothing here knows DICOM. A ``Volume`` is a numpy array in a fixed orientation with the
+geometry to map every voxel to patient coordinates; ``Findings`` is what a pipeline says about
+it: a label map aligned voxel for voxel with the input, measurements, scores, and who said so.
+
+Array orientation: ``voxels[k, j, i]`` -- k along the slice normal, j down the rows, i along
+the columns of the source images. ``spacing`` is (k, j, i) in mm. The patient position of
+voxel (k, j, i) is ``origin + direction @ ([i, j, k] * spacing[::-1])``, i.e. ``direction``'s
+columns are the unit vectors of the i (row direction), j (column direction) and k (slice) axes,
+in the DICOM patient coordinate system (LPS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Voxels (float32; HU for CT) with their geometry."""
+
+    voxels: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    modality: str = "CT"
+
+    def __post_init__(self) -> None:
+        if self.voxels.ndim != 3:
+            raise ValueError(f"a Volume is 3-D, got an array of shape {self.voxels.shape}")
+        if len(self.spacing) != 3 or any(s <= 0 for s in self.spacing):
+            raise ValueError(f"spacing must be three positive numbers (k, j, i) in mm, got {self.spacing}")
+        if np.asarray(self.direction).shape != (3, 3):
+            raise ValueError("direction must be a 3x3 matrix whose columns are the i, j, k axes")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.voxels.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def index_to_patient(self, kji: np.ndarray) -> np.ndarray:
+        """Patient (LPS, mm) coordinates of voxel indices given as (..., 3) arrays of (k, j, i)."""
+        kji = np.asarray(kji, dtype=float)
+        ijk_mm = kji[..., ::-1] * np.asarray(self.spacing[::-1])
+        return np.asarray(self.origin) + ijk_mm @ np.asarray(self.direction).T
+
+    def with_voxels(self, voxels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> Volume:
+        """The same geometry (origin, direction) with other voxels, optionally another spacing."""
+        return Volume(voxels, spacing or self.spacing, self.origin, self.direction, self.modality)
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """One label of a model: its value in the label map, a name and SNOMED CT codes.
+
+    ``category`` and ``type`` are (code value, coding scheme designator, code meaning), as a
+    DICOM SEG's Segmented Property Category and Type need them.
+    """
+
+    value: int
+    name: str
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+    color: tuple[int, int, int] = (255, 0, 0)
+    lesion: bool = False
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Measurements of one label (all its voxels) or of one lesion (one connected component)."""
+
+    label: int
+    name: str
+    volume_ml: float
+    mean: float
+    std: float
+    voxel_count: int
+    bbox: tuple[tuple[int, int, int], tuple[int, int, int]]  # (k, j, i) min, max inclusive
+    centroid_kji: tuple[float, float, float]
+    centroid_patient: tuple[float, float, float]
+    longest_axial_diameter_mm: float
+    #: The two voxel (k, j, i) ends of the longest axial diameter, on its slice.
+    diameter_endpoints_kji: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    lesion_index: int | None = None  # 1, 2, ... for lesions; None for a whole-label measurement
+    score: float | None = None  # the model's probability for this lesion, if it gives one
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What a pipeline found in one Volume."""
+
+    label_map: np.ndarray  # uint8, same shape as the input Volume
+    labels: tuple[LabelInfo, ...]
+    measurements: tuple[Measurement, ...]
+    scores: dict[str, float]  # e.g. {"liver lesion present": 0.97}
+    findings: dict[str, bool]  # the scores turned into findings by the model card's thresholds
+    model_name: str
+    model_version: str
+    algorithm_family: str = "Artificial Intelligence"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def label(self, value: int) -> LabelInfo:
+        for info in self.labels:
+            if info.value == value:
+                return info
+        raise KeyError(f"no label {value}")
