@@ -97,6 +97,7 @@ class _AssociationStats:
     outcome: str = "open"
     failures: list[str] = field(default_factory=list)
     association: Any = None
+    closed: bool = False
 
 
 class NodeAE(AE):  # type: ignore[misc]
@@ -134,8 +135,9 @@ class StorageSCP:
         self.index = index
         self.audit = audit
         self.clock = clock
-        # Keyed by id(association); each key is touched by its own association thread only.
+        # Keyed by id(association), from EVT_ACCEPTED until its audit line is written.
         self._stats: dict[int, _AssociationStats] = {}
+        self._finish_lock = threading.Lock()
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -252,6 +254,8 @@ class StorageSCP:
             for thread in (assoc, getattr(assoc, "dul", None)):
                 if isinstance(thread, threading.Thread) and thread.is_alive():
                     thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for key in list(self._stats):
+            self._finish(key)  # whatever is left ended (or was cut off by the stop)
 
     def on_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -268,15 +272,38 @@ class StorageSCP:
             called_ae=str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
         )
 
+    # An association's audit line needs both its end (EVT_RELEASED / EVT_ABORTED, from the
+    # association thread) and its connection's close (EVT_CONN_CLOSE, from the DUL thread); they
+    # race, so the line is written by whichever comes second. A connection that closes with no
+    # end event (the peer vanished) is written as aborted after CLOSE_GRACE_SECONDS.
+    CLOSE_GRACE_SECONDS = 2.0
+
     def on_ended(self, event: evt.Event) -> None:
         stats = self._stats.get(id(event.assoc))
-        if stats is not None:
-            stats.outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
-
-    def on_conn_close(self, event: evt.Event) -> None:
-        stats = self._stats.pop(id(event.assoc), None)
         if stats is None:
             return
+        stats.outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        if stats.closed:
+            self._finish(id(event.assoc))
+
+    def on_conn_close(self, event: evt.Event) -> None:
+        key = id(event.assoc)
+        stats = self._stats.get(key)
+        if stats is None:
+            return
+        stats.closed = True
+        if stats.outcome != "open":
+            self._finish(key)
+        else:
+            timer = threading.Timer(self.CLOSE_GRACE_SECONDS, self._finish, args=(key,))
+            timer.daemon = True
+            timer.start()
+
+    def _finish(self, key: int) -> None:
+        with self._finish_lock:
+            stats = self._stats.pop(key, None)
+        if stats is None:
+            return  # already written
         if stats.outcome == "open":
             stats.outcome = "aborted"  # the connection went away without a release
         fields = {

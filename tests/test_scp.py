@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -298,3 +299,20 @@ def test_large_instance_from_pynetdicom_streams_with_bounded_memory(node: Node, 
         tracemalloc.stop()
     assert peak < size / 4, f"peak Python allocation {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB instance"
     assert_stored_unchanged(node, [big])
+
+
+def test_vanished_peer_is_audited_as_aborted_and_node_keeps_serving(node: Node, tmp_path: Path) -> None:
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_established
+    assoc.dul.socket.socket.close()  # the peer disappears without A-RELEASE or A-ABORT
+    assoc.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        lines = [r for r in read_audit(node.config.audit.path) if r["event"] == "association" and r.get("calling_ae") == TEST_SCU]
+        if lines:
+            break
+        time.sleep(0.1)
+    assert [r["outcome"] for r in lines] == ["aborted"]
+    assert send(node.port, write_ct_series(tmp_path / "s", 1, 16, 16)) == [0]
