@@ -6,7 +6,8 @@
      │    └── DiskFullError   free space is below the configured watermark (or ENOSPC)
      ├── IndexError_          the SQLite index could not record or answer
      ├── InvalidInstanceError the received bytes are not a DICOM dataset we can index
-     └── PeerError            a remote AE is unknown, unreachable or answered a failure
+     ├── PeerError            a remote AE is unknown, unreachable or answered a failure
+     └── VolumeError          a series is not one consistent 3-D volume (gap, mixed sizes, ...)
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class InvalidInstanceError(NodeError):
 
 class PeerError(NodeError):
     """A remote application entity is unknown, unreachable or refused the request."""
+
+
+class VolumeError(NodeError):
+    """A series cannot be turned into one consistent 3-D volume (the message says why)."""

@@ -13,6 +13,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from ai.types import Volume
+
 #: Our own UID root for generated objects (pydicom's, with a suffix of our own).
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 
@@ -113,6 +115,48 @@ def write_ct_series(
         ds = ct_slice(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, index=index,
                       rows=rows, columns=columns, pixels=pixels, patient_id=patient_id)
         path = folder / f"CT{index:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_volume_series(
+    volume: Volume,
+    folder: Path,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    seed: int = 0,
+    patient_id: str = "PHANTOM001",
+    patient_name: str = "Phantom^Synthetic",
+    description: str = "Synthetic CT phantom",
+    series_number: int = 1,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> list[Path]:
+    """Write a Volume (HU, any orientation) as a single-frame CT series that reads back to the
+    same geometry: slice k sits at ``volume.index_to_patient((k, 0, 0))`` with the volume's
+    row and column directions. ``transfer_syntax`` may be a lossless compressed one (RLE,
+    JPEG-LS, JPEG 2000 lossless), encoded by pydicom."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid(UID_PREFIX, entropy_srcs=[f"volume-study-{seed}"])
+    series_uid = series_uid or generate_uid(UID_PREFIX, entropy_srcs=[study_uid, f"volume-series-{seed}"])
+    direction = np.asarray(volume.direction, dtype=float)
+    hu = np.clip(np.rint(volume.voxels), -32768, 32767).astype(np.int16)
+    paths = []
+    for k in range(volume.shape[0]):
+        sop_uid = generate_uid(UID_PREFIX, entropy_srcs=[series_uid, str(k)])
+        ds = ct_slice(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, index=k,
+                      rows=volume.shape[1], columns=volume.shape[2], pixels=hu[k], spacing=volume.spacing[1],
+                      thickness=volume.spacing[0], patient_id=patient_id, patient_name=patient_name,
+                      series_number=series_number, description=description)
+        ds.PixelSpacing = [round(volume.spacing[1], 6), round(volume.spacing[2], 6)]
+        ds.ImagePositionPatient = [round(float(x), 4) for x in volume.index_to_patient(np.array([k, 0, 0]))]
+        ds.ImageOrientationPatient = [round(float(x), 6) for x in (*direction[:, 0], *direction[:, 1])]
+        if direction[2, 2] < 0.9:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+        if transfer_syntax != ExplicitVRLittleEndian:
+            ds.compress(transfer_syntax)
+        path = folder / f"CT{k:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -1,0 +1,209 @@
+"""Training and evaluation library: data from phantoms (or image/label pairs), patch sampling,
+the Dice + cross-entropy loss, the training loop with checkpoints, and the metrics.
+
+scripts/train.py and scripts/evaluate.py are thin command lines over this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from .phantom import make_phantom
+from .preprocess import apply_steps, resample_labels
+from .types import Volume
+from .unet import UNet3D
+
+
+@dataclass
+class Case:
+    """One training case: preprocessed image (float32) and labels on the same grid."""
+
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def prepare(volume: Volume, labels: np.ndarray, steps: Sequence[dict[str, Any]]) -> Case:
+    """Apply the model card's preprocessing to an image and bring its labels onto the same grid."""
+    image = apply_steps(volume, steps)
+    return Case(image.voxels.astype(np.float32), resample_labels(labels, image.shape))
+
+
+def phantom_cases(seeds: Sequence[int], steps: Sequence[dict[str, Any]], spacing: float = 2.0,
+                  shape: tuple[int, int, int] = (150, 176, 176)) -> Iterator[Case]:
+    """Phantoms sampled directly on the model's grid (then the card's steps, a no-op resample)."""
+    for seed in seeds:
+        phantom = make_phantom(seed, shape=shape, spacing=(spacing, spacing, spacing), liver_lesions=(1, 3), lung_nodules=(1, 3))
+        yield prepare(phantom.volume, phantom.labels, steps)
+
+
+def nifti_cases(folder: Path, steps: Sequence[dict[str, Any]]) -> Iterator[Case]:
+    """Pairs ``NAME_image.nii[.gz]`` / ``NAME_label.nii[.gz]`` from a folder (nibabel)."""
+    import nibabel as nib
+
+    for image_path in sorted(folder.glob("*_image.nii*")):
+        label_path = Path(str(image_path).replace("_image.nii", "_label.nii"))
+        if not label_path.exists():
+            raise FileNotFoundError(f"{image_path.name} has no label file {label_path.name}")
+        image = nib.load(str(image_path))
+        zooms = image.header.get_zooms()[:3]
+        # NIfTI arrays are (i, j, k); ours are (k, j, i).
+        data = np.asarray(image.dataobj, dtype=np.float32).transpose(2, 1, 0)
+        labels = np.asarray(nib.load(str(label_path)).dataobj, dtype=np.uint8).transpose(2, 1, 0)
+        volume = Volume(data, (float(zooms[2]), float(zooms[1]), float(zooms[0])))
+        yield prepare(volume, labels, steps)
+
+
+def sample_patch(case: Case, size: int, rng: np.random.Generator, focus: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """A cubic patch; with probability ``focus`` centred on a voxel of a random present class
+    (so rare classes, lesions, are seen often), else anywhere."""
+    shape = np.asarray(case.image.shape)
+    pad = np.maximum(0, size - shape)
+    image, labels = case.image, case.labels
+    if pad.any():
+        widths = [(int(p // 2), int(p - p // 2)) for p in pad]
+        image = np.pad(image, widths, mode="constant", constant_values=float(image.min()))
+        labels = np.pad(labels, widths)
+        shape = np.asarray(image.shape)
+    if rng.random() < focus:
+        present = [c for c in np.unique(labels) if c != 0]
+        cls = present[rng.integers(len(present))] if present else 0
+        coords = np.argwhere(labels == cls)
+        center = coords[rng.integers(len(coords))]
+        start = np.clip(center - size // 2 + rng.integers(-size // 4, size // 4 + 1, size=3), 0, shape - size)
+    else:
+        start = np.asarray([rng.integers(0, s - size + 1) for s in shape])
+    sl = tuple(slice(int(a), int(a) + size) for a in start)
+    return image[sl], labels[sl]
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, classes: int, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes present in the batch."""
+    ce = F.cross_entropy(logits, target, weight=class_weights)
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, classes).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1e-5) / (denom + 1e-5)
+    present = onehot.sum(dims)[1:] > 0
+    dice_loss = (1 - dice[1:][present]).mean() if present.any() else torch.zeros((), device=logits.device)
+    return ce + dice_loss
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 2
+    patch: int = 48
+    lr: float = 2e-3
+    seed: int = 0
+    classes: int = 8
+    features: tuple[int, ...] = (8, 16, 32, 64)
+    checkpoint_every: int = 250
+    threads: int = 2
+
+
+def train(cases: list[Case], config: TrainConfig, out: Path,
+          on_step: Callable[[int, float], None] | None = None) -> UNet3D:
+    """Train a U-Net on random patches of ``cases``; checkpoints (state dict + step) go to ``out``.
+
+    Resumes from ``out/checkpoint.pt`` when present, so an interrupted run continues.
+    """
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    model = UNet3D(classes=config.classes, features=config.features)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    weights = torch.ones(config.classes)
+    weights[0] = 0.5
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        start = int(state["step"])
+    model.train()
+    for step in range(start, config.steps):
+        patches = [sample_patch(cases[int(rng.integers(len(cases)))], config.patch, rng) for _ in range(config.batch)]
+        image = torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy())
+        # Intensity augmentation: small gain and offset, as scanners differ.
+        image = image * float(rng.uniform(0.95, 1.05)) + float(rng.uniform(-0.02, 0.02))
+        target = torch.from_numpy(np.stack([p[1] for p in patches]).astype(np.int64))
+        loss = dice_ce_loss(model(image), target, config.classes, weights)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        if on_step is not None:
+            on_step(step + 1, float(loss.detach()))
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng, "step": step + 1}, checkpoint)
+    model.eval()
+    return model
+
+
+def export_torchscript(model: UNet3D, path: Path, patch: int = 48) -> None:
+    """Trace to TorchScript (CPU, eval mode) and check it on another input size."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.zeros(1, 1, patch, patch, patch))
+        probe = torch.randn(1, 1, 32, 40, 56)
+        if not torch.allclose(traced(probe), model(probe), atol=1e-4):
+            raise RuntimeError("traced model differs from the eager one on another input size")
+    traced.save(str(path))
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th percentile symmetric surface distance in mm (inf when exactly one mask is empty)."""
+    if not a.any() and not b.any():
+        return 0.0
+    if not a.any() or not b.any():
+        return float("inf")
+
+    def surface(m: np.ndarray) -> np.ndarray:
+        return m & ~ndimage.binary_erosion(m)
+
+    sa, sb = surface(a), surface(b)
+    dist_to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    dist_to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
+    distances = np.concatenate([dist_to_b[sa], dist_to_a[sb]])
+    return float(np.percentile(distances, 95))
+
+
+def lesion_sensitivity(truth: np.ndarray, predicted: np.ndarray) -> tuple[int, int]:
+    """(detected, total) ground-truth lesions: detected when any predicted voxel overlaps it."""
+    components, count = ndimage.label(truth)
+    detected = sum(1 for n in range(1, count + 1) if predicted[components == n].any())
+    return detected, count
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def now() -> float:
+    return time.time()

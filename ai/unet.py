@@ -1,0 +1,51 @@
+"""A small 3-D U-Net: enough capacity for the phantom organs and lesions, small enough to train
+on a CPU within the hour and to ship as a few-MB TorchScript file."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class UNet3D(nn.Module):
+    """Encoder-decoder with skip connections; input (N, C, D, H, W) with D, H, W multiples of
+    2**(len(features)-1); output logits (N, classes, D, H, W)."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 8, features: tuple[int, ...] = (8, 16, 32, 64)) -> None:
+        super().__init__()
+        self.features = features
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for f in features:
+            self.down.append(_Block(cin, f))
+            cin = f
+        self.pool = nn.MaxPool3d(2)
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for f_low, f_high in zip(features[::-1][:-1], features[::-1][1:]):
+            self.up.append(nn.ConvTranspose3d(f_low, f_high, 2, stride=2))
+            self.merge.append(_Block(2 * f_high, f_high))
+        self.head = nn.Conv3d(features[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i < len(self.down) - 1:
+                skips.append(x)
+                x = self.pool(x)
+        for up, merge, skip in zip(self.up, self.merge, skips[::-1]):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(x)

@@ -1,0 +1,246 @@
+"""The files of one series -> a ``Volume``: voxels in HU (CT) or stored intensity (MR), in a
+fixed orientation, with the geometry to map every voxel back to its source frame.
+
+Rules (each broken rule is a VolumeError that says which and where):
+
+* Frames are sorted by their position along the slice normal (``cross(row, column)`` of the
+  orientation), never by InstanceNumber. ``voxels[k, j, i]``: k along the normal, j down the
+  rows, i along the columns; ``Volume.direction`` columns are the row, column and normal
+  vectors, so voxel (k, j, i) sits at ``origin + direction @ ([i, j, k] * spacing[::-1])``.
+* Single-frame series and Enhanced multi-frame CT/MR (per-frame functional groups) are read
+  alike; compressed pixel data is decoded (pylibjpeg and its plugins, pyjpegls).
+* All frames must share orientation (within 1e-4) and size: mixed ones are refused.
+* Two frames at the same position: dropped as duplicates when their pixels are identical,
+  refused otherwise. A gap (a step over 1.5x the median) is refused as missing slices; steps
+  that vary by more than 10% are refused as uneven. Slices must stack along their normal (a
+  gantry-tilted stack is refused).
+* CT: RescaleSlope/RescaleIntercept applied (HU). Other modalities: stored values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from ai.types import Volume
+
+from .errors import VolumeError
+
+log = logging.getLogger(__name__)
+
+ORIENTATION_TOLERANCE = 1e-4
+POSITION_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one k-slice of the volume came from."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    frame_number: int | None  # 1-based for multi-frame instances, None for single-frame
+
+
+@dataclass(frozen=True)
+class SeriesVolume:
+    """A volume with the references of its k-slices and one source dataset (header only) per
+    instance, in k order of first appearance (what result objects copy patient/study data from)."""
+
+    volume: Volume
+    frames: tuple[FrameRef, ...]
+    datasets: tuple[Dataset, ...]
+
+
+@dataclass
+class _Frame:
+    ref: FrameRef
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: tuple[float, float]
+    thickness: float | None
+    slope: float
+    intercept: float
+    pixels: Any  # a callable returning the 2-D array, so only kept frames are decoded
+    shape: tuple[int, int]
+
+
+def _floats(values: Any, count: int, what: str, where: str) -> np.ndarray:
+    try:
+        array = np.asarray([float(v) for v in values], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise VolumeError(f"{where}: {what} is not numeric: {values!r}") from exc
+    if array.shape != (count,):
+        raise VolumeError(f"{where}: {what} needs {count} values, has {len(array)}")
+    return array
+
+
+def _first(seq: Any) -> Dataset | None:
+    return seq[0] if seq else None
+
+
+def _frames_of(ds: Dataset, path: str) -> list[_Frame]:
+    sop = str(ds.SOPInstanceUID)
+    sop_class = str(ds.SOPClassUID)
+    shape = (int(ds.Rows), int(ds.Columns))
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        shared = _first(ds.get("SharedFunctionalGroupsSequence"))
+        frames = []
+        cache: dict[str, np.ndarray] = {}
+
+        def pixels_of(index: int) -> Any:
+            def load() -> np.ndarray:
+                if "all" not in cache:
+                    cache["all"] = ds.pixel_array.reshape(n_frames, *shape)
+                return cache["all"][index]
+            return load
+
+        for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            def macro(name: str) -> Dataset | None:
+                item = _first(group.get(name)) if name in group else None
+                if item is None and shared is not None and name in shared:
+                    item = _first(shared.get(name))
+                return item
+
+            where = f"{path} frame {index + 1}"
+            position = macro("PlanePositionSequence")
+            orientation = macro("PlaneOrientationSequence")
+            measures = macro("PixelMeasuresSequence")
+            if position is None or orientation is None or measures is None:
+                raise VolumeError(f"{where}: per-frame plane position, orientation or pixel measures missing")
+            transform = macro("PixelValueTransformationSequence")
+            slope = float(transform.get("RescaleSlope", 1) if transform is not None else 1)
+            intercept = float(transform.get("RescaleIntercept", 0) if transform is not None else 0)
+            frames.append(_Frame(
+                FrameRef(sop, sop_class, index + 1),
+                _floats(position.ImagePositionPatient, 3, "ImagePositionPatient", where),
+                _floats(orientation.ImageOrientationPatient, 6, "ImageOrientationPatient", where),
+                tuple(_floats(measures.PixelSpacing, 2, "PixelSpacing", where)),  # type: ignore[arg-type]
+                float(measures.SliceThickness) if measures.get("SliceThickness") not in (None, "") else None,
+                slope, intercept, pixels_of(index), shape,
+            ))
+        return frames
+    if n_frames != 1:
+        raise VolumeError(f"{path}: multi-frame instance without per-frame functional groups is not a volume we can place")
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if keyword not in ds:
+            raise VolumeError(f"{path}: {keyword} missing: the slice cannot be placed in 3-D")
+    thickness = ds.get("SliceThickness")
+    return [_Frame(
+        FrameRef(sop, sop_class, None),
+        _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path),
+        _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
+        tuple(_floats(ds.PixelSpacing, 2, "PixelSpacing", path)),  # type: ignore[arg-type]
+        float(thickness) if thickness not in (None, "") else None,
+        float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0),
+        lambda ds=ds: ds.pixel_array, shape,
+    )]
+
+
+def load_series(paths: Sequence[Path]) -> SeriesVolume:
+    """Read the files of one series into a SeriesVolume (see the module docstring's rules)."""
+    if not paths:
+        raise VolumeError("no files given")
+    datasets: list[Dataset] = []
+    frames: list[_Frame] = []
+    series_uids = set()
+    for path in paths:
+        try:
+            ds = dcmread(path)
+        except Exception as exc:  # pydicom raises many kinds on a bad file
+            raise VolumeError(f"{path}: not a readable DICOM file: {exc}") from exc
+        if "PixelData" not in ds:
+            raise VolumeError(f"{path}: no Pixel Data")
+        series_uids.add(str(ds.get("SeriesInstanceUID", "")))
+        frames.extend(_frames_of(ds, str(path)))
+        datasets.append(ds)
+    if len(series_uids) > 1:
+        raise VolumeError(f"files from {len(series_uids)} series given; a volume is one series")
+    modality = str(datasets[0].get("Modality", ""))
+    return _assemble(frames, datasets, modality)
+
+
+def _assemble(frames: list[_Frame], datasets: list[Dataset], modality: str) -> SeriesVolume:
+    reference = frames[0]
+    for frame in frames[1:]:
+        if frame.shape != reference.shape:
+            raise VolumeError(f"mixed frame sizes: {reference.shape} ({reference.ref.sop_instance_uid}) and "
+                              f"{frame.shape} ({frame.ref.sop_instance_uid})")
+        if np.abs(frame.orientation - reference.orientation).max() > ORIENTATION_TOLERANCE:
+            raise VolumeError(f"mixed orientations: {reference.orientation.round(4).tolist()} and "
+                              f"{frame.orientation.round(4).tolist()} ({frame.ref.sop_instance_uid})")
+        if np.abs(np.asarray(frame.spacing) - np.asarray(reference.spacing)).max() > 1e-3:
+            raise VolumeError(f"mixed pixel spacings: {reference.spacing} and {frame.spacing}")
+
+    row = reference.orientation[:3] / np.linalg.norm(reference.orientation[:3])
+    col = reference.orientation[3:] / np.linalg.norm(reference.orientation[3:])
+    normal = np.cross(row, col)
+    frames.sort(key=lambda f: float(frames_position(f, normal)))
+    positions = np.asarray([frames_position(f, normal) for f in frames])
+
+    # Duplicates: same position twice.
+    kept = [frames[0]]
+    for frame, position in zip(frames[1:], positions[1:]):
+        if abs(position - frames_position(kept[-1], normal)) <= POSITION_TOLERANCE_MM:
+            if np.array_equal(frame.pixels(), kept[-1].pixels()):
+                log.warning("Duplicate slice at %.3f mm (%s) dropped", position, frame.ref.sop_instance_uid)
+                continue
+            raise VolumeError(f"two different slices at the same position {position:.3f} mm: "
+                              f"{kept[-1].ref.sop_instance_uid} and {frame.ref.sop_instance_uid}")
+        kept.append(frame)
+    frames = kept
+    positions = np.asarray([frames_position(f, normal) for f in frames])
+
+    # The stack must run along the normal (no gantry tilt / shear).
+    for frame in frames[1:]:
+        offset = frame.position - frames[0].position
+        in_plane = offset - np.dot(offset, normal) * normal
+        if np.linalg.norm(in_plane) > max(0.01, 0.01 * np.linalg.norm(offset)):
+            raise VolumeError(f"slices do not stack along their normal (in-plane offset {np.linalg.norm(in_plane):.2f} mm at "
+                              f"{frame.ref.sop_instance_uid}: gantry tilt or mixed stacks)")
+
+    if len(frames) > 1:
+        steps = np.diff(positions)
+        median = float(np.median(steps))
+        gaps = np.nonzero(steps > 1.5 * median)[0]
+        if len(gaps):
+            first = int(gaps[0])
+            raise VolumeError(f"missing slice(s): a gap of {steps[first]:.2f} mm between positions {positions[first]:.2f} and "
+                              f"{positions[first + 1]:.2f} mm, where slices are {median:.2f} mm apart")
+        if (np.abs(steps - median) > 0.1 * median).any():
+            raise VolumeError(f"uneven slice spacing: steps from {steps.min():.3f} to {steps.max():.3f} mm")
+        slice_spacing = float(positions[-1] - positions[0]) / (len(frames) - 1)
+    else:
+        slice_spacing = float(frames[0].thickness or 1.0)
+
+    rescale = modality == "CT"
+    voxels = np.empty((len(frames), *reference.shape), dtype=np.float32)
+    for k, frame in enumerate(frames):
+        data = np.asarray(frame.pixels(), dtype=np.float32)
+        if data.ndim != 2:
+            raise VolumeError(f"{frame.ref.sop_instance_uid}: frame is not a single-sample 2-D image (shape {data.shape})")
+        voxels[k] = data * frame.slope + frame.intercept if rescale else data
+    direction = np.stack([row, col, normal], axis=1)
+    # PixelSpacing is (between rows, between columns) = (j, i).
+    volume = Volume(voxels, (float(slice_spacing), float(reference.spacing[0]), float(reference.spacing[1])),
+                    tuple(float(x) for x in frames[0].position), direction, modality or "OT")
+    ordered: list[Dataset] = []
+    seen: set[str] = set()
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    for frame in frames:
+        uid = frame.ref.sop_instance_uid
+        if uid not in seen:
+            seen.add(uid)
+            ordered.append(by_uid[uid])
+    return SeriesVolume(volume, tuple(f.ref for f in frames), tuple(ordered))
+
+
+def frames_position(frame: _Frame, normal: np.ndarray) -> float:
+    return float(np.dot(frame.position, normal))
