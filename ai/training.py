@@ -7,6 +7,7 @@ scripts/train.py and scripts/evaluate.py are thin command lines over this module
 from __future__ import annotations
 
 import json
+import warnings
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -161,7 +162,10 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
 def export_torchscript(model: UNet3D, path: Path, patch: int = 48) -> None:
     """Trace to TorchScript (CPU, eval mode) and check it on another input size."""
     model = model.cpu().eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is the format the node ships and loads without the model's Python code;
+        # torch 2.13 marks jit.trace deprecated in favour of torch.export, which we do not use yet.
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=DeprecationWarning)
         traced = torch.jit.trace(model, torch.zeros(1, 1, patch, patch, patch))
         probe = torch.randn(1, 1, 32, 40, 56)
         if not torch.allclose(traced(probe), model(probe), atol=1e-4):

@@ -161,6 +161,30 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(config: NodeConfig, args: argparse.Namespace) -> int:
+    from ai.registry import ModelCardError, ModelRegistry
+
+    try:
+        cards = ModelRegistry(list(args.models_dir or [])).cards()
+    except ModelCardError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    if args.json:
+        json.dump([{"name": c.name, "version": c.version, "task": c.data.task, "modality": c.data.modality,
+                    "format": c.data.format, "weights": str(c.weights_path), "weights_present": c.weights_path.exists(),
+                    "labels": [l.name for l in c.data.labels], "limitations": c.data.limitations.strip()} for c in cards],
+                  sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    table = Table(title="Installed models")
+    for column in ("name", "version", "task", "modality", "labels", "weights"):
+        table.add_column(column)
+    for card in cards:
+        table.add_row(card.name, card.version, card.data.task, card.data.modality, ", ".join(l.name for l in card.data.labels),
+                      card.data.format if card.weights_path.exists() else f"[red]missing {card.data.weights}[/]")
+    (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicom-node", description="A DICOM node that receives studies and runs AI pipelines on them.")
     parser.add_argument("--config", type=Path, default=None, help="configuration file (default: $DICOM_NODE_CONFIG, else config/node.yaml)")
@@ -185,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="studies and series in the index, with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    models = sub.add_parser("models", help="the AI models installed, from their model cards")
+    models.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

@@ -239,6 +239,9 @@ def _assemble(frames: list[_Frame], datasets: list[Dataset], modality: str) -> S
         if uid not in seen:
             seen.add(uid)
             ordered.append(by_uid[uid])
+    for ds in ordered:  # headers only from here on: the voxels hold the pixels
+        if "PixelData" in ds:
+            del ds.PixelData
     return SeriesVolume(volume, tuple(f.ref for f in frames), tuple(ordered))
 
 

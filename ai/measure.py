@@ -1,0 +1,107 @@
+"""Measurements of labels and lesions: volume (mL), mean and standard deviation of intensity,
+bounding box, centroid (voxel and patient), and the longest axial diameter with its two ends
+(the line a viewer draws on the lesion's key slice)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from .postprocess import components
+from .types import LabelInfo, Measurement, Volume
+
+
+def longest_axial_diameter(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, tuple[tuple[float, float, float], tuple[float, float, float]] | None]:
+    """The longest in-plane (one k slice) distance in mm between two voxel centres of ``mask``,
+    and its end points as (k, j, i). Computed on the convex hull of each slice's voxels."""
+    best = 0.0
+    ends = None
+    scale = np.asarray(spacing[1:], dtype=float)
+    for k in np.unique(np.nonzero(mask)[0]):
+        points = np.argwhere(mask[k]).astype(float)
+        if len(points) < 2:
+            continue
+        if len(points) > 3:
+            try:
+                points = points[ConvexHull(points * scale).vertices]
+            except QhullError:
+                pass  # collinear points: keep them all
+        mm = points * scale
+        distances = np.sqrt(((mm[:, None, :] - mm[None, :, :]) ** 2).sum(-1))
+        a, b = np.unravel_index(int(np.argmax(distances)), distances.shape)
+        if distances[a, b] > best:
+            best = float(distances[a, b])
+            ends = ((float(k), *map(float, points[a])), (float(k), *map(float, points[b])))
+    return best, ends  # type: ignore[return-value]
+
+
+def measure(mask: np.ndarray, volume: Volume, label: LabelInfo, lesion_index: int | None = None,
+            score: float | None = None) -> Measurement:
+    coords = np.argwhere(mask)
+    values = volume.voxels[mask]
+    centroid = coords.mean(axis=0)
+    diameter, ends = longest_axial_diameter(mask, volume.spacing)
+    return Measurement(
+        label=label.value,
+        name=label.name,
+        volume_ml=float(len(coords) * volume.voxel_volume_ml),
+        mean=float(values.mean()),
+        std=float(values.std()),
+        voxel_count=int(len(coords)),
+        bbox=(tuple(int(x) for x in coords.min(axis=0)), tuple(int(x) for x in coords.max(axis=0))),  # type: ignore[arg-type]
+        centroid_kji=tuple(float(x) for x in centroid),  # type: ignore[arg-type]
+        centroid_patient=tuple(float(x) for x in volume.index_to_patient(centroid)),  # type: ignore[arg-type]
+        longest_axial_diameter_mm=diameter,
+        diameter_endpoints_kji=ends,
+        lesion_index=lesion_index,
+        score=score,
+    )
+
+
+LesionScore = Callable[[int, np.ndarray], float]
+
+
+def probability_score(probabilities: dict[int, np.ndarray], shape: tuple[int, int, int]) -> LesionScore:
+    """Mean probability of a component, read from class probability maps on a coarser grid over
+    the same extent (each voxel of ``shape`` maps to the coarse voxel containing its centre),
+    so full-resolution probability maps never need to exist."""
+
+    def score(label: int, indices: np.ndarray) -> float:
+        grid = probabilities[label]
+        factors = np.asarray(grid.shape) / np.asarray(shape)
+        coarse = np.minimum(((indices + 0.5) * factors).astype(int), np.asarray(grid.shape) - 1)
+        return float(grid[coarse[:, 0], coarse[:, 1], coarse[:, 2]].mean())
+
+    return score
+
+
+def measure_all(label_map: np.ndarray, volume: Volume, labels: tuple[LabelInfo, ...],
+                lesion_score: LesionScore | None = None) -> list[Measurement]:
+    """One measurement per present label, then one per lesion (connected component of a lesion
+    label), with its score: ``lesion_score(label, voxel_indices)``, e.g. the model's mean
+    probability over the component (see probability_score)."""
+    results = []
+    for info in labels:
+        mask = label_map == info.value
+        if mask.any():
+            results.append(measure(mask, volume, info))
+    for info in labels:
+        if not info.lesion:
+            continue
+        labelled, count = components(label_map == info.value)
+        if count == 0:
+            continue
+        slices = ndimage.find_objects(labelled)
+        for n, box in enumerate(slices, start=1):
+            local = labelled[box] == n
+            mask = np.zeros(label_map.shape, dtype=bool)
+            mask[box] = local
+            score = None
+            if lesion_score is not None:
+                offset = np.asarray([b.start for b in box])
+                score = float(lesion_score(info.value, np.argwhere(local) + offset))
+            results.append(measure(mask, volume, info, lesion_index=n, score=score))
+    return results

@@ -1,0 +1,87 @@
+"""The AI pipelines on phantoms: the shipped model's targets on a small fixed held-out set,
+alignment with the input grid, and the classical baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ai.phantom import LIVER_LESION, LUNG, LUNG_NODULE, BONE, make_phantom
+from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline
+from ai.registry import ModelRegistry
+from ai.training import dice, lesion_sensitivity
+from ai.types import Volume
+
+HELD_OUT = (9001, 9002, 9003)  # training used seeds 1000-1039
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> SegmentationPipeline:
+    return SegmentationPipeline(ModelRegistry().get("ct-organs"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def results(pipeline: SegmentationPipeline) -> list[tuple[object, object]]:
+    out = []
+    for seed in HELD_OUT:
+        phantom = make_phantom(seed, shape=(120, 176, 176), spacing=(2.0, 2.0, 2.0), liver_lesions=(2, 2), lung_nodules=(2, 2))
+        out.append((phantom, pipeline.run(phantom.volume)))
+    return out
+
+
+def test_shipped_model_meets_its_targets(results: list) -> None:
+    organ_dice = {name: [] for name in ("lungs", "liver", "spleen", "kidneys", "bone")}
+    lesion_dice = {"liver lesion": [], "lung nodule": []}
+    detected = total = 0
+    for phantom, findings in results:
+        for value, name in enumerate(["", "lungs", "liver", "spleen", "kidneys", "bone", "liver lesion", "lung nodule"]):
+            if not name:
+                continue
+            score = dice(findings.label_map == value, phantom.labels == value)
+            (organ_dice if name in organ_dice else lesion_dice)[name].append(score)
+        for value in (LIVER_LESION, LUNG_NODULE):
+            d, t = lesion_sensitivity(phantom.labels == value, findings.label_map == value)
+            detected, total = detected + d, total + t
+        assert findings.findings == {"liver lesion present": True, "lung nodule present": True}
+    means = {name: float(np.mean(v)) for name, v in {**organ_dice, **lesion_dice}.items()}
+    print("held-out Dice:", {k: round(v, 3) for k, v in means.items()}, f"sensitivity {detected}/{total}")
+    assert all(means[name] >= 0.90 for name in organ_dice), means
+    assert all(means[name] >= 0.70 for name in lesion_dice), means
+    assert detected / total >= 0.8
+
+
+def test_findings_carry_measurements_and_identity(results: list) -> None:
+    phantom, findings = results[0]
+    assert (findings.model_name, findings.model_version) == ("ct-organs", "1.0.0")
+    lesions = [m for m in findings.measurements if m.lesion_index is not None]
+    assert lesions and all(m.score is not None and 0 <= m.score <= 1 for m in lesions)
+    liver = next(m for m in findings.measurements if m.name == "liver" and m.lesion_index is None)
+    truth_ml = float((phantom.labels == 2).sum()) * phantom.volume.voxel_volume_ml
+    assert liver.volume_ml == pytest.approx(truth_ml, rel=0.1)
+    assert 40 < liver.mean < 80  # measured on the input's HU
+
+
+def test_label_map_is_aligned_with_an_odd_oblique_input(pipeline: SegmentationPipeline) -> None:
+    phantom = make_phantom(9100, shape=(50, 150, 140), spacing=(5.0, 2.6, 2.6), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    t = np.deg2rad(10)
+    tilted = Volume(phantom.volume.voxels, phantom.volume.spacing, (3.0, 4.0, 5.0),
+                    np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]))
+    findings = pipeline.run(tilted)
+    assert findings.label_map.shape == phantom.labels.shape
+    for value in (LUNG, 2):
+        predicted, truth = findings.label_map == value, phantom.labels == value
+        shift = np.abs(np.argwhere(predicted).mean(0) - np.argwhere(truth).mean(0))
+        assert shift.max() < 0.5, f"label {value} centroid off by {shift} voxels"
+
+
+def test_classical_baseline_on_a_phantom() -> None:
+    phantom = make_phantom(9200, shape=(60, 128, 128), spacing=(5.0, 3.0, 3.0))
+    findings = ClassicalCTPipeline().run(phantom.volume)
+    names = [label.name for label in findings.labels]
+    assert names == ["body", "lungs", "bone"]
+    lungs = findings.label_map == 2
+    truth_lungs = (phantom.labels == LUNG) | (phantom.labels == LUNG_NODULE)
+    assert dice(lungs | (findings.label_map == 3) & truth_lungs, truth_lungs) > 0.85
+    assert dice(findings.label_map == 3, phantom.labels == BONE) > 0.8
+    body = findings.label_map > 0
+    assert body[phantom.labels > 0].mean() > 0.99
