@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Train a 3-D U-Net segmentation model and export it as TorchScript beside its model card.
 
-Data: generated CT phantoms (default; seeds --first-seed .. +--phantoms), or a folder of NIfTI
-image/label pairs (NAME_image.nii.gz + NAME_label.nii.gz) with --data. Preprocessing is the
+Data: generated CT phantoms (default; seeds --first-seed .. +--phantoms), a folder of NIfTI
+image/label pairs (NAME_image.nii.gz + NAME_label.nii.gz) with --data, or a folder of case
+folders, each a DICOM series with a DICOM SEG whose segment labels name the card's labels, with
+--dicom. Preprocessing is the
 model card's, so training sees exactly what inference will. Fixed seed, checkpoints every
 --checkpoint-every steps in --out (an interrupted run resumes), a progress bar.
 
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ai.training import TrainConfig, export_torchscript, nifti_cases, phantom_cases, train, write_json  # noqa: E402
+from ai.training import TrainConfig, export_torchscript, nifti_cases, phantom_cases, prepare, train, write_json  # noqa: E402
 
 
 def main() -> int:
@@ -32,6 +34,7 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--phantom-shape", type=int, nargs=3, default=(150, 176, 176))
     parser.add_argument("--data", type=Path, help="folder of NIfTI image/label pairs instead of phantoms")
+    parser.add_argument("--dicom", type=Path, help="folder of case folders (a DICOM series + its SEG) instead of phantoms")
     parser.add_argument("--patch", type=int, default=48)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -47,6 +50,12 @@ def main() -> int:
     if args.data:
         cases = list(nifti_cases(args.data, steps))
         source = f"NIfTI pairs in {args.data}"
+    elif args.dicom:
+        from dicom_node.training_data import dicom_seg_cases
+
+        values = {label["name"]: int(label["value"]) for label in card["labels"]}
+        cases = [prepare(volume, labels, steps) for volume, labels in dicom_seg_cases(args.dicom, values)]
+        source = f"DICOM series with SEG labels in {args.dicom}"
     else:
         seeds = list(range(args.first_seed, args.first_seed + args.phantoms))
         cases = list(phantom_cases(seeds, steps, shape=tuple(args.phantom_shape)))
