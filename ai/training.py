@@ -155,8 +155,30 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rng, "step": step + 1}, checkpoint)
+    recalibrate_batchnorm(model, cases, config, rng)
     model.eval()
     return model
+
+
+def recalibrate_batchnorm(model: UNet3D, cases: list[Case], config: TrainConfig, rng: np.random.Generator,
+                          batches: int = 150) -> None:
+    """Replace the batch-norm running statistics by their average over many training batches.
+
+    During training they are exponential averages over two-patch batches of uneven content; at
+    inference the model then normalises with statistics it never trained with. A cumulative
+    average over ``batches`` forward passes (no gradients) gives the population statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            patches = [sample_patch(cases[int(rng.integers(len(cases)))], config.patch, rng, focus=0.3) for _ in range(4)]
+            model(torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy()))
+    for norm in norms:
+        norm.momentum = 0.1
 
 
 def export_torchscript(model: UNet3D, path: Path, patch: int = 48) -> None:

@@ -1,9 +1,10 @@
 """A small 3-D U-Net: enough capacity for the phantom organs and lesions, small enough to train
 on a CPU within the hour and to ship as a few-MB TorchScript file.
 
-Instance normalisation, not batch normalisation: training batches are two patches, often of
-one tissue each, and batch statistics that small never match the running averages used at
-inference (a batch-norm model that trained well segmented soft tissue poorly in eval mode)."""
+Batch normalisation: CT intensities are absolute (HU), and per-sample normalisation (instance
+or group norm) erases exactly that (air and lung, or spleen and muscle, then look alike in a
+patch of one tissue). Training batches of two patches give running statistics that do not
+match inference, so training ends by recalibrating them over many patches (training.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ class _Block(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01, inplace=True),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.LeakyReLU(0.01, inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
