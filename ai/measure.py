@@ -20,8 +20,10 @@ def longest_axial_diameter(mask: np.ndarray, spacing: tuple[float, float, float]
     best = 0.0
     ends = None
     scale = np.asarray(spacing[1:], dtype=float)
-    for k in np.unique(np.nonzero(mask)[0]):
-        points = np.argwhere(mask[k]).astype(float)
+    for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        plane = mask[k]
+        # The convex hull only needs the outline of the slice's object, not its inside.
+        points = np.argwhere(plane & ~ndimage.binary_erosion(plane)).astype(float)
         if len(points) < 2:
             continue
         if len(points) > 3:
@@ -38,20 +40,36 @@ def longest_axial_diameter(mask: np.ndarray, spacing: tuple[float, float, float]
     return best, ends  # type: ignore[return-value]
 
 
+def _bbox(mask: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    lo, hi = [], []
+    for axis in range(3):
+        present = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        lo.append(int(present[0]))
+        hi.append(int(present[-1]))
+    return (lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2])
+
+
 def measure(mask: np.ndarray, volume: Volume, label: LabelInfo, lesion_index: int | None = None,
             score: float | None = None) -> Measurement:
-    coords = np.argwhere(mask)
-    values = volume.voxels[mask]
-    centroid = coords.mean(axis=0)
-    diameter, ends = longest_axial_diameter(mask, volume.spacing)
+    """Measure one object. Works inside its bounding box and never lists all its voxels, so a
+    whole-organ mask on a 512 x 512 x 300 grid costs little memory."""
+    (k0, j0, i0), (k1, j1, i1) = _bbox(mask)
+    box = (slice(k0, k1 + 1), slice(j0, j1 + 1), slice(i0, i1 + 1))
+    local = mask[box]
+    values = volume.voxels[box][local].astype(np.float64)
+    count = int(local.sum())
+    centroid = np.asarray(ndimage.center_of_mass(local)) + np.asarray([k0, j0, i0])
+    diameter, ends = longest_axial_diameter(local, volume.spacing)
+    if ends is not None:
+        ends = tuple((e[0] + k0, e[1] + j0, e[2] + i0) for e in ends)  # type: ignore[assignment]
     return Measurement(
         label=label.value,
         name=label.name,
-        volume_ml=float(len(coords) * volume.voxel_volume_ml),
+        volume_ml=float(count * volume.voxel_volume_ml),
         mean=float(values.mean()),
         std=float(values.std()),
-        voxel_count=int(len(coords)),
-        bbox=(tuple(int(x) for x in coords.min(axis=0)), tuple(int(x) for x in coords.max(axis=0))),  # type: ignore[arg-type]
+        voxel_count=count,
+        bbox=((k0, j0, i0), (k1, j1, i1)),
         centroid_kji=tuple(float(x) for x in centroid),  # type: ignore[arg-type]
         centroid_patient=tuple(float(x) for x in volume.index_to_patient(centroid)),  # type: ignore[arg-type]
         longest_axial_diameter_mm=diameter,
@@ -59,9 +77,6 @@ def measure(mask: np.ndarray, volume: Volume, label: LabelInfo, lesion_index: in
         lesion_index=lesion_index,
         score=score,
     )
-
-
-LesionScore = Callable[[int, np.ndarray], float]
 
 
 def probability_score(probabilities: dict[int, np.ndarray], shape: tuple[int, int, int]) -> LesionScore:
