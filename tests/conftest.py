@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +12,8 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.service import Node
+
+from .peers import dcmtk_env, free_port, system_binary  # noqa: F401 - free_port is re-exported to tests
 
 TEST_SCU = "TEST_SCU"
 
@@ -85,33 +84,17 @@ class Dcmtk:
 
     @staticmethod
     def env() -> dict[str, str]:
-        # Debian's DCMTK leaves Nagle on unless told; small instances then stall ~40 ms each.
-        return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def _outside_venv(name: str) -> str | None:
-    """pynetdicom installs its own storescu/echoscu into the venv; we want DCMTK's."""
-    venv_bin = str(Path(sys.prefix) / "bin")
-    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != Path(venv_bin).resolve())
-    return shutil.which(name, path=path + os.pathsep + "/usr/bin")
+        return dcmtk_env()
 
 
 @pytest.fixture(scope="session")
 def dcmtk() -> Dcmtk:
-    tools = {name: _outside_venv(name) for name in ("storescu", "echoscu", "storescp")}
-    missing = [name for name, path in tools.items() if path is None]
-    if missing:
-        pytest.fail(f"DCMTK tools not found outside the venv: {missing} (apt-get install dcmtk)")
+    try:
+        tools = {name: system_binary(name) for name in ("storescu", "echoscu", "storescp")}
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
     print(f"\nDCMTK binaries in use: {tools}")
     return Dcmtk(**tools)  # type: ignore[arg-type]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dcmtk_reference_datasets(dcmtk: Dcmtk, folder: Path, storescu_args: list[str], files: list[Path]) -> dict[str, bytes]:
