@@ -79,6 +79,10 @@ def measure(mask: np.ndarray, volume: Volume, label: LabelInfo, lesion_index: in
     )
 
 
+#: A lesion's score from its label value and its voxel (k, j, i) indices.
+LesionScore = Callable[[int, np.ndarray], float]
+
+
 def probability_score(probabilities: dict[int, np.ndarray], shape: tuple[int, int, int]) -> LesionScore:
     """Mean probability of a component, read from class probability maps on a coarser grid over
     the same extent (each voxel of ``shape`` maps to the coarse voxel containing its centre),

@@ -85,11 +85,16 @@ class _Waker:
         self.writer.close()
 
 
-class _DulTime:
-    """Stands in for the ``time`` module inside pynetdicom.dul."""
+class _TimeShim:
+    """Stands in for the ``time`` module inside one pynetdicom module: everything is the real
+    ``time`` but ``sleep``, which subclasses replace."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+class _DulTime(_TimeShim):
+    """``time`` inside pynetdicom.dul."""
 
     @staticmethod
     def sleep(seconds: float) -> None:
@@ -115,11 +120,8 @@ class _DulTime:
         waker.drain()
 
 
-class _AssociationTime:
-    """Stands in for the ``time`` module inside pynetdicom.association."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
+class _AssociationTime(_TimeShim):
+    """``time`` inside pynetdicom.association."""
 
     @staticmethod
     def sleep(seconds: float) -> None:

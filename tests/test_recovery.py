@@ -58,7 +58,7 @@ def _acknowledged(storescu_output: str) -> list[str]:
 
 
 def test_sigkill_mid_study_loses_no_acknowledged_instance(dcmtk: Dcmtk, tmp_path: Path) -> None:
-    files = write_ct_series(tmp_path / "study", 300, 128, 128, seed=7)
+    write_ct_series(tmp_path / "study", 300, 128, 128, seed=7)
     port = free_port()
     config = config_dict(tmp_path, node={"port": port})
     config_path = tmp_path / "node.yaml"
