@@ -37,11 +37,15 @@ class CompletionScheduler:
         timing: CompletionSection,
         on_complete: Callable[[list[Completed]], None] | None = None,
         clock: Callable[[], float] = time.time,
+        after_sweep: Callable[[float], None] | None = None,
     ) -> None:
         self.index = index
         self.timing = timing
         self.on_complete = on_complete
         self.clock = clock
+        #: Runs after every sweep, found something or not (routing: it also catches up on
+        #: series completed before a crash and not yet routed).
+        self.after_sweep = after_sweep
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
 
     def run_once(self) -> list[Completed]:
@@ -52,6 +56,11 @@ class CompletionScheduler:
             return []
         if done and self.on_complete is not None:
             self.on_complete(done)
+        if self.after_sweep is not None:
+            try:
+                self.after_sweep(self.clock())
+            except IndexError_ as exc:
+                log.error("After-sweep step failed, will try again: %s", exc)
         return done
 
     def start(self) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -117,6 +118,10 @@ class Peer(_Section):
     send: bool = True
     receive: bool = True
     verify_host: bool = False
+    #: SEG encodings this peer should get, preferred first, each used only if the peer accepts
+    #: it at association: binary-jpeg2000 (JPEG 2000 lossless), labelmap (Label Map SEG).
+    #: Plain BINARY is always the last resort.
+    seg_encodings: list[Literal["binary", "binary-jpeg2000", "labelmap"]] = []
 
     @field_validator("ae_title")
     @classmethod
@@ -150,6 +155,82 @@ class CompletionSection(_Section):
     sweep_interval_seconds: float = Field(1.0, gt=0)
 
 
+class RouteMatch(_Section):
+    """What a completed series must look like for a route to take it. Every key given must
+    match; text keys compare case-insensitively, ``series_description`` is a regular expression
+    searched in the description."""
+
+    modality: list[str] = []
+    body_part_examined: list[str] = []
+    calling_ae: list[str] = []
+    series_description: str | None = None
+    min_instances: int = Field(1, ge=1)
+
+    @field_validator("modality", "body_part_examined", "calling_ae", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("series_description")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class Route(_Section):
+    """A completed series that matches goes to ``pipeline``; results go to ``destinations``
+    (peer names; ``sender`` means the peer that sent the series, when it may receive)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: RouteMatch = RouteMatch()
+    pipeline: str
+    destinations: list[str] = ["sender"]
+    priority: Literal["urgent", "routine"] = "routine"
+
+
+class PipelineSpec(_Section):
+    """``model``: a model from the registry (ai/models, or ``models_path``); ``classical``: the
+    non-learned CT baseline. ``device``: auto (CUDA when present), cpu or cuda[:N]."""
+
+    kind: Literal["model", "classical"] = "model"
+    model: str | None = None
+    device: str = "auto"
+
+
+class ResultsSection(_Section):
+    #: Result objects waiting for delivery (and kept after it, for audit and re-sends).
+    path: Path = Path("./var/results")
+    seg_series_number: int = Field(9001, ge=1)
+    sr_series_number: int = Field(9002, ge=1)
+    #: keep: one SEG frame per source frame and segment; omit: drop frames with no voxel.
+    empty_frames: Literal["keep", "omit"] = "keep"
+
+
+class JobsSection(_Section):
+    #: Analysis worker processes that ``serve`` starts (0: none; run ``dicom-node worker``).
+    workers: int = Field(1, ge=0, le=64)
+    #: A running job's lease; a worker renews it every third of it while it works.
+    lease_seconds: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    retry_base_seconds: float = Field(30.0, ge=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class DeliverySection(_Section):
+    #: First retry after this long, doubling each time up to retry_max_seconds.
+    retry_base_seconds: float = Field(5.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    #: A delivery still failing this long after it was queued is dead-lettered.
+    give_up_after_seconds: float = Field(86400.0, gt=0)
+    interval_seconds: float = Field(1.0, gt=0)
+    timeout_seconds: float = Field(60.0, gt=0)
+
+
 class NodeConfig(_Section):
     """The whole configuration file."""
 
@@ -159,11 +240,11 @@ class NodeConfig(_Section):
     audit: AuditSection = AuditSection()
     peers: list[Peer] = []
     completion: CompletionSection = CompletionSection()
-    #: Filled by the routing issue: rules that pick pipelines and destinations. Accepted and
-    #: kept as written until a module reads them, so one file serves every version.
-    routes: list[dict[str, Any]] = []
-    #: Filled by the AI pipeline issue: named pipelines and their models.
-    pipelines: dict[str, dict[str, Any]] = {}
+    routes: list[Route] = []
+    pipelines: dict[str, PipelineSpec] = {}
+    results: ResultsSection = ResultsSection()
+    jobs: JobsSection = JobsSection()
+    delivery: DeliverySection = DeliverySection()
 
     @field_validator("peers")
     @classmethod
@@ -173,6 +254,25 @@ class NodeConfig(_Section):
         if dupes:
             raise ValueError(f"peer names must be unique, repeated: {', '.join(dupes)}")
         return peers
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> NodeConfig:
+        peers = {p.name: p for p in self.peers}
+        for number, route in enumerate(self.routes):
+            if route.pipeline not in self.pipelines:
+                known = ", ".join(sorted(self.pipelines)) or "none"
+                raise ValueError(f"routes[{number}] ({route.name}): no pipeline named {route.pipeline!r} (known: {known})")
+            for name in route.destinations:
+                if name == "sender":
+                    continue
+                if name not in peers:
+                    raise ValueError(f"routes[{number}] ({route.name}): destination {name!r} is not a peer")
+                if not peers[name].receive:
+                    raise ValueError(f"routes[{number}] ({route.name}): peer {name!r} has receive: false")
+        for name, spec in self.pipelines.items():
+            if spec.kind == "model" and not spec.model:
+                raise ValueError(f"pipelines.{name}: kind model needs a model name")
+        return self
 
     def peer(self, name: str) -> Peer:
         """The peer called ``name``; ConfigError names the known ones otherwise."""

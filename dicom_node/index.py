@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS series (
     instance_count INTEGER NOT NULL DEFAULT 0,
     first_received_at REAL NOT NULL,
     last_received_at REAL NOT NULL,
-    completed_at REAL
+    completed_at REAL,
+    routed_version INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS series_by_state ON series(state, last_received_at);
 CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
@@ -140,6 +141,9 @@ class Index:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(series)")}
+            if "routed_version" not in columns:  # an index written before routing existed
+                self._db.execute("ALTER TABLE series ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot open index {path}: {exc}") from exc
         self._lock = threading.RLock()
@@ -333,6 +337,11 @@ class Index:
         for study in studies:
             study["series"] = by_study.get(study["study_uid"], [])
         return studies
+
+    def series_files(self, series_uid: str) -> list[Path]:
+        """The stored files of a series (what a job reads)."""
+        return [Path(r["path"]) for r in self.query(
+            "SELECT path FROM instances WHERE series_uid = ? ORDER BY instance_number, sop_instance_uid", (series_uid,))]
 
     def known_paths(self) -> set[str]:
         return {r["path"] for r in self.query("SELECT path FROM instances")}

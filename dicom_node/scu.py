@@ -38,7 +38,7 @@ def set_nodelay(assoc: Association) -> None:
             pass
 
 
-def _associate(ae: AE, peer: Peer) -> Association:
+def associate(ae: AE, peer: Peer) -> Association:
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         if assoc.is_rejected:
@@ -53,7 +53,7 @@ def echo(local_ae_title: str, peer: Peer, timeout: float = 10.0) -> int:
     ae = AE(ae_title=local_ae_title)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = _associate(ae, peer)
+    assoc = associate(ae, peer)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -143,7 +143,7 @@ def send_files(
         for sop_class, ts in sorted(pairs):
             ae.add_requested_context(sop_class, ts)
         try:
-            assoc = _associate(ae, peer)
+            assoc = associate(ae, peer)
         except PeerError as exc:
             for path, _, _ in batch:
                 done(SendResult(path, None, str(exc), unreachable=True))

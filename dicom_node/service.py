@@ -26,9 +26,15 @@ from .completion import CompletionScheduler
 from .config import NodeConfig
 from .errors import NodeError
 from .index import Index
+from .jobs import JobQueue
+from .outbox import Outbox
+from .process import die_with_parent
 from .recovery import RecoveryReport, mark_clean_shutdown, recover
+from .routing import route_completed
 from .scp import StorageSCP, build_ae
+from .sender import Sender, SenderScheduler
 from .store import InstanceStore
+from .worker import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,50 @@ class ReusePortServer(ThreadedAssociationServer):  # type: ignore[misc]
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+class Downstream:
+    """What follows completion, run beside the sweep: routing (after every sweep), the outbox
+    sender (its own schedule) and the analysis worker processes."""
+
+    def __init__(self, config: NodeConfig, index: Index, audit: AuditLog | None) -> None:
+        self.config = config
+        self.index = index
+        # Create the tables before any worker process opens the database.
+        JobQueue(index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
+        self.outbox = Outbox(index)
+        self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds)
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self.workers: list[Any] = []
+
+    def route(self, now: float) -> None:
+        route_completed(self.index, self.config, now)
+
+    def start(self) -> None:
+        self.sender.start()
+        # No routes, no jobs: listening-only set-ups (and most tests) start no model process.
+        count = self.config.jobs.workers if self.config.routes else 0
+        for _ in range(count):
+            proc = self._context.Process(target=worker_main, args=(self.config, self._stop), daemon=False,
+                                         name="dicom-node-worker")
+            proc.start()
+            self.workers.append(proc)
+        if count:
+            log.info("%d analysis worker process(es): %s", count, ", ".join(str(p.pid) for p in self.workers))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sender.stop()
+        for proc in self.workers:
+            # A job in progress is abandoned: its lease expires and it runs again after restart.
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 class Node:
@@ -62,7 +112,9 @@ class Node:
         self.audit = AuditLog(config.audit.path)
         self.scp = StorageSCP(self.store, self.index, self.audit)
         self.ae = build_ae(config, self.store, log_pdus=log_pdus)
-        self.completion = CompletionScheduler(self.index, config.completion)
+        self.downstream = Downstream(config, self.index, self.audit) if standalone else None
+        self.completion = CompletionScheduler(self.index, config.completion,
+                                              after_sweep=self.downstream.route if self.downstream else None)
         self.server: Any = None
         self.recovery: RecoveryReport | None = None
         self._thread: threading.Thread | None = None
@@ -86,6 +138,8 @@ class Node:
             self.server = self.ae.start_server(address, block=False, evt_handlers=self.scp.handlers())
         if self.standalone:
             self.completion.start()
+        if self.downstream is not None:
+            self.downstream.start()
         self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
                          port=self.port, pid=os.getpid())
         log.info("%s listening on %s:%d (pid %d), storing to %s", self.config.node.ae_title, self.config.node.host,
@@ -96,6 +150,8 @@ class Node:
             return
         self._stopped.set()
         self.completion.stop()
+        if self.downstream is not None:
+            self.downstream.stop()
         if self.server is not None:
             self.server.shutdown()  # no new associations
             if self.reuse_port:
@@ -117,29 +173,9 @@ class Node:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    """A listener must not outlive its supervisor (killed with -9, say): the port would stay
-    served with no recovery or sweep behind it. Linux delivers SIGKILL to us when it dies."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        parent = os.getppid()
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                threading.Event().wait(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
 def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool) -> None:
     """A listener process under the supervisor: serve until told to stop."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=logging.DEBUG if log_pdus else logging.INFO,
@@ -167,7 +203,9 @@ class Supervisor:
         self.log_pdus = log_pdus
         self.store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
         self.index = Index(config.index.path, synchronous="NORMAL")
-        self.completion = CompletionScheduler(self.index, config.completion)
+        self.audit = AuditLog(config.audit.path)
+        self.downstream = Downstream(config, self.index, self.audit)
+        self.completion = CompletionScheduler(self.index, config.completion, after_sweep=self.downstream.route)
         self.recovery: RecoveryReport | None = None
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
@@ -198,11 +236,13 @@ class Supervisor:
         finally:
             placeholder.close()
         self.completion.start()
+        self.downstream.start()
         log.info("%d listener processes on %s:%d: %s", self.workers, self.config.node.host, self.port,
                  ", ".join(str(p.pid) for p in self._procs))
 
     def stop(self, clean: bool = True) -> None:
         self.completion.stop()
+        self.downstream.stop()
         self._stop.set()
         for proc in self._procs:
             proc.join(timeout=30)
@@ -213,4 +253,5 @@ class Supervisor:
                 clean = False
         if clean and all(p.exitcode == 0 for p in self._procs):
             mark_clean_shutdown(self.index)
+        self.audit.close()
         self.index.close()

@@ -91,10 +91,11 @@ def start_storescp(workdir: Path, ae_title: str = "STORESCP", bit_preserving: bo
 
 
 def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None,
-                  extra_config: dict[str, Any] | None = None) -> PeerProcess:
-    """Orthanc with a configuration written here: loopback only, fresh storage, fsync on."""
+                  extra_config: dict[str, Any] | None = None, port: int | None = None) -> PeerProcess:
+    """Orthanc with a configuration written here: loopback only, fresh storage, fsync on.
+    ``port``: the DICOM port, when a peer's configuration had to name it before the start."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port, http_port = free_port(), free_port()
+    port, http_port = port or free_port(), free_port()
     config = {
         "Name": "test-orthanc",
         "StorageDirectory": str(workdir / "storage"),
@@ -137,3 +138,34 @@ def start_node(workdir: Path, config: dict[str, Any]) -> PeerProcess:
     log.close()
     wait_for_port(port, proc)
     return PeerProcess("node", config["node"].get("ae_title", "AI_NODE"), port, proc, workdir, extra={"config": path})
+
+
+class OrthancRest:
+    """The few calls of Orthanc's REST API the tests use (loopback only)."""
+
+    def __init__(self, http_port: int) -> None:
+        self.base = f"http://127.0.0.1:{http_port}"
+
+    def call(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
+        import urllib.request
+
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - loopback URL built here
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        return dict(self.call("POST", "/instances", path.read_bytes()))
+
+    def series_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        found = self.call("POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+        if not found:
+            return []
+        return list(self.call("GET", f"/studies/{found[0]}/series"))
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.base}/instances/{orthanc_id}/file", timeout=120) as response:  # noqa: S310
+            return bytes(response.read())

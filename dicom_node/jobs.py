@@ -1,0 +1,239 @@
+"""The durable job queue, kept in the index database beside the series it is about.
+
+A job is one route applied to one version of one completed series. Its life::
+
+    queued --claim--> running --done--> done
+      ^                  |  \\
+      |  fail (attempts   |   lease expires (the worker died): claimable again
+      +--- left, backoff) |
+                          +--fail, no attempts left--> dead --retry (operator)--> queued
+
+* A worker *claims* the most urgent due job and holds it with a *lease* it renews (heartbeat)
+  while it works. A worker that dies stops renewing; once the lease expires another worker
+  claims the job again. Each claim counts as an attempt, so a job that kills its worker every
+  time (say, out of memory) still ends dead instead of looping.
+* Result objects have UIDs derived from the job key, so running a job twice replaces its
+  results at the PACS rather than duplicating them.
+* Every function takes ``now`` from the caller (tests need no clock tricks).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .index import Index
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    route TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_version INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    destinations TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    lease_owner TEXT,
+    lease_expires REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, priority DESC, not_before);
+"""
+
+PRIORITIES = {"urgent": 10, "routine": 0}
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    key: str
+    route: str
+    pipeline: str
+    series_uid: str
+    study_uid: str
+    series_version: int
+    calling_ae: str
+    destinations: tuple[str, ...]
+    priority: str = "routine"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    key: str
+    route: str
+    pipeline: str
+    series_uid: str
+    study_uid: str
+    series_version: int
+    calling_ae: str
+    destinations: tuple[str, ...]
+    priority: int
+    state: JobState
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    last_error: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(row["id"], row["key"], row["route"], row["pipeline"], row["series_uid"], row["study_uid"],
+                   row["series_version"], row["calling_ae"], tuple(json.loads(row["destinations"])), row["priority"],
+                   JobState(row["state"]), row["attempts"], row["max_attempts"], row["lease_owner"], row["last_error"])
+
+
+def job_key(route: str, series_uid: str, version: int) -> str:
+    """The identity a job's result UIDs derive from."""
+    return f"{route}:{series_uid}:v{version}"
+
+
+class LeaseLost(Exception):
+    """The job's lease expired and another worker may hold it now; this worker's result is void."""
+
+
+class JobQueue:
+    """The jobs table, through the node's :class:`Index` (same database, same write lock)."""
+
+    def __init__(self, index: Index, max_attempts: int = 3, retry_base_seconds: float = 30.0) -> None:
+        self.index = index
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        with index.transaction() as db:
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    # -- producing -------------------------------------------------------------------------
+
+    @staticmethod
+    def add(db: sqlite3.Connection, job: NewJob, now: float, max_attempts: int) -> bool:
+        """Queue ``job`` inside the caller's transaction; False if its key is already queued."""
+        cursor = db.execute(
+            """
+            INSERT INTO jobs(key, route, pipeline, series_uid, study_uid, series_version, calling_ae, destinations,
+                priority, state, attempts, max_attempts, not_before, created_at, updated_at)
+            VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)
+            ON CONFLICT(key) DO NOTHING
+            """,
+            (job.key, job.route, job.pipeline, job.series_uid, job.study_uid, job.series_version, job.calling_ae,
+             json.dumps(list(job.destinations)), PRIORITIES[job.priority], max_attempts, now, now, now),
+        )
+        return cursor.rowcount == 1
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def claim(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+        """The most urgent due job (queued, or running with an expired lease), now leased to
+        ``owner``; None when there is nothing to do."""
+        with self.index.transaction() as db:
+            # Expired leases whose job has used every attempt: the worker died on it each time.
+            db.execute(
+                """
+                UPDATE jobs SET state = 'dead', lease_owner = NULL, lease_expires = NULL, updated_at = ?,
+                    finished_at = ?, last_error = 'worker stopped (lease expired) on every attempt; last: ' || last_error
+                WHERE state = 'running' AND lease_expires < ? AND attempts >= max_attempts
+                """,
+                (now, now, now),
+            )
+            row = db.execute(
+                """
+                UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1,
+                    updated_at = ?,
+                    last_error = CASE WHEN state = 'running' THEN 'lease of ' || lease_owner || ' expired' ELSE last_error END
+                WHERE id = (
+                    SELECT id FROM jobs
+                    WHERE (state = 'queued' AND not_before <= ?) OR (state = 'running' AND lease_expires < ?)
+                    ORDER BY priority DESC, created_at, id LIMIT 1
+                )
+                RETURNING *
+                """,
+                (owner, now + lease_seconds, now, now, now),
+            ).fetchone()
+        return Job.from_row(row) if row is not None else None
+
+    def heartbeat(self, job_id: int, owner: str, now: float, lease_seconds: float) -> None:
+        """Extend the lease; LeaseLost if the job is no longer this owner's."""
+        with self.index.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                (now + lease_seconds, now, job_id, owner),
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"job {job_id} is no longer leased to {owner}")
+
+    @staticmethod
+    def mark_done(db: sqlite3.Connection, job_id: int, owner: str, now: float) -> None:
+        """Finish a job inside the caller's transaction (the one that queues its deliveries)."""
+        cursor = db.execute(
+            """
+            UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires = NULL, updated_at = ?, finished_at = ?,
+                last_error = ''
+            WHERE id = ? AND lease_owner = ? AND state = 'running'
+            """,
+            (now, now, job_id, owner),
+        )
+        if cursor.rowcount != 1:
+            raise LeaseLost(f"job {job_id} is no longer leased to {owner}")
+
+    def fail(self, job_id: int, owner: str, error: str, now: float, permanent: bool = False) -> JobState:
+        """Record a failed attempt: queued again after a backoff, or dead when no attempt is
+        left (or the failure is ``permanent``: retrying cannot help)."""
+        with self.index.transaction() as db:
+            row = db.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                             (job_id, owner)).fetchone()
+            if row is None:
+                raise LeaseLost(f"job {job_id} is no longer leased to {owner}")
+            dead = permanent or row["attempts"] >= row["max_attempts"]
+            delay = self.retry_base_seconds * 2 ** (row["attempts"] - 1)
+            db.execute(
+                """
+                UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires = NULL, last_error = ?, not_before = ?,
+                    updated_at = ?, finished_at = ?
+                WHERE id = ?
+                """,
+                ("dead" if dead else "queued", error[:2000], now + delay, now, now if dead else None, job_id),
+            )
+        return JobState.DEAD if dead else JobState.QUEUED
+
+    # -- operating -------------------------------------------------------------------------
+
+    def retry(self, job_id: int, now: float) -> bool:
+        """Queue a dead job again with fresh attempts (``dicom-node jobs --retry``)."""
+        with self.index.transaction() as db:
+            cursor = db.execute(
+                """
+                UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, updated_at = ?, finished_at = NULL
+                WHERE id = ? AND state = 'dead'
+                """,
+                (now, now, job_id),
+            )
+        return cursor.rowcount == 1
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self.index.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.index.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.index.query("SELECT state, count(*) AS n FROM jobs GROUP BY state")}

@@ -1,0 +1,94 @@
+"""Routing: completed series -> jobs, by the ``routes`` of the configuration.
+
+Routing is a sweep over the index, like completion: every series whose completed version has
+not been routed yet is matched against each route, matching routes become jobs, and the
+series is marked routed at that version, all in one transaction. So a crash between
+"complete" and "queued" loses nothing (the next sweep routes it), and a series is never routed
+twice for the same version. A late instance re-opens the series at version + 1, which is
+routed again once complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from .config import NodeConfig, Peer, Route
+from .index import Index
+from .jobs import JobQueue, NewJob, job_key
+
+log = logging.getLogger(__name__)
+
+
+def matches(route: Route, series: Mapping[str, Any]) -> bool:
+    """Whether a series row (modality, body part, description, calling AE, count) fits ``route``."""
+    rule = route.match
+
+    def one_of(values: list[str], value: str) -> bool:
+        return not values or value.strip().upper() in {v.strip().upper() for v in values}
+
+    return (
+        one_of(rule.modality, str(series["modality"]))
+        and one_of(rule.body_part_examined, str(series["body_part_examined"]))
+        and one_of(rule.calling_ae, str(series["calling_ae"]))
+        and (rule.series_description is None
+             or re.search(rule.series_description, str(series["series_description"]), re.IGNORECASE) is not None)
+        and int(series["instance_count"]) >= rule.min_instances
+    )
+
+
+def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer]) -> list[str]:
+    """Peer names for a route's destinations; ``sender`` is the peer with the calling AE title,
+    when it may receive (otherwise it is dropped, with a warning)."""
+    names: list[str] = []
+    for name in route.destinations:
+        if name == "sender":
+            sender = next((p for p in peers if p.ae_title == calling_ae and p.receive), None)
+            if sender is None:
+                log.warning("Route %s: the sender %r is not a peer that may receive results; not returning to it",
+                            route.name, calling_ae)
+                continue
+            name = sender.name
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob]:
+    """Queue jobs for every completed, not yet routed series version; return what was queued."""
+    queued: list[NewJob] = []
+    with index.transaction() as db:
+        rows = db.execute(
+            "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
+        ).fetchall()
+        for series in rows:
+            queued.extend(_route_one(db, series, config, now))
+            db.execute("UPDATE series SET routed_version = ? WHERE series_uid = ?", (series["version"], series["series_uid"]))
+    for job in queued:
+        log.info("Series %s v%d -> route %s, pipeline %s, results to %s", job.series_uid, job.series_version, job.route,
+                 job.pipeline, ", ".join(job.destinations) or "nobody")
+    return queued
+
+
+def _route_one(db: sqlite3.Connection, series: sqlite3.Row, config: NodeConfig, now: float) -> list[NewJob]:
+    jobs = []
+    for route in config.routes:
+        if not matches(route, series):
+            continue
+        job = NewJob(
+            key=job_key(route.name, series["series_uid"], series["version"]),
+            route=route.name,
+            pipeline=route.pipeline,
+            series_uid=series["series_uid"],
+            study_uid=series["study_uid"],
+            series_version=series["version"],
+            calling_ae=series["calling_ae"],
+            destinations=tuple(resolve_destinations(route, series["calling_ae"], config.peers)),
+            priority=route.priority,
+        )
+        if JobQueue.add(db, job, now, config.jobs.max_attempts):
+            jobs.append(job)
+    return jobs

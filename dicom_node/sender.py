@@ -1,0 +1,146 @@
+"""The sender: delivers due outbox rows by C-STORE, one association per job and peer.
+
+For each (job, peer) group it proposes a presentation context for every candidate encoding,
+then takes the first variant (in the group's preference order) whose every object the peer
+accepted, and sends those files unchanged. Success (or a warning status) marks a row
+delivered; anything else -- peer down, association rejected, context refused, a failure status
+-- is a failed attempt that the outbox retries with backoff, logged with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from itertools import groupby
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from pynetdicom import AE, _config
+
+from .audit import AuditLog
+from .config import NodeConfig
+from .errors import IndexError_, PeerError
+from .outbox import Candidate, Delivery, Outbox, RetryPolicy
+from .scu import associate
+
+log = logging.getLogger(__name__)
+
+_SUCCESS = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+def _choose_variant(group: list[Delivery], accepted: set[tuple[str, str]]) -> dict[int, Candidate] | None:
+    """For each delivery of the group, the candidate of the first variant accepted for all."""
+    variants = [c.variant for c in group[0].candidates]
+    for variant in variants:
+        chosen: dict[int, Candidate] = {}
+        for delivery in group:
+            candidate = next((c for c in delivery.candidates if c.variant == variant), None)
+            if candidate is None or (candidate.sop_class_uid, candidate.transfer_syntax_uid) not in accepted:
+                break
+            chosen[delivery.id] = candidate
+        else:
+            return chosen
+    return None
+
+
+class Sender:
+    def __init__(self, config: NodeConfig, outbox: Outbox, audit: AuditLog | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.audit = audit
+        self.clock = clock
+        delivery = config.delivery
+        self.policy = RetryPolicy(delivery.retry_base_seconds, delivery.retry_max_seconds, delivery.give_up_after_seconds)
+
+    def run_once(self) -> int:
+        """Send every due delivery; return how many were delivered."""
+        try:
+            due = self.outbox.due(self.clock())
+        except IndexError_ as exc:
+            log.error("Outbox read failed, will try again: %s", exc)
+            return 0
+        delivered = 0
+        due.sort(key=lambda d: (d.peer, d.job_key, d.object))
+        for (peer_name, _), items in groupby(due, key=lambda d: (d.peer, d.job_key)):
+            delivered += self._send_group(peer_name, list(items))
+        return delivered
+
+    def _fail(self, group: list[Delivery], reason: str) -> None:
+        now = self.clock()
+        for delivery in group:
+            state = self.outbox.failed(delivery, reason, now, self.policy)
+            log.warning("Delivery %d (%s of %s) to %s failed, attempt %d, %s: %s", delivery.id, delivery.object,
+                        delivery.job_key, delivery.peer, delivery.attempts + 1,
+                        "dead-lettered" if state.value == "dead" else f"retry in {self.policy.delay(delivery.attempts + 1):.0f} s",
+                        reason)
+
+    def _send_group(self, peer_name: str, group: list[Delivery]) -> int:
+        try:
+            peer = self.config.peer(peer_name)
+        except Exception as exc:  # noqa: BLE001 - a peer removed from the config: say so on the row
+            self._fail(group, str(exc))
+            return 0
+        ae = AE(ae_title=self.config.node.ae_title)
+        timeout = self.config.delivery.timeout_seconds
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        pairs = sorted({(c.sop_class_uid, c.transfer_syntax_uid) for d in group for c in d.candidates})
+        for sop_class, ts in pairs:
+            ae.add_requested_context(sop_class, ts)
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            assoc = associate(ae, peer)
+        except PeerError as exc:
+            self._fail(group, str(exc))
+            return 0
+        delivered = 0
+        try:
+            accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+            chosen = _choose_variant(group, accepted)
+            if chosen is None:
+                self._fail(group, f"{peer.name} accepted none of the encodings offered: " +
+                           ", ".join(f"{c.variant} ({c.sop_class_uid}, {c.transfer_syntax_uid})" for c in group[0].candidates))
+                return 0
+            for delivery in group:
+                candidate = chosen[delivery.id]
+                reason = ""
+                try:
+                    status = assoc.send_c_store(candidate.path) if assoc.is_established else None
+                except (OSError, ValueError, RuntimeError) as exc:
+                    status, reason = None, f"send failed: {exc}"
+                code = int(status.Status) if status is not None and "Status" in status else None
+                if code in _SUCCESS:
+                    self.outbox.delivered(delivery.id, candidate.variant, self.clock())
+                    delivered += 1
+                    log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
+                             candidate.variant, candidate.sop_instance_uid)
+                    if self.audit is not None:
+                        self.audit.write("result_sent", peer=peer.name, ae_title=peer.ae_title, object=delivery.object,
+                                         job=delivery.job_key, sop_instance_uid=candidate.sop_instance_uid,
+                                         variant=candidate.variant, status=code)
+                else:
+                    if not reason:
+                        reason = (f"{peer.name} answered status 0x{code:04X} {status.get('ErrorComment', '')}".strip()
+                                  if code is not None else "no response (association lost or timed out)")
+                    self._fail([delivery], reason)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return delivered
+
+
+class SenderScheduler:
+    """Runs the sender every ``delivery.interval_seconds`` (apscheduler, one run at a time)."""
+
+    def __init__(self, sender: Sender, interval_seconds: float) -> None:
+        self.sender = sender
+        self.interval_seconds = interval_seconds
+        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+
+    def start(self) -> None:
+        self._scheduler.add_job(self.sender.run_once, "interval", seconds=self.interval_seconds, id="outbox-sender")
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)

@@ -1,0 +1,273 @@
+"""The analysis worker: claims jobs, turns a series into results, queues their delivery.
+
+One job: the series' files -> ``load_series`` (volume.py) -> the route's pipeline (``ai``) ->
+SEG and SR (results.py) written to the results folder -> one outbox row per object and
+destination, queued in the same transaction that marks the job done. A worker that dies
+mid-job never commits that transaction; its lease expires and another claim redoes the job,
+with the same result UIDs.
+
+Workers run as their own processes (``dicom-node serve`` starts ``jobs.workers`` of them,
+``dicom-node worker`` runs one alone), so a model never competes with the listener for the
+GIL. ``burst`` mode drains the queue and returns, which tests and scripts use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+
+from ai.types import Findings, Volume
+
+from .config import NodeConfig, PipelineSpec
+from .errors import NodeError, VolumeError
+from .index import Index
+from .jobs import Job, JobQueue, LeaseLost
+from .outbox import Candidate, Outbox
+from .results import (
+    EmptyFrames,
+    ResultSettings,
+    SegmentationEncoding,
+    build_report,
+    build_segmentation,
+    segmentation_variants,
+)
+from .volume import load_series
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline(Protocol):
+    def run(self, volume: Volume) -> Findings: ...
+
+
+class PermanentJobError(NodeError):
+    """Retrying the job cannot help (the series is not a volume, the pipeline does not exist)."""
+
+
+def build_pipeline(spec: PipelineSpec) -> Pipeline:
+    """A pipeline object from its configuration (the model loads on first use)."""
+    from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline
+    from ai.registry import ModelCardError, ModelRegistry
+
+    if spec.kind == "classical":
+        return ClassicalCTPipeline()
+    try:
+        card = ModelRegistry().get(str(spec.model))
+    except (KeyError, ModelCardError) as exc:
+        raise PermanentJobError(f"model {spec.model!r}: {exc}") from exc
+    return SegmentationPipeline(card, device=spec.device)
+
+
+@dataclass
+class JobOutcome:
+    findings: Findings
+    files: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _write_atomically(ds: Dataset, path: Path) -> None:
+    part = path.with_name(f".{path.name}.part")
+    ds.save_as(part, enforce_file_format=True)
+    with open(part, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(part, path)
+
+
+def results_folder(root: Path, key: str) -> Path:
+    return root / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+class Worker:
+    """Claims and runs jobs until stopped (or, in burst mode, until the queue is empty)."""
+
+    def __init__(self, config: NodeConfig, index: Index | None = None, owner: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.index = index or Index(config.index.path, synchronous="NORMAL")
+        self.jobs = JobQueue(self.index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
+        self.outbox = Outbox(self.index)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.clock = clock
+        self._pipelines: dict[str, Pipeline] = {}
+        self.settings = ResultSettings(config.results.seg_series_number, config.results.sr_series_number,
+                                       config.node.ae_title, EmptyFrames(config.results.empty_frames))
+
+    def pipeline(self, name: str) -> Pipeline:
+        if name not in self._pipelines:
+            spec = self.config.pipelines.get(name)
+            if spec is None:
+                raise PermanentJobError(f"no pipeline named {name!r} in the configuration")
+            self._pipelines[name] = build_pipeline(spec)
+        return self._pipelines[name]
+
+    # -- one job -------------------------------------------------------------------------
+
+    def analyse(self, job: Job) -> JobOutcome:
+        """Run the job's pipeline on its series and write the result files (no index writes)."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        files = self.index.series_files(job.series_uid)
+        if not files:
+            raise PermanentJobError(f"series {job.series_uid} has no stored instances")
+        try:
+            source = load_series(files)
+        except VolumeError as exc:
+            raise PermanentJobError(f"series {job.series_uid}: {exc}") from exc
+        timings["load"] = time.perf_counter() - started
+        started = time.perf_counter()
+        findings = self.pipeline(job.pipeline).run(source.volume)
+        timings["pipeline"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        folder = results_folder(self.config.results.path, job.key)
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted: list[SegmentationEncoding] = []
+        for name in job.destinations:
+            wanted.extend(SegmentationEncoding(e) for e in self._peer_encodings(name))
+        outcome = JobOutcome(findings, timings=timings)
+        binary_seg = None
+        for encoding in segmentation_variants(wanted):
+            seg = build_segmentation(source, findings, job.key, self.settings, encoding)
+            if seg is None:
+                break
+            path = folder / f"seg-{encoding.value}.dcm"
+            _write_atomically(seg, path)
+            outcome.files[f"seg-{encoding.value}"] = path
+            if encoding is SegmentationEncoding.LABELMAP:
+                sr = build_report(source, findings, seg, f"{job.key}:labelmap", self.settings)
+                _write_atomically(sr, folder / "sr-labelmap.dcm")
+                outcome.files["sr-labelmap"] = folder / "sr-labelmap.dcm"
+            elif encoding is SegmentationEncoding.BINARY:
+                binary_seg = seg
+        sr = build_report(source, findings, binary_seg, job.key, self.settings)
+        _write_atomically(sr, folder / "sr-binary.dcm")
+        outcome.files["sr-binary"] = folder / "sr-binary.dcm"
+        timings["encode"] = time.perf_counter() - started
+        return outcome
+
+    def _peer_encodings(self, name: str) -> list[str]:
+        try:
+            return list(self.config.peer(name).seg_encodings)
+        except NodeError:
+            return []
+
+    def deliveries(self, job: Job, outcome: JobOutcome) -> list[tuple[str, str, list[Candidate]]]:
+        """(object, peer, candidates) rows for every destination of the job."""
+        from pydicom.filereader import read_file_meta_info
+
+        def candidate(variant: str, key: str) -> Candidate:
+            meta = read_file_meta_info(outcome.files[key])
+            return Candidate(variant, str(outcome.files[key]), str(meta.MediaStorageSOPClassUID),
+                             str(meta.TransferSyntaxUID), str(meta.MediaStorageSOPInstanceUID))
+
+        rows = []
+        for name in job.destinations:
+            variants = [e.value for e in segmentation_variants([SegmentationEncoding(e) for e in self._peer_encodings(name)])]
+            if "seg-binary" in outcome.files:
+                rows.append(("seg", name, [candidate(v, f"seg-{v}") for v in variants]))
+            sr_candidates = [candidate(v, "sr-labelmap" if v == "labelmap" else "sr-binary") for v in variants]
+            if "seg-binary" not in outcome.files:  # nothing found: the SR alone says so
+                sr_candidates = [candidate("binary", "sr-binary")]
+            rows.append(("sr", name, sr_candidates))
+        return rows
+
+    def run_job(self, job: Job) -> bool:
+        """Run one claimed job to done, queued-for-retry or dead. True when done."""
+        lease = self.config.jobs.lease_seconds
+        lost = threading.Event()
+        stop_beat = threading.Event()
+
+        def beat() -> None:
+            while not stop_beat.wait(lease / 3):
+                try:
+                    self.jobs.heartbeat(job.id, self.owner, self.clock(), lease)
+                except LeaseLost:
+                    lost.set()
+                    return
+                except NodeError as exc:
+                    log.warning("Heartbeat for job %d failed: %s", job.id, exc)
+
+        heart = threading.Thread(target=beat, name=f"job-{job.id}-heartbeat", daemon=True)
+        heart.start()
+        log.info("Job %d (%s): %s on series %s v%d, attempt %d of %d", job.id, job.route, job.pipeline, job.series_uid,
+                 job.series_version, job.attempts, job.max_attempts)
+        try:
+            outcome = self.analyse(job)
+            rows = self.deliveries(job, outcome)
+            if lost.is_set():
+                raise LeaseLost(f"job {job.id}: lease lost while working")
+            now = self.clock()
+            with self.index.transaction() as db:
+                for obj, peer, candidates in rows:
+                    Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
+                JobQueue.mark_done(db, job.id, self.owner, now)
+        except LeaseLost as exc:
+            log.warning("%s; another worker will finish it", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never fatal
+            permanent = isinstance(exc, PermanentJobError)
+            message = f"{type(exc).__name__}: {exc}"
+            try:
+                state = self.jobs.fail(job.id, self.owner, message, self.clock(), permanent=permanent)
+            except (LeaseLost, NodeError) as inner:
+                log.error("Job %d failed (%s) and could not be recorded: %s", job.id, message, inner)
+                return False
+            log.error("Job %d failed (%s): %s", job.id, state.value, message, exc_info=not permanent)
+            return False
+        finally:
+            stop_beat.set()
+            heart.join()
+        timings = ", ".join(f"{k} {v:.2f} s" for k, v in outcome.timings.items())
+        log.info("Job %d done: %d measurements; results to %s (%s)", job.id, len(outcome.findings.measurements),
+                 ", ".join(job.destinations) or "nobody", timings)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | Any, burst: bool = False) -> int:
+        """Claim and run jobs until ``stop`` is set (or, with ``burst``, the queue is empty).
+        Returns the number of jobs finished."""
+        done = 0
+        while not stop.is_set():
+            try:
+                job = self.jobs.claim(self.owner, self.clock(), self.config.jobs.lease_seconds)
+            except NodeError as exc:
+                log.error("Cannot claim a job, will try again: %s", exc)
+                job = None
+            if job is None:
+                if burst:
+                    return done
+                stop.wait(self.config.jobs.poll_seconds)
+                continue
+            done += self.run_job(job)
+        return done
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def worker_main(config: NodeConfig, stop: Any) -> None:
+    """Entry point of a worker process started by ``serve`` (multiprocessing, spawn)."""
+    import signal
+
+    from .process import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    worker = Worker(config)
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()

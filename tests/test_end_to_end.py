@@ -1,0 +1,181 @@
+"""End to end with Orthanc as the PACS: Orthanc C-STOREs a phantom CT study to our node, the
+node analyses it and sends a SEG and an SR back, and Orthanc holds them in the same study.
+
+Orthanc runs on free loopback ports from a configuration the test writes; our node is one of
+its DicomModalities and Orthanc is the node's peer ``pacs``.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from ai.phantom import Phantom, make_phantom
+from ai.training import dice
+from dicom_node.config import NodeConfig, parse_config
+from dicom_node.jobs import JobQueue
+from dicom_node.service import Node
+from dicom_node.synthetic import write_volume_series
+
+from .conftest import config_dict
+from .peers import OrthancRest, PeerProcess, free_port, start_orthanc
+
+pytestmark = pytest.mark.slow
+
+PHANTOM_SEED = 11
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom(PHANTOM_SEED, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(1, 1), lung_nodules=(0, 0))
+
+
+@pytest.fixture(scope="module")
+def phantom_files(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_volume_series(phantom.volume, tmp_path_factory.mktemp("phantom"), seed=PHANTOM_SEED)
+
+
+def node_config(tmp_path: Path, orthanc_port: int, **overrides: Any) -> NodeConfig:
+    data = config_dict(
+        tmp_path,
+        peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port, "send": True, "receive": True}],
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["sender"]}],
+        pipelines={"baseline": {"kind": "classical"}},
+        results={"path": str(tmp_path / "results")},
+        jobs={"workers": 1, "lease_seconds": 30, "poll_seconds": 0.2},
+        delivery={"retry_base_seconds": 0.5, "retry_max_seconds": 2, "interval_seconds": 0.2},
+        **overrides,
+    )
+    return parse_config(data, "e2e-config")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def result_series(rest: OrthancRest, study_uid: str) -> dict[str, list[str]]:
+    """Modality -> Orthanc instance ids, for the SEG and SR series of the study."""
+    found: dict[str, list[str]] = {}
+    for series in rest.series_of_study(study_uid):
+        modality = series["MainDicomTags"].get("Modality")
+        if modality in ("SEG", "SR"):
+            found.setdefault(modality, []).extend(series["Instances"])
+    return found
+
+
+@pytest.fixture
+def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[PeerProcess, OrthancRest, Node]]:
+    orthanc_port = free_port()
+    node = Node(node_config(tmp_path, orthanc_port))
+    node.start()
+    orthanc = start_orthanc(tmp_path / "orthanc", port=orthanc_port,
+                            modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
+    try:
+        yield orthanc, OrthancRest(orthanc.http_port or 0), node
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def test_orthanc_sends_a_study_and_gets_seg_and_sr_back(orthanc_and_node: tuple[PeerProcess, OrthancRest, Node],
+                                                       phantom: Phantom, phantom_files: list[Path], tmp_path: Path) -> None:
+    _, rest, node = orthanc_and_node
+    for path in phantom_files:
+        rest.upload(path)
+    study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
+    study_id = rest.call("POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})[0]
+    answer = rest.call("POST", "/modalities/ainode/store", {"Resources": [study_id], "Synchronous": True})
+    assert answer["FailedInstancesCount"] == 0, answer
+
+    found = wait_for(lambda: (r := result_series(rest, study_uid)) and "SEG" in r and "SR" in r and r, 120,
+                     "the SEG and the SR in Orthanc")
+    assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+
+    seg = hd.seg.segread(io.BytesIO(rest.instance_file(found["SEG"][0])))
+    sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): k
+               for k, p in enumerate(sorted(phantom_files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])))}
+    assert str(seg.SeriesDescription).startswith("AI segmentation (ct-classical-baseline v")
+    assert str(seg.StudyInstanceUID) == study_uid
+
+    # Segments against the phantom's ground truth: lungs (phantom label 1) are the baseline's "lungs".
+    lung_number = next(d.SegmentNumber for d in seg.SegmentSequence if d.SegmentLabel == "lungs")
+    source_uids = list(sources)
+    mask = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[lung_number],
+                                             combine_segments=True).astype(bool)
+    truth = phantom.labels == 1
+    ordered = np.zeros_like(truth)
+    for index, uid in enumerate(source_uids):
+        ordered[sources[uid]] = mask[index]
+    assert dice(ordered, truth) > 0.9
+
+    sr = hd.sr.srread(io.BytesIO(rest.instance_file(found["SR"][0])))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    volumes = {str(g.tracking_identifier): g.get_measurements(name=pydicom.sr.codedict.codes.SCT.Volume)[0].value for g in groups}
+    truth_ml = float(truth.sum()) * float(np.prod(phantom.volume.spacing)) / 1000
+    assert volumes["lungs"] == pytest.approx(truth_ml, rel=0.1)
+
+    jobs = JobQueue(node.index).list()
+    assert [j["state"] for j in jobs] == ["done"]
+
+
+def test_results_wait_while_the_pacs_is_down_and_arrive_once_it_is_up(tmp_path: Path, phantom_files: list[Path]) -> None:
+    orthanc_port = free_port()
+    node = Node(node_config(tmp_path, orthanc_port))
+    node.start()
+    try:
+        from dicom_node.scu import send_files
+
+        scu_peer = parse_config({"peers": [{"name": "n", "ae_title": "AI_NODE", "host": "127.0.0.1", "port": node.port}]}).peer("n")
+        # The study comes from "ORTHANC" (a known peer) while Orthanc itself is not running.
+        report = send_files("ORTHANC", scu_peer, phantom_files)
+        assert report.sent == len(phantom_files)
+        outbox = node.downstream.outbox if node.downstream else None
+        assert outbox is not None
+        wait_for(lambda: any(d["attempts"] >= 2 for d in outbox.list()), 90, "failed delivery attempts")
+        assert all(d["state"] == "pending" for d in outbox.list())
+        assert all("cannot reach pacs" in d["last_error"] for d in outbox.list() if d["attempts"])
+
+        orthanc = start_orthanc(tmp_path / "orthanc", port=orthanc_port)
+        try:
+            rest = OrthancRest(orthanc.http_port or 0)
+            study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
+            found = wait_for(lambda: (r := result_series(rest, study_uid)) and "SEG" in r and "SR" in r and r, 60,
+                             "the results after Orthanc came up")
+            assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+            assert {d["state"] for d in outbox.list()} == {"delivered"}
+        finally:
+            orthanc.stop()
+    finally:
+        node.stop()
+
+
+def test_every_result_passes_dciodvfy(orthanc_and_node: tuple[PeerProcess, OrthancRest, Node], phantom_files: list[Path],
+                                      tmp_path: Path) -> None:
+    _, rest, node = orthanc_and_node
+    for path in phantom_files:
+        rest.upload(path)
+    study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
+    study_id = rest.call("POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})[0]
+    rest.call("POST", "/modalities/ainode/store", {"Resources": [study_id], "Synchronous": True})
+    found = wait_for(lambda: (r := result_series(rest, study_uid)) and "SEG" in r and "SR" in r and r, 120, "results")
+    for modality in ("SEG", "SR"):
+        path = tmp_path / f"{modality}.dcm"
+        path.write_bytes(rest.instance_file(found[modality][0]))
+        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{modality}: {errors}"
