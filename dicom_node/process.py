@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from typing import Any
 
 
 def die_with_parent() -> None:
@@ -25,3 +27,30 @@ def die_with_parent() -> None:
             os._exit(1)
 
         threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+class StopFlag:
+    """A stop signal shared with child processes that survives a child killed with SIGKILL.
+
+    ``multiprocessing.Event`` takes a lock inside ``is_set()`` and ``wait()``: a worker killed
+    while holding it leaves the lock taken, and every other process that touches the event
+    then blocks for ever. A lock-free shared byte, polled, has no such failure.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self._value = context.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.05, left))
+        return True

@@ -23,6 +23,7 @@ What a viewer needs, and how each need is met here:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -32,10 +33,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
-    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
-    generate_uid,
 )
 
 from ai.types import Findings, LabelInfo, Measurement
@@ -73,9 +72,15 @@ class SegmentationEncoding(str, Enum):
     LABELMAP = "labelmap"
 
 
+#: Name space of the name-based (version 5) UUIDs our result UIDs are made of.
+_UID_NAMESPACE = uuid.UUID("6f1d2a0e-8d4b-5c1e-9b1e-3c6a1f0e2d4b")
+
+
 def derive_uid(job_key: str, role: str) -> str:
-    """A UID that depends only on the job's identity and the object's role ("seg-series", ...)."""
-    return str(generate_uid(prefix=None, entropy_srcs=[job_key, role]))
+    """A UID that depends only on the job's identity and the object's role ("seg-series", ...):
+    the 2.25 form of a name-based UUID (PS3.5 B.2). (pydicom's ``generate_uid(prefix=None)``
+    ignores ``entropy_srcs`` and returns a random UUID, so it cannot be used here.)"""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'{job_key}|{role}').int}"
 
 
 @dataclass(frozen=True)
@@ -260,9 +265,14 @@ def _lesion_group(
 
 def _classification_group(source: SeriesVolume, findings: Findings, job_key: str,
                           algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The model's classifications (present / absent); with nothing at all found, one
+    "Finding: Absent" so the report says so instead of being empty."""
     middle = source.frames[len(source.frames) // 2]
     frames = [middle.frame_number] if middle.frame_number is not None else None
-    evaluations = [
+    evaluations = [] if findings.findings or findings.measurements else [
+        hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=_ABSENT)
+    ]
+    evaluations += [
         hd.sr.QualitativeEvaluation(
             name=hd.sr.CodedConcept(name.upper().replace(" ", "_")[:16], "99DCMNODE", f"{name} (score {findings.scores[name]:.2f})"),
             value=_PRESENT if present else _ABSENT,
@@ -296,7 +306,7 @@ def build_report(
     for measurement in findings.measurements:
         if measurement.lesion_index is not None and measurement.voxel_count:
             groups.append(_lesion_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
-    if findings.findings:
+    if findings.findings or not groups:
         groups.append(_classification_group(source, findings, job_key, algorithm))
 
     observer = hd.sr.ObserverContext(
@@ -339,5 +349,5 @@ def segmentation_variants(encodings: Sequence[SegmentationEncoding]) -> list[Seg
 
 __all__ = [
     "EmptyFrames", "ResultSettings", "SegmentationEncoding", "build_report", "build_segmentation", "derive_uid",
-    "present_labels", "segmentation_variants", "UID",
+    "present_labels", "segmentation_variants",
 ]

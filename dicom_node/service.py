@@ -28,7 +28,7 @@ from .errors import NodeError
 from .index import Index
 from .jobs import JobQueue
 from .outbox import Outbox
-from .process import die_with_parent
+from .process import StopFlag, die_with_parent
 from .recovery import RecoveryReport, mark_clean_shutdown, recover
 from .routing import route_completed
 from .scp import StorageSCP, build_ae
@@ -59,26 +59,43 @@ class Downstream:
         self.outbox = Outbox(index)
         self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds)
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
+        self._stop = StopFlag(self._context)
         self.workers: list[Any] = []
+        self._lock = threading.Lock()
 
     def route(self, now: float) -> None:
+        """After each completion sweep: queue jobs, and replace any worker that died."""
         route_completed(self.index, self.config, now)
+        self._replace_dead_workers()
+
+    def _start_worker(self) -> Any:
+        proc = self._context.Process(target=worker_main, args=(self.config, self._stop), daemon=False,
+                                     name="dicom-node-worker")
+        proc.start()
+        return proc
+
+    def _replace_dead_workers(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            for number, proc in enumerate(self.workers):
+                if not proc.is_alive():
+                    # Its job (if any) is not lost: the lease expires and a worker claims it again.
+                    log.error("Analysis worker %d exited with code %s; starting another", proc.pid, proc.exitcode)
+                    self.workers[number] = self._start_worker()
 
     def start(self) -> None:
         self.sender.start()
         # No routes, no jobs: listening-only set-ups (and most tests) start no model process.
         count = self.config.jobs.workers if self.config.routes else 0
-        for _ in range(count):
-            proc = self._context.Process(target=worker_main, args=(self.config, self._stop), daemon=False,
-                                         name="dicom-node-worker")
-            proc.start()
-            self.workers.append(proc)
+        with self._lock:
+            self.workers = [self._start_worker() for _ in range(count)]
         if count:
             log.info("%d analysis worker process(es): %s", count, ", ".join(str(p.pid) for p in self.workers))
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         self.sender.stop()
         for proc in self.workers:
             # A job in progress is abandoned: its lease expires and it runs again after restart.

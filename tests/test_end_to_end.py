@@ -45,16 +45,15 @@ def phantom_files(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def node_config(tmp_path: Path, orthanc_port: int, **overrides: Any) -> NodeConfig:
-    data = config_dict(
-        tmp_path,
-        peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port, "send": True, "receive": True}],
-        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["sender"]}],
-        pipelines={"baseline": {"kind": "classical"}},
-        results={"path": str(tmp_path / "results")},
-        jobs={"workers": 1, "lease_seconds": 30, "poll_seconds": 0.2},
-        delivery={"retry_base_seconds": 0.5, "retry_max_seconds": 2, "interval_seconds": 0.2},
-        **overrides,
-    )
+    sections: dict[str, Any] = {
+        "peers": [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port, "send": True, "receive": True}],
+        "routes": [{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["sender"]}],
+        "pipelines": {"baseline": {"kind": "classical"}},
+        "results": {"path": str(tmp_path / "results")},
+        "jobs": {"workers": 1, "lease_seconds": 30, "poll_seconds": 0.2},
+        "delivery": {"retry_base_seconds": 0.5, "retry_max_seconds": 2, "interval_seconds": 0.2},
+    }
+    data = config_dict(tmp_path, **{**sections, **overrides})
     return parse_config(data, "e2e-config")
 
 
@@ -179,3 +178,45 @@ def test_every_result_passes_dciodvfy(orthanc_and_node: tuple[PeerProcess, Ortha
         result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
         errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], f"{modality}: {errors}"
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_exactly_once(tmp_path: Path) -> None:
+    """SIGKILL the analysis worker while it runs the model; the node starts another, which
+    claims the job once the lease expires; Orthanc ends with one SEG and one SR."""
+    import os
+    import signal
+
+    phantom = make_phantom(21, shape=(80, 192, 192), spacing=(2.0, 1.5, 1.5), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    files = write_volume_series(phantom.volume, tmp_path / "series", seed=21)
+    orthanc_port = free_port()
+    config = node_config(tmp_path, orthanc_port, pipelines={"baseline": {"kind": "model", "model": "ct-organs", "device": "cpu"}},
+                         jobs={"workers": 1, "lease_seconds": 3, "poll_seconds": 0.2})
+    node = Node(config)
+    node.start()
+    orthanc = start_orthanc(tmp_path / "orthanc", port=orthanc_port, modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
+    try:
+        rest = OrthancRest(orthanc.http_port or 0)
+        for path in files:
+            rest.upload(path)
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        study_id = rest.call("POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})[0]
+        rest.call("POST", "/modalities/ainode/store", {"Resources": [study_id], "Synchronous": True})
+        queue = JobQueue(node.index)
+        wait_for(lambda: [j for j in queue.list() if j["state"] == "running"], 60, "the job to start")
+        assert node.downstream is not None
+        victim = node.downstream.workers[0].pid
+        time.sleep(1.0)  # into the model
+        os.kill(victim, signal.SIGKILL)
+        assert queue.list()[0]["state"] == "running", "the job finished before the worker could be killed"
+
+        found = wait_for(lambda: (r := result_series(rest, study_uid)) and "SEG" in r and "SR" in r and r, 180,
+                         "the results after the worker was killed")
+        job = queue.list()[0]
+        assert job["state"] == "done" and job["attempts"] == 2
+        assert node.downstream.workers[0].pid != victim
+        time.sleep(2 * config.delivery.interval_seconds)  # nothing else is on its way
+        found = result_series(rest, study_uid)
+        assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+    finally:
+        node.stop()
+        orthanc.stop()

@@ -1,0 +1,152 @@
+"""SEG and SR encoding: valid (dciodvfy), read back with highdicom equal to what was computed,
+deterministic UIDs, per-peer encodings."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.sr.codedict import codes
+from pydicom.uid import JPEG2000Lossless
+
+from ai.measure import measure_all
+from ai.phantom import Phantom, make_phantom
+from ai.registry import ModelRegistry
+from ai.types import Findings
+from dicom_node.results import (
+    EmptyFrames,
+    ResultSettings,
+    SegmentationEncoding,
+    build_report,
+    build_segmentation,
+    derive_uid,
+    present_labels,
+    segmentation_variants,
+)
+from dicom_node.synthetic import write_volume_series
+from dicom_node.volume import SeriesVolume, load_series
+
+from .peers import system_binary
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom(5, shape=(40, 96, 96), spacing=(2.5, 2.5, 2.5), liver_lesions=(2, 2), lung_nodules=(1, 1))
+
+
+@pytest.fixture(scope="module")
+def source(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> SeriesVolume:
+    return load_series(write_volume_series(phantom.volume, tmp_path_factory.mktemp("src"), seed=5))
+
+
+@pytest.fixture(scope="module")
+def findings(phantom: Phantom, source: SeriesVolume) -> Findings:
+    """The phantom's ground truth as a model's findings (every label and lesion present)."""
+    labels = ModelRegistry().get("ct-organs").label_infos()
+    measurements = measure_all(phantom.labels, source.volume, labels, lambda label, idx: 0.9)
+    return Findings(phantom.labels, labels, tuple(measurements), {"liver lesion present": 0.9}, {"liver lesion present": True},
+                    "ct-organs", "1.0.0")
+
+
+def dciodvfy_errors(ds: object, path: Path) -> list[str]:
+    ds.save_as(path, enforce_file_format=True)  # type: ignore[attr-defined]
+    result = subprocess.run([system_binary("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_seg_pixels_equal_the_label_map_and_pass_dciodvfy(source: SeriesVolume, findings: Findings, tmp_path: Path) -> None:
+    seg = build_segmentation(source, findings, "job-a", ResultSettings())
+    assert seg is not None
+    assert dciodvfy_errors(seg, tmp_path / "seg.dcm") == []
+    labels = present_labels(findings)
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [info.name for info in labels]
+    # Every segment has its colour, codes and algorithm.
+    for description, info in zip(seg.SegmentSequence, labels):
+        assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == info.type[0]
+        assert hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue).to_rgb() == pytest.approx(info.color, abs=1)
+        assert description.SegmentAlgorithmName == "ct-organs"
+    # Geometry of the source: one frame per source frame and segment ("keep" empty frames).
+    assert seg.NumberOfFrames == len(source.frames) * len(labels)
+    read = hd.seg.segread(tmp_path / "seg.dcm")
+    uids = [f.sop_instance_uid for f in source.frames]
+    pixels = read.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False)
+    expected = np.zeros_like(findings.label_map)
+    for number, info in enumerate(labels, start=1):
+        expected[findings.label_map == info.value] = number
+    assert np.array_equal(pixels, expected)
+    assert str(seg.StudyInstanceUID) == str(source.datasets[0].StudyInstanceUID)
+    assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v1.0.0)"
+
+
+def test_seg_variants_jpeg2000_same_instance_labelmap_and_omitted_frames(source: SeriesVolume, findings: Findings, tmp_path: Path) -> None:
+    binary = build_segmentation(source, findings, "job-a", ResultSettings())
+    j2k = build_segmentation(source, findings, "job-a", ResultSettings(), SegmentationEncoding.BINARY_JPEG2000)
+    labelmap = build_segmentation(source, findings, "job-a", ResultSettings(), SegmentationEncoding.LABELMAP)
+    omitted = build_segmentation(source, findings, "job-a", ResultSettings(empty_frames=EmptyFrames.OMIT))
+    assert binary is not None and j2k is not None and labelmap is not None and omitted is not None
+    assert j2k.SOPInstanceUID == binary.SOPInstanceUID and j2k.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert dciodvfy_errors(j2k, tmp_path / "j2k.dcm") == []
+    assert labelmap.SOPInstanceUID != binary.SOPInstanceUID and labelmap.SegmentationType == "LABELMAP"
+    assert omitted.NumberOfFrames < binary.NumberOfFrames
+    for ds, name in ((j2k, "j2k"), (labelmap, "labelmap")):
+        read = hd.seg.segread(tmp_path / f"{name}.dcm") if name == "j2k" else hd.seg.Segmentation.from_dataset(labelmap)
+        pixels = read.get_pixels_by_source_instance(source_sop_instance_uids=[f.sop_instance_uid for f in source.frames],
+                                                    combine_segments=True, relabel=False)
+        assert np.array_equal(pixels > 0, findings.label_map > 0), name
+    assert segmentation_variants([SegmentationEncoding.LABELMAP, SegmentationEncoding.BINARY]) == \
+        [SegmentationEncoding.LABELMAP, SegmentationEncoding.BINARY]
+
+
+def test_uids_derive_from_the_job_identity(source: SeriesVolume, findings: Findings) -> None:
+    first = build_segmentation(source, findings, "ct:1.2.3:v1", ResultSettings())
+    again = build_segmentation(source, findings, "ct:1.2.3:v1", ResultSettings())
+    other = build_segmentation(source, findings, "ct:1.2.3:v2", ResultSettings())
+    assert first is not None and again is not None and other is not None
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert first.SOPInstanceUID != other.SOPInstanceUID
+    assert first.SOPInstanceUID == derive_uid("ct:1.2.3:v1", "seg")
+    assert first.SOPInstanceUID.startswith("2.25.")
+
+
+def test_sr_measurements_equal_the_computed_ones_and_pass_dciodvfy(source: SeriesVolume, findings: Findings, tmp_path: Path) -> None:
+    seg = build_segmentation(source, findings, "job-a", ResultSettings())
+    sr = build_report(source, findings, seg, "job-a", ResultSettings())
+    assert dciodvfy_errors(sr, tmp_path / "sr.dcm") == []
+    read = hd.sr.srread(tmp_path / "sr.dcm")
+    assert str(read.SeriesDescription) == "AI measurements (ct-organs v1.0.0)"
+    organs = {m.name: m for m in findings.measurements if m.lesion_index is None}
+    groups = read.content.get_volumetric_roi_measurement_groups()
+    assert {str(g.tracking_identifier) for g in groups} == set(organs)
+    for group in groups:
+        expected = organs[str(group.tracking_identifier)]
+        assert group.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(expected.volume_ml, abs=1e-3)
+        assert group.get_measurements(name=codes.SCT.Mean)[0].value == pytest.approx(expected.mean, abs=0.01)
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID  # type: ignore[union-attr]
+        # OHIF reads a NUM item's first child as its coordinates: NUM items have none.
+        for item in group[0].ContentSequence:
+            if item.ValueType == "NUM":
+                assert "ContentSequence" not in item
+    lesions = [m for m in findings.measurements if m.lesion_index is not None]
+    planar = read.content.get_planar_roi_measurement_groups()
+    assert len(planar) == len(lesions) >= 1
+    for group, lesion in zip(planar, lesions):
+        assert group.get_measurements(name=codes.SCT.LongAxis)[0].value == pytest.approx(lesion.longest_axial_diameter_mm, abs=0.01)
+        assert group.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(lesion.volume_ml, abs=1e-4)
+        region = group.roi
+        assert region is not None and region.GraphicType == "POLYLINE"
+        key = source.frames[int(round(lesion.diameter_endpoints_kji[0][0]))]  # type: ignore[index]
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.sop_instance_uid
+    # The classification is a qualitative evaluation; the device is the observer.
+    text = str(read)
+    assert "liver lesion present" in text and "Present" in text
+    assert read.content.get_observer_contexts()[0].observer_type == codes.DCM.Device
+
+
+def test_nothing_found_gives_no_seg_and_an_sr_without_groups(source: SeriesVolume, findings: Findings, tmp_path: Path) -> None:
+    empty = Findings(np.zeros_like(findings.label_map), findings.labels, (), {}, {}, "ct-organs", "1.0.0")
+    assert build_segmentation(source, empty, "job-b", ResultSettings()) is None
+    sr = build_report(source, empty, None, "job-b", ResultSettings())
+    assert dciodvfy_errors(sr, tmp_path / "sr.dcm") == []
