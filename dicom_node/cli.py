@@ -47,6 +47,7 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
@@ -161,6 +162,85 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .index import Index
+    from .jobs import JobQueue
+    from .outbox import Outbox
+
+    if not config.index.path.exists():
+        return _fail(EXIT_USAGE, f"no index at {config.index.path} (has the node run with this configuration?)")
+    index = Index(config.index.path, synchronous="NORMAL")
+    try:
+        queue, outbox = JobQueue(index), Outbox(index)
+        now = time.time()
+        if args.retry is not None:
+            if not queue.retry(args.retry, now):
+                return _fail(EXIT_FAILED, f"job {args.retry} is not dead-lettered (or does not exist); nothing to retry")
+            print(f"job {args.retry} queued again")
+            return EXIT_OK
+        if args.retry_delivery is not None:
+            if not outbox.retry(args.retry_delivery, now):
+                return _fail(EXIT_FAILED, f"delivery {args.retry_delivery} is not dead-lettered (or does not exist)")
+            print(f"delivery {args.retry_delivery} queued again")
+            return EXIT_OK
+        jobs, deliveries = queue.list(args.limit), outbox.list(args.limit * 4)
+    finally:
+        index.close()
+    if args.json:
+        for row in deliveries:
+            row["candidates"] = json.loads(row["candidates"])
+        json.dump({"jobs": jobs, "deliveries": deliveries}, sys.stdout, indent=2, default=str)
+        print()
+        return EXIT_OK
+    out = Console() if sys.stdout.isatty() else Console(width=220)
+    if not jobs:
+        out.print(f"No jobs in {config.index.path}")
+        return EXIT_OK
+    table = Table(title="Jobs (newest first)")
+    for column in ("id", "route", "pipeline", "series", "state", "attempts", "created", "finished", "last error"):
+        table.add_column(column)
+    colours = {"done": "green", "dead": "red", "running": "yellow", "queued": "", "delivered": "green", "pending": "yellow"}
+    for job in jobs:
+        table.add_row(str(job["id"]), job["route"], job["pipeline"], f"{job['series_uid']} v{job['series_version']}",
+                      f"[{colours[job['state']]}]{job['state']}[/]" if colours[job["state"]] else job["state"],
+                      f"{job['attempts']}/{job['max_attempts']}", _when(job["created_at"]), _when(job["finished_at"]),
+                      job["last_error"])
+    out.print(table)
+    if deliveries:
+        table = Table(title="Deliveries")
+        for column in ("id", "job", "object", "peer", "state", "attempts", "delivered", "variant", "last error"):
+            table.add_column(column)
+        for row in deliveries:
+            table.add_row(str(row["id"]), str(row["job_id"]), row["object"], row["peer"],
+                          f"[{colours.get(row['state'], 'red')}]{row['state']}[/]", str(row["attempts"]),
+                          _when(row["delivered_at"]), row["delivered_variant"] or "", row["last_error"])
+        out.print(table)
+    return EXIT_OK
+
+
+def cmd_worker(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .worker import Worker
+
+    _setup_logging(args.verbose)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = Worker(config)
+    try:
+        done = worker.run(stop, burst=args.burst)
+    finally:
+        worker.close()
+    if args.burst:
+        print(f"{done} job(s) done; queue empty")
+    return EXIT_OK
+
+
+def cmd_demo(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args, err)
+
+
 def cmd_models(config: NodeConfig, args: argparse.Namespace) -> int:
     from ai.registry import ModelCardError, ModelRegistry
 
@@ -209,6 +289,26 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="studies and series in the index, with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    jobs = sub.add_parser("jobs", help="analysis jobs and result deliveries, with states, attempts and errors")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs.add_argument("--limit", type=int, default=50, help="newest N jobs (default 50)")
+    jobs.add_argument("--retry", type=int, metavar="JOB_ID", help="queue a dead-lettered job again")
+    jobs.add_argument("--retry-delivery", type=int, metavar="DELIVERY_ID", help="queue a dead-lettered delivery again")
+    jobs.set_defaults(func=cmd_jobs)
+
+    worker = sub.add_parser("worker", help="run one analysis worker (serve starts jobs.workers of them itself)")
+    worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+    worker.add_argument("-v", "--verbose", action="store_true")
+    worker.set_defaults(func=cmd_worker)
+
+    demo = sub.add_parser("demo", help="phantom CT -> node -> SEG + SR, with a measurement table and a PNG preview")
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="where the demo keeps everything (default var/demo)")
+    demo.add_argument("--pipeline", choices=("ct-organs", "ct-baseline"), default="ct-organs")
+    demo.add_argument("--orthanc", action="store_true", help="let Orthanc (if installed) play the PACS")
+    demo.add_argument("--seed", type=int, default=7, help="phantom seed")
+    demo.add_argument("--timeout", type=float, default=300.0)
+    demo.set_defaults(func=cmd_demo)
+
     models = sub.add_parser("models", help="the AI models installed, from their model cards")
     models.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")
     models.add_argument("--json", action="store_true")

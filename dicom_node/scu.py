@@ -43,6 +43,10 @@ def associate(ae: AE, peer: Peer) -> Association:
     if not assoc.is_established:
         if assoc.is_rejected:
             raise PeerError(f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port}) rejected the association")
+        if assoc.is_aborted and assoc.acceptor.primitive is not None:
+            # It answered A-ASSOCIATE-AC, but with no presentation context we proposed.
+            raise PeerError(f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port}) accepted none of the encodings "
+                            "offered (SOP class / transfer syntax)")
         raise PeerError(f"cannot reach {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): no association")
     set_nodelay(assoc)
     return assoc

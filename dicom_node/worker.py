@@ -266,6 +266,7 @@ def worker_main(config: NodeConfig, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module
     worker = Worker(config)
     try:
         worker.run(stop)

@@ -27,7 +27,7 @@ from dicom_node.service import Node
 from dicom_node.synthetic import write_volume_series
 
 from .conftest import config_dict
-from .peers import OrthancRest, PeerProcess, free_port, start_orthanc
+from .peers import Orthanc, free_port, start_orthanc
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def result_series(rest: OrthancRest, study_uid: str) -> dict[str, list[str]]:
+def result_series(rest: Orthanc, study_uid: str) -> dict[str, list[str]]:
     """Modality -> Orthanc instance ids, for the SEG and SR series of the study."""
     found: dict[str, list[str]] = {}
     for series in rest.series_of_study(study_uid):
@@ -78,22 +78,22 @@ def result_series(rest: OrthancRest, study_uid: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[PeerProcess, OrthancRest, Node]]:
+def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[Orthanc, Node]]:
     orthanc_port = free_port()
     node = Node(node_config(tmp_path, orthanc_port))
     node.start()
     orthanc = start_orthanc(tmp_path / "orthanc", port=orthanc_port,
                             modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
     try:
-        yield orthanc, OrthancRest(orthanc.http_port or 0), node
+        yield orthanc, node
     finally:
         node.stop()
         orthanc.stop()
 
 
-def test_orthanc_sends_a_study_and_gets_seg_and_sr_back(orthanc_and_node: tuple[PeerProcess, OrthancRest, Node],
+def test_orthanc_sends_a_study_and_gets_seg_and_sr_back(orthanc_and_node: tuple[Orthanc, Node],
                                                        phantom: Phantom, phantom_files: list[Path], tmp_path: Path) -> None:
-    _, rest, node = orthanc_and_node
+    rest, node = orthanc_and_node
     for path in phantom_files:
         rest.upload(path)
     study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -151,7 +151,7 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_it_is_up(tmp_path: 
 
         orthanc = start_orthanc(tmp_path / "orthanc", port=orthanc_port)
         try:
-            rest = OrthancRest(orthanc.http_port or 0)
+            rest = orthanc
             study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
             found = wait_for(lambda: (r := result_series(rest, study_uid)) and "SEG" in r and "SR" in r and r, 60,
                              "the results after Orthanc came up")
@@ -163,9 +163,9 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_it_is_up(tmp_path: 
         node.stop()
 
 
-def test_every_result_passes_dciodvfy(orthanc_and_node: tuple[PeerProcess, OrthancRest, Node], phantom_files: list[Path],
+def test_every_result_passes_dciodvfy(orthanc_and_node: tuple[Orthanc, Node], phantom_files: list[Path],
                                       tmp_path: Path) -> None:
-    _, rest, node = orthanc_and_node
+    rest, node = orthanc_and_node
     for path in phantom_files:
         rest.upload(path)
     study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -195,7 +195,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_exactly_once(
     node.start()
     orthanc = start_orthanc(tmp_path / "orthanc", port=orthanc_port, modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
     try:
-        rest = OrthancRest(orthanc.http_port or 0)
+        rest = orthanc
         for path in files:
             rest.upload(path)
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)

@@ -1,0 +1,196 @@
+"""``dicom-node demo``: the whole product in one command, on the embedded default.
+
+A phantom CT study is generated, sent by a "PACS" to the AI node, completed, routed, analysed
+in a worker process, encoded as SEG + SR and sent back to the PACS. The demo then prints the
+measurement table read back from the SR and writes a PNG preview of the SEG over key slices.
+
+The PACS is Orthanc with ``--orthanc`` (when installed), otherwise a second dicom-node that
+only stores what it receives. Everything lives under ``--workdir``; nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+from rich.console import Console
+from rich.table import Table
+
+from .config import NodeConfig, parse_config
+from .orthanc import Orthanc, find_orthanc, free_port, start_orthanc
+from .scu import send_files
+from .service import Node
+from .synthetic import write_volume_series
+from .volume import SeriesVolume, load_series
+
+PACS_AE = "DEMO_PACS"
+MARKER = ".dicom-node-demo"
+
+
+def _fresh_workdir(workdir: Path) -> None:
+    """Start from an empty folder; only ever delete a folder an earlier demo made."""
+    if workdir.exists():
+        if not (workdir / MARKER).exists():
+            raise SystemExit(f"{workdir} exists and was not made by the demo; choose another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("made by dicom-node demo; deleted by the next demo run\n")
+
+
+def _node_config(workdir: Path, pacs_port: int, pipeline: str) -> NodeConfig:
+    return parse_config({
+        "node": {"ae_title": "AI_NODE", "host": "127.0.0.1", "port": 0},
+        "storage": {"path": str(workdir / "node" / "storage"), "min_free_mb": 64},
+        "index": {"path": str(workdir / "node" / "index.sqlite")},
+        "audit": {"path": str(workdir / "node" / "audit.jsonl")},
+        "peers": [{"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs_port, "send": True, "receive": True}],
+        "completion": {"series_stable_seconds": 2, "study_stable_seconds": 4, "sweep_interval_seconds": 0.5},
+        "routes": [{"name": "ct", "match": {"modality": "CT"}, "pipeline": pipeline, "destinations": ["sender"]}],
+        "pipelines": {"ct-organs": {"kind": "model", "model": "ct-organs"}, "ct-baseline": {"kind": "classical"}},
+        "results": {"path": str(workdir / "node" / "results")},
+        "jobs": {"workers": 1, "poll_seconds": 0.2},
+        "delivery": {"interval_seconds": 0.5, "retry_base_seconds": 1},
+    }, "demo")
+
+
+def _pacs_node_config(workdir: Path) -> NodeConfig:
+    """A second node as a plain PACS: stores whatever the AI node sends, routes nothing."""
+    return parse_config({
+        "node": {"ae_title": PACS_AE, "host": "127.0.0.1", "port": 0},
+        "storage": {"path": str(workdir / "pacs" / "storage"), "min_free_mb": 64},
+        "index": {"path": str(workdir / "pacs" / "index.sqlite")},
+        "audit": {"path": str(workdir / "pacs" / "audit.jsonl")},
+        "peers": [{"name": "ai", "ae_title": "AI_NODE", "host": "127.0.0.1", "port": 1, "send": True, "receive": False}],
+    }, "demo-pacs")
+
+
+def measurement_table(sr: hd.sr.Comprehensive3DSR) -> Table:
+    table = Table(title=f"{sr.SeriesDescription}")
+    for column in ("structure", "volume (mL)", "mean (HU)", "longest axial diameter (mm)"):
+        table.add_column(column, justify="left" if column == "structure" else "right")
+
+    def value(group: Any, name: Any) -> str:
+        found = group.get_measurements(name=name)
+        return f"{found[0].value:.1f}" if found else ""
+
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        table.add_row(str(group.tracking_identifier), value(group, codes.SCT.Volume), value(group, codes.SCT.Mean),
+                      value(group, codes.SCT.Diameter))
+    for group in sr.content.get_planar_roi_measurement_groups():
+        table.add_row(f"[yellow]{group.tracking_identifier}[/]", value(group, codes.SCT.Volume), "",
+                      value(group, codes.SCT.LongAxis))
+    return table
+
+
+def preview_png(source: SeriesVolume, seg: hd.seg.Segmentation, path: Path, slices: int = 3) -> list[int]:
+    """Key slices (where most segments are present) with the SEG over the CT in each segment's
+    colour; returns the slice indices drawn."""
+    from PIL import Image
+
+    uids = [f.sop_instance_uid for f in source.frames]
+    labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False)
+    colours = {int(d.SegmentNumber): hd.color.CIELabColor.from_dicom_value(d.RecommendedDisplayCIELabValue).to_rgb()
+               for d in seg.SegmentSequence}
+    richness = np.asarray([len(np.unique(s)) for s in labels])
+    candidates = np.argsort(-richness, kind="stable")
+    chosen: list[int] = []
+    for k in candidates:  # spread the key slices along the volume
+        if all(abs(int(k) - c) > len(labels) // (2 * slices) for c in chosen):
+            chosen.append(int(k))
+        if len(chosen) == slices:
+            break
+    chosen.sort()
+    tiles = []
+    for k in chosen:
+        hu = source.volume.voxels[k]
+        grey = (np.clip((hu + 400.0) / 800.0, 0, 1) * 255).astype(np.uint8)
+        rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+        for number, colour in colours.items():
+            mask = labels[k] == number
+            rgb[mask] = 0.55 * rgb[mask] + 0.45 * np.asarray(colour, dtype=np.float32)
+        tiles.append(rgb.astype(np.uint8))
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
+    return chosen
+
+
+def _wait_for_deliveries(node: Node, timeout: float, console: Console) -> None:
+    assert node.downstream is not None
+    outbox = node.downstream.outbox
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for completion, analysis and delivery ...") as status:
+        while time.monotonic() < deadline:
+            rows = outbox.list()
+            jobs = node.index.query("SELECT state, last_error FROM jobs")
+            if any(j["state"] == "dead" for j in jobs):
+                raise SystemExit(f"the analysis failed: {jobs[0]['last_error']}")
+            if rows and all(r["state"] == "delivered" for r in rows):
+                return
+            if any(r["state"] == "dead" for r in rows):
+                raise SystemExit(f"delivery failed: {rows[0]['last_error']}")
+            state = jobs[0]["state"] if jobs else "receiving"
+            status.update(f"job: {state}; deliveries: {', '.join(r['state'] for r in rows) or 'none yet'}")
+            time.sleep(0.3)
+    raise SystemExit(f"no result after {timeout:.0f} s (see {node.config.index.path.parent})")
+
+
+def run_demo(args: argparse.Namespace, console: Console) -> int:
+    workdir: Path = args.workdir
+    _fresh_workdir(workdir)
+    use_orthanc = bool(args.orthanc)
+    if use_orthanc and find_orthanc() is None:
+        console.print("[yellow]Orthanc is not installed (apt-get install orthanc); a second dicom-node plays the PACS[/]")
+        use_orthanc = False
+
+    from ai.phantom import make_phantom
+
+    started = time.perf_counter()
+    phantom = make_phantom(args.seed, shape=(96, 256, 256), spacing=(2.5, 1.4, 1.4), liver_lesions=(1, 2), lung_nodules=(1, 1))
+    files = write_volume_series(phantom.volume, workdir / "phantom", seed=args.seed)
+    console.print(f"Phantom CT: {len(files)} slices of 256x256 in {workdir / 'phantom'}")
+
+    pacs_node: Node | None = None
+    orthanc: Orthanc | None = None
+    pacs_port = free_port() if use_orthanc else 0
+    if not use_orthanc:
+        pacs_node = Node(_pacs_node_config(workdir))
+        pacs_node.start()
+        pacs_port = pacs_node.port
+    node = Node(_node_config(workdir, pacs_port, args.pipeline))
+    node.start()
+    try:
+        if use_orthanc:
+            orthanc = start_orthanc(workdir / "orthanc", ae_title=PACS_AE, port=pacs_port,
+                                    modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
+            for path in files:
+                orthanc.upload(path)
+            study = orthanc.study_id(str(load_series(files[:1]).datasets[0].StudyInstanceUID))
+            orthanc.call("POST", "/modalities/ainode/store", {"Resources": [study], "Synchronous": True})
+            console.print(f"Orthanc (PACS, {orthanc.base_url}) sent the study to AI_NODE on port {node.port}")
+        else:
+            report = send_files(PACS_AE, node.config.peer("pacs").model_copy(update={"port": node.port, "ae_title": "AI_NODE"}),
+                                files)
+            console.print(f"{PACS_AE} sent {report.sent} of {len(files)} instances to AI_NODE on port {node.port}")
+        _wait_for_deliveries(node, args.timeout, console)
+        folder = next((node.config.results.path).iterdir())
+        seg = hd.seg.segread(folder / "seg-binary.dcm")
+        sr = hd.sr.srread(folder / "sr-binary.dcm")
+        console.print(measurement_table(sr))
+        source = load_series(files)
+        drawn = preview_png(source, seg, workdir / "preview.png")
+        where = orthanc.base_url + "/app/explorer.html" if orthanc else str(workdir / "pacs" / "storage")
+        console.print(f"SEG ({seg.NumberOfFrames} frames, {len(seg.SegmentSequence)} segments) and SR delivered to the PACS "
+                      f"({where}) in {time.perf_counter() - started:.1f} s")
+        console.print(f"Preview of slices {drawn}: {workdir / 'preview.png'}")
+    finally:
+        node.stop()
+        if pacs_node is not None:
+            pacs_node.stop()
+        if orthanc is not None:
+            orthanc.stop()
+    return 0

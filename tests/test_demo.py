@@ -1,0 +1,42 @@
+"""``dicom-node demo``: one command from a phantom study to SEG + SR at a PACS, a measurement
+table and a PNG preview."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "dicom_node.cli"]
+
+
+@pytest.mark.parametrize(("pipeline", "pacs"), [("ct-organs", []), ("ct-baseline", ["--orthanc"])])
+def test_demo_prints_measurements_and_writes_a_preview(tmp_path: Path, pipeline: str, pacs: list[str]) -> None:
+    workdir = tmp_path / "demo"
+    done = subprocess.run([*CLI, "demo", "--workdir", str(workdir), "--pipeline", pipeline, *pacs, "--timeout", "240"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "lungs" in out and "volume (mL)" in out
+    assert "SR delivered to the PACS" in out
+    if pacs:
+        assert "Orthanc (PACS, http://127.0.0.1:" in out
+    preview = Image.open(workdir / "preview.png")
+    assert preview.size == (3 * 256, 256)
+    # Colour over grey: the overlay is there.
+    rgb = np.asarray(preview.convert("RGB")).astype(int)
+    assert ((rgb.max(axis=2) - rgb.min(axis=2)) > 20).mean() > 0.05
+
+
+def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "file.txt").write_text("keep me")
+    done = subprocess.run([*CLI, "demo", "--workdir", str(tmp_path / "precious")], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "was not made by the demo" in done.stderr
+    assert (tmp_path / "precious" / "file.txt").read_text() == "keep me"

@@ -1,0 +1,119 @@
+"""The analysis worker, in burst mode: a queued job becomes result files and outbox rows; a
+series that is not a volume dead-letters its job at once; the CLI shows and retries jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from threading import Event
+
+import pytest
+import yaml
+from pydicom import dcmread
+
+from ai.phantom import make_phantom
+from dicom_node.config import NodeConfig
+from dicom_node.index import Index, Outcome, Receipt
+from dicom_node.instance import read_header
+from dicom_node.jobs import JobQueue
+from dicom_node.outbox import Outbox
+from dicom_node.routing import route_completed
+from dicom_node.synthetic import write_volume_series
+from dicom_node.worker import Worker
+
+PEERS = [
+    {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1},
+    {"name": "viewer", "ae_title": "VIEWER", "host": "127.0.0.1", "port": 2, "send": False,
+     "seg_encodings": ["labelmap", "binary-jpeg2000"]},
+]
+
+
+@pytest.fixture
+def config(make_config: Callable[..., NodeConfig], tmp_path: Path) -> NodeConfig:
+    return make_config(
+        peers=PEERS,
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["sender", "viewer"]}],
+        pipelines={"baseline": {"kind": "classical"}},
+        results={"path": str(tmp_path / "results")},
+    )
+
+
+def index_series(index: Index, files: list[Path], calling_ae: str = "PACS") -> None:
+    """Index files as if the listener had received them, then complete and route them."""
+    for path in files:
+        header = read_header(path)
+        index.record_instance(header, path, path.stat().st_size, Receipt(calling_ae, "AI_NODE", "127.0.0.1", 0.0), Outcome.NEW)
+    index.complete_stable(1000, 10, 30)
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> list[Path]:
+    phantom = make_phantom(2, shape=(24, 64, 64), spacing=(3.0, 3.0, 3.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    return write_volume_series(phantom.volume, tmp_path / "series", seed=2)
+
+
+def test_a_job_becomes_result_files_and_deliveries(config: NodeConfig, series: list[Path]) -> None:
+    worker = Worker(config)
+    index_series(worker.index, series)
+    assert len(route_completed(worker.index, config, now=1000)) == 1
+    assert worker.run(Event(), burst=True) == 1
+    job = worker.jobs.list()[0]
+    assert job["state"] == "done" and job["attempts"] == 1
+    rows = {(d["object"], d["peer"]): json.loads(d["candidates"]) for d in Outbox(worker.index).list()}
+    assert set(rows) == {("seg", "pacs"), ("sr", "pacs"), ("seg", "viewer"), ("sr", "viewer")}
+    assert [c["variant"] for c in rows[("seg", "pacs")]] == ["binary"]
+    assert [c["variant"] for c in rows[("seg", "viewer")]] == ["labelmap", "binary-jpeg2000", "binary"]
+    # The SR a Label Map SEG travels with references that SEG; the others reference the BINARY one.
+    viewer_sr = {c["variant"]: c for c in rows[("sr", "viewer")]}
+    labelmap_seg = dcmread(rows[("seg", "viewer")][0]["path"])
+    assert viewer_sr["labelmap"]["path"] != viewer_sr["binary"]["path"]
+    assert labelmap_seg.SOPInstanceUID in str(dcmread(viewer_sr["labelmap"]["path"]))
+    binary, j2k = (dcmread(c["path"]) for c in rows[("seg", "viewer")][1:])
+    assert binary.SOPInstanceUID == j2k.SOPInstanceUID
+    assert not any(p.name.endswith(".part") for p in Path(rows[("sr", "pacs")][0]["path"]).parent.iterdir())
+    worker.close()
+
+
+def test_a_series_that_is_not_a_volume_dead_letters_its_job(config: NodeConfig, series: list[Path]) -> None:
+    worker = Worker(config)
+    index_series(worker.index, series)
+    route_completed(worker.index, config, now=1000)
+    series[3].write_bytes(b"not DICOM any more")
+    assert worker.run(Event(), burst=True) == 0
+    job = worker.jobs.list()[0]
+    assert job["state"] == "dead" and job["attempts"] == 1
+    assert "not a readable DICOM file" in job["last_error"]
+    assert Outbox(worker.index).list() == []
+    worker.close()
+
+
+def test_cli_jobs_lists_and_retries_a_dead_job(config: NodeConfig, series: list[Path], tmp_path: Path) -> None:
+    worker = Worker(config)
+    index_series(worker.index, series)
+    route_completed(worker.index, config, now=1000)
+    series[0].unlink()
+    worker.run(Event(), burst=True)
+    worker.close()
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    cli = [sys.executable, "-m", "dicom_node.cli", "--config", str(path)]
+
+    shown = subprocess.run([*cli, "jobs", "--json"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    jobs = json.loads(shown.stdout)["jobs"]
+    assert [(j["id"], j["state"]) for j in jobs] == [(1, "dead")]
+    table = subprocess.run([*cli, "jobs"], capture_output=True, text=True, timeout=60)
+    assert "dead" in table.stdout and "No such file" in table.stdout
+
+    retried = subprocess.run([*cli, "jobs", "--retry", "1"], capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0 and "job 1 queued again" in retried.stdout
+    again = subprocess.run([*cli, "jobs", "--retry", "1"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "not dead-lettered" in again.stderr
+    assert JobQueue(Index(config.index.path)).list()[0]["state"] == "queued"
+
+    burst = subprocess.run([*cli, "worker", "--burst"], capture_output=True, text=True, timeout=120)
+    assert burst.returncode == 0 and "0 job(s) done" in burst.stdout  # the file is still missing: dead again
+    assert JobQueue(Index(config.index.path)).list()[0]["state"] == "dead"
