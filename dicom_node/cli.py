@@ -46,7 +46,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     if not verbose:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # "skipped: maximum number of running instances reached" is the sender still busy
+        # with a large delivery when its next tick comes: expected, not a problem.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module
 
 
