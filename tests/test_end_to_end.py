@@ -8,7 +8,9 @@ its DicomModalities and Orthanc is the node's peer ``pacs``.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,6 +219,49 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_exactly_once(
         time.sleep(2 * config.delivery.interval_seconds)  # nothing else is on its way
         found = result_series(rest, study_uid)
         assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def test_the_shipped_config_returns_ct_organs_results_to_the_sending_pacs(tmp_path: Path, phantom_files: list[Path]) -> None:
+    """config/node.yaml as shipped (paths, ports and timings moved into the test's folder):
+    `dicom-node serve` with two listener processes, the CT route, the ct-organs model and
+    return to sender."""
+    import yaml
+
+    from .peers import start_node
+
+    shipped = yaml.safe_load(Path("config/node.yaml").read_text())
+    orthanc_port = free_port()
+    for peer in shipped["peers"]:
+        if peer["name"] == "pacs":
+            peer["port"] = orthanc_port
+    shipped["node"].update(workers=2)
+    shipped["storage"].update(path=str(tmp_path / "storage"), min_free_mb=0)
+    shipped["index"]["path"] = str(tmp_path / "index.sqlite")
+    shipped["audit"]["path"] = str(tmp_path / "audit.jsonl")
+    shipped["results"]["path"] = str(tmp_path / "results")
+    shipped["completion"] = {"series_stable_seconds": 1, "study_stable_seconds": 2, "sweep_interval_seconds": 0.2}
+    node = start_node(tmp_path / "node", shipped)
+    orthanc = start_orthanc(tmp_path / "orthanc", ae_title=next(p["ae_title"] for p in shipped["peers"] if p["name"] == "pacs"),
+                            port=orthanc_port, modalities={"ainode": [shipped["node"]["ae_title"], "127.0.0.1", node.port]})
+    try:
+        for path in phantom_files:
+            orthanc.upload(path)
+        study_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).StudyInstanceUID)
+        orthanc.call("POST", "/modalities/ainode/store", {"Resources": [orthanc.study_id(study_uid)], "Synchronous": True})
+        found = wait_for(lambda: (r := result_series(orthanc, study_uid)) and "SEG" in r and "SR" in r and r, 180,
+                         "ct-organs results in Orthanc")
+        seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(found["SEG"][0])))
+        assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v1.0.0)"
+        assert "lungs" in {d.SegmentLabel for d in seg.SegmentSequence}
+        jobs = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(node.extra["config"]), "jobs", "--json"],
+                              capture_output=True, text=True, timeout=60)
+        listed = json.loads(jobs.stdout)
+        assert [(j["route"], j["pipeline"], j["state"]) for j in listed["jobs"]] == [("ct-default", "ct-organs", "done")]
+        assert {(d["object"], d["peer"], d["state"]) for d in listed["deliveries"]} == {("seg", "pacs", "delivered"),
+                                                                                       ("sr", "pacs", "delivered")}
     finally:
         node.stop()
         orthanc.stop()
