@@ -220,13 +220,18 @@ def _intensity_unit(modality: str) -> hd.sr.CodedConcept:
     return _UNIT_HU if modality == "CT" else _UNIT_NONE
 
 
-def _segment_group(
+def _segment_groups(
     source: SeriesVolume, seg: Dataset, number: int, info: LabelInfo, measurement: Measurement, job_key: str,
     algorithm: hd.sr.AlgorithmIdentification,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+) -> list[Any]:
+    """A volumetric group (TID 1411: the SEG segment, its volume, mean and SD) and, with the
+    same tracking UID, a planar group (TID 1410: the longest axial diameter drawn on its key
+    slice). One finding, two views of it: OHIF merges groups by tracking UID and needs image
+    coordinates in the merged group (without any, its SR view fails on the group)."""
     unit = _intensity_unit(source.volume.modality)
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, f"segment-{info.value}"), identifier=info.name),
+    tracking = hd.sr.TrackingIdentifier(uid=derive_uid(job_key, f"segment-{info.value}"), identifier=info.name)
+    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
             source_series=hd.sr.SourceSeriesForSegmentation(str(source.datasets[0].SeriesInstanceUID)),
@@ -239,9 +244,22 @@ def _segment_group(
             hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=_UNIT_ML),
             hd.sr.Measurement(name=codes.SCT.Mean, value=round(measurement.mean, 2), unit=unit),
             hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
+        ],
+    )
+    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_diameter_polyline(measurement),
+            source_image=_source_for_slice(source, _key_slice(measurement)),
+        ),
+        finding_type=_coded(info.type),
+        finding_category=_coded(info.category),
+        algorithm_id=algorithm,
+        measurements=[
             hd.sr.Measurement(name=codes.SCT.Diameter, value=round(measurement.longest_axial_diameter_mm, 2), unit=_UNIT_MM),
         ],
     )
+    return [volumetric, planar]
 
 
 def _lesion_group(
@@ -269,28 +287,27 @@ def _lesion_group(
     )
 
 
-def _classification_group(source: SeriesVolume, findings: Findings, job_key: str,
-                          algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The model's classifications (present / absent); with nothing at all found, one
-    "Finding: Absent" so the report says so instead of being empty."""
-    middle = source.frames[len(source.frames) // 2]
-    frames = [middle.frame_number] if middle.frame_number is not None else None
-    evaluations = [] if findings.findings or findings.measurements else [
-        hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=_ABSENT)
-    ]
-    evaluations += [
-        hd.sr.QualitativeEvaluation(
+#: TID 1500 row "Qualitative Evaluations": findings about the whole series, outside any group.
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+
+def _qualitative_evaluations(findings: Findings) -> hd.sr.ContainerContentItem:
+    """The model's classifications as CODE items (present / absent, the score in the meaning);
+    "Finding: absent" when nothing at all was found, so the report says so."""
+    container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    items = [
+        hd.sr.CodeContentItem(
             name=hd.sr.CodedConcept(name.upper().replace(" ", "_")[:16], "99DCMNODE", f"{name} (score {findings.scores[name]:.2f})"),
             value=_PRESENT if present else _ABSENT,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
         for name, present in sorted(findings.findings.items())
     ]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, "classification"), identifier="classification"),
-        algorithm_id=algorithm,
-        qualitative_evaluations=evaluations,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(middle.sop_class_uid, middle.sop_instance_uid, frames)],
-    )
+    if not items and not findings.measurements:
+        items.append(hd.sr.CodeContentItem(name=codes.DCM.Finding, value=_ABSENT,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    container.ContentSequence = items
+    return container
 
 
 def _referenced_uids(group: Any) -> set[str]:
@@ -320,12 +337,10 @@ def build_report(
         for measurement in findings.measurements:
             if measurement.lesion_index is None and measurement.label in numbers and measurement.voxel_count:
                 info = findings.label(measurement.label)
-                groups.append(_segment_group(source, seg, numbers[measurement.label], info, measurement, job_key, algorithm))
+                groups.extend(_segment_groups(source, seg, numbers[measurement.label], info, measurement, job_key, algorithm))
     for measurement in findings.measurements:
         if measurement.lesion_index is not None and measurement.voxel_count:
             groups.append(_lesion_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
-    if findings.findings or not groups:
-        groups.append(_classification_group(source, findings, job_key, algorithm))
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -340,8 +355,17 @@ def build_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_PROCEDURES.get(modality, _IMAGING_PROCEDURE),
-        imaging_measurements=groups,  # type: ignore[arg-type]
+        imaging_measurements=groups or [hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, "nothing"), identifier="nothing found"))],
     )
+    if not groups:
+        # Nothing found: TID 1500 then holds Qualitative Evaluations only (highdicom insists on
+        # an Imaging Measurements container, so the placeholder goes again).
+        report[0].ContentSequence = [item for item in report[0].ContentSequence
+                                     if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
+    evaluations = _qualitative_evaluations(findings)
+    if evaluations.ContentSequence:
+        report[0].ContentSequence.append(evaluations)
     # Evidence: the SEG and the source images the content references (key slices). The whole
     # source series is referenced through the SEG (and each segment group's source series);
     # listing all its instances again costs time and says nothing more.
@@ -349,6 +373,8 @@ def build_report(
     evidence: list[Dataset] = [ds for ds in source.datasets if str(ds.SOPInstanceUID) in referenced]
     if seg is not None:
         evidence.append(seg)
+    if not evidence:  # nothing found: the report is about the whole source series
+        evidence = list(source.datasets)
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,

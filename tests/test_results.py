@@ -129,19 +129,30 @@ def test_sr_measurements_equal_the_computed_ones_and_pass_dciodvfy(source: Serie
         for item in group[0].ContentSequence:
             if item.ValueType == "NUM":
                 assert "ContentSequence" not in item
-    lesions = [m for m in findings.measurements if m.lesion_index is not None]
+    # Each segment's volumetric group has a planar twin with the same tracking UID (its longest
+    # axial diameter on the key slice): OHIF merges groups by tracking UID and draws that.
     planar = read.content.get_planar_roi_measurement_groups()
-    assert len(planar) == len(lesions) >= 1
-    for group, lesion in zip(planar, lesions):
+    twins = {str(g.tracking_identifier): g for g in planar if str(g.tracking_identifier) in organs}
+    assert set(twins) == set(organs)
+    for group in groups:
+        twin = twins[str(group.tracking_identifier)]
+        assert twin.tracking_uid == group.tracking_uid
+        assert twin.get_measurements(name=codes.SCT.Diameter)[0].value == pytest.approx(
+            organs[str(group.tracking_identifier)].longest_axial_diameter_mm, abs=0.01)
+    lesions = [m for m in findings.measurements if m.lesion_index is not None]
+    lesion_groups = [g for g in planar if str(g.tracking_identifier) not in organs]
+    assert len(lesion_groups) == len(lesions) >= 1
+    for group, lesion in zip(lesion_groups, lesions, strict=True):
         assert group.get_measurements(name=codes.SCT.LongAxis)[0].value == pytest.approx(lesion.longest_axial_diameter_mm, abs=0.01)
         assert group.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(lesion.volume_ml, abs=1e-4)
         region = group.roi
         assert region is not None and region.GraphicType == "POLYLINE"
         key = source.frames[int(round(lesion.diameter_endpoints_kji[0][0]))]  # type: ignore[index]
         assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.sop_instance_uid
-    # The classification is a qualitative evaluation; the device is the observer.
-    text = str(read)
-    assert "liver lesion present" in text and "Present" in text
+    # The classification is a qualitative evaluation of the report; the device is the observer.
+    evaluations = [item for item in read.ContentSequence if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    assert [(e.ConceptNameCodeSequence[0].CodeMeaning, e.ConceptCodeSequence[0].CodeMeaning)
+            for e in evaluations[0].ContentSequence] == [("liver lesion present (score 0.90)", "Present")]
     assert read.content.get_observer_contexts()[0].observer_type == codes.DCM.Device
 
 
@@ -150,3 +161,5 @@ def test_nothing_found_gives_no_seg_and_an_sr_without_groups(source: SeriesVolum
     assert build_segmentation(source, empty, "job-b", ResultSettings()) is None
     sr = build_report(source, empty, None, "job-b", ResultSettings())
     assert dciodvfy_errors(sr, tmp_path / "sr.dcm") == []
+    names = [item.ConceptNameCodeSequence[0].CodeMeaning for item in sr.ContentSequence]
+    assert "Imaging Measurements" not in names and "Qualitative Evaluations" in names
