@@ -102,13 +102,17 @@ BASELINE_LABELS = (
     LabelInfo(1, "body", ("123037004", "SCT", "Anatomical Structure"), ("38266002", "SCT", "Entire body"), (177, 122, 101)),
     LabelInfo(2, "lungs", ("123037004", "SCT", "Anatomical Structure"), ("39607008", "SCT", "Lung"), (128, 174, 128)),
     LabelInfo(3, "bone", ("123037004", "SCT", "Anatomical Structure"), ("272673000", "SCT", "Bone structure"), (241, 214, 145)),
+    LabelInfo(4, "lung nodule", ("49755003", "SCT", "Morphologically Altered Structure"), ("27925004", "SCT", "Nodule"),
+              (255, 0, 0), lesion=True),
 )
 
 
 class ClassicalCTPipeline:
     """Body (> -500 HU, largest component, holes filled), lungs (air-like voxels enclosed by the
-    body, components over 50 mL) and bone (> 250 HU, components over 0.5 mL). No learning: it
-    works the same on a phantom and on a real scan, and gives models a reference."""
+    body, components over 50 mL), bone (> 250 HU, components over 0.5 mL) and lung nodule
+    candidates (soft-tissue islands enclosed by lung on their slice, 0.03 mL to 30 mL). No
+    learning: it works the same on a phantom and on a real scan, and gives models a reference.
+    On real scans vessels seen end-on are nodule candidates too: it is a candidate detector."""
 
     name = "ct-classical-baseline"
     version = "1.0.0"
@@ -130,6 +134,15 @@ class ClassicalCTPipeline:
         labels = remove_small(labels, {2: 50.0, 3: 0.5}, volume.spacing)
         labels[(labels == 0) & body] = 1
         labels = fill_holes(keep_largest(labels, [1]), [1])
+        lungs = labels == 2
+        enclosed = np.asarray([ndimage.binary_fill_holes(s) for s in lungs]) & ~lungs & (hu > -400) & (labels != 3)
+        labels[enclosed] = 4
+        labels = remove_small(labels, {4: 0.03}, volume.spacing)
+        labels[(labels == 0) & body] = 1
+        too_big, count = components(labels == 4)
+        if count:
+            sizes = ndimage.sum_labels(np.ones_like(too_big), too_big, index=np.arange(1, count + 1)) * volume.voxel_volume_ml
+            labels[np.isin(too_big, np.flatnonzero(sizes > 30.0) + 1)] = 1
         measurements = measure_all(labels, volume, BASELINE_LABELS)
         return Findings(labels, BASELINE_LABELS, tuple(measurements), {}, {}, self.name, self.version,
                         algorithm_family="Image Processing", extra={"timings": {"total": time.perf_counter() - started}})

@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="where the demo keeps everything (default var/demo)")
     demo.add_argument("--pipeline", choices=("ct-organs", "ct-baseline"), default="ct-organs")
     demo.add_argument("--orthanc", action="store_true", help="let Orthanc (if installed) play the PACS")
+    demo.add_argument("--viewer", action="store_true",
+                      help="then show the result in OHIF (Orthanc + DICOMweb + the OHIF viewer, on loopback) until Ctrl-C")
+    demo.add_argument("--serve-seconds", type=float, default=None, help=argparse.SUPPRESS)  # tests: stop the viewer by itself
     demo.add_argument("--seed", type=int, default=7, help="phantom seed")
     demo.add_argument("--timeout", type=float, default=300.0)
     demo.set_defaults(func=cmd_demo)

@@ -5,13 +5,17 @@ in a worker process, encoded as SEG + SR and sent back to the PACS. The demo the
 measurement table read back from the SR and writes a PNG preview of the SEG over key slices.
 
 The PACS is Orthanc with ``--orthanc`` (when installed), otherwise a second dicom-node that
-only stores what it receives. Everything lives under ``--workdir``; nothing leaves 127.0.0.1.
+only stores what it receives. With ``--viewer`` Orthanc gets its DICOMweb plugin and OHIF is
+served beside it (viewer.py): the demo prints the study's URL and serves until Ctrl-C.
+Everything lives under ``--workdir``; nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from .orthanc import Orthanc, find_orthanc, free_port, start_orthanc
 from .scu import send_files
 from .service import Node
 from .synthetic import write_volume_series
+from .viewer import ViewerServer, fetch_ohif, start_viewer_stack
 from .volume import SeriesVolume, load_series
 
 PACS_AE = "DEMO_PACS"
@@ -139,13 +144,29 @@ def _wait_for_deliveries(node: Node, timeout: float, console: Console) -> None:
     raise SystemExit(f"no result after {timeout:.0f} s (see {node.config.index.path.parent})")
 
 
+def _serve_viewer(viewer: ViewerServer, study_uid: str, seconds: float | None, console: Console) -> None:
+    """Print the study's URL in OHIF and keep serving until Ctrl-C (or ``seconds``)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"[bold green]Open the study in OHIF:[/] {viewer.study_url(study_uid)}", highlight=False)
+    console.print("Double-click the SEG or SR thumbnail to load it; Ctrl-C stops the viewer, Orthanc and the node.")
+    stop.wait(seconds)
+
+
 def run_demo(args: argparse.Namespace, console: Console) -> int:
     workdir: Path = args.workdir
     _fresh_workdir(workdir)
-    use_orthanc = bool(args.orthanc)
+    use_orthanc = bool(args.orthanc or args.viewer)
     if use_orthanc and find_orthanc() is None:
+        if args.viewer:
+            raise SystemExit("--viewer needs Orthanc and its DICOMweb plugin: apt-get install orthanc orthanc-dicomweb")
         console.print("[yellow]Orthanc is not installed (apt-get install orthanc); a second dicom-node plays the PACS[/]")
         use_orthanc = False
+    dist = None
+    if args.viewer:
+        with console.status("fetching the OHIF viewer (once; npm pack @ohif/app) ..."):
+            dist = fetch_ohif()
 
     from ai.phantom import make_phantom
 
@@ -156,6 +177,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
 
     pacs_node: Node | None = None
     orthanc: Orthanc | None = None
+    viewer: ViewerServer | None = None
     pacs_port = free_port() if use_orthanc else 0
     if not use_orthanc:
         pacs_node = Node(_pacs_node_config(workdir))
@@ -165,8 +187,12 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     node.start()
     try:
         if use_orthanc:
-            orthanc = start_orthanc(workdir / "orthanc", ae_title=PACS_AE, port=pacs_port,
-                                    modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
+            modalities = {"ainode": ["AI_NODE", "127.0.0.1", node.port]}
+            if dist is not None:
+                orthanc, viewer = start_viewer_stack(workdir / "orthanc", dist, ae_title=PACS_AE, dicom_port=pacs_port,
+                                                     modalities=modalities)
+            else:
+                orthanc = start_orthanc(workdir / "orthanc", ae_title=PACS_AE, port=pacs_port, modalities=modalities)
             for path in files:
                 orthanc.upload(path)
             study = orthanc.study_id(str(load_series(files[:1]).datasets[0].StudyInstanceUID))
@@ -187,7 +213,12 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         console.print(f"SEG ({seg.NumberOfFrames} frames, {len(seg.SegmentSequence)} segments) and SR delivered to the PACS "
                       f"({where}) in {time.perf_counter() - started:.1f} s")
         console.print(f"Preview of slices {drawn}: {workdir / 'preview.png'}")
+        if viewer is not None:
+            node.stop()  # the analysis is done; the viewer reads Orthanc
+            _serve_viewer(viewer, str(source.datasets[0].StudyInstanceUID), args.serve_seconds, console)
     finally:
+        if viewer is not None:
+            viewer.stop()
         node.stop()
         if pacs_node is not None:
             pacs_node.stop()

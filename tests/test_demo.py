@@ -40,3 +40,40 @@ def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path: Path) -> None:
     done = subprocess.run([*CLI, "demo", "--workdir", str(tmp_path / "precious")], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "was not made by the demo" in done.stderr
     assert (tmp_path / "precious" / "file.txt").read_text() == "keep me"
+
+
+def test_demo_viewer_serves_the_study_with_its_results_in_ohif(tmp_path: Path) -> None:
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from .test_viewer import CHROMIUM, CHROMIUM_ARGS
+
+    proc = subprocess.Popen([*CLI, "demo", "--workdir", str(tmp_path / "demo"), "--pipeline", "ct-baseline", "--viewer",
+                             "--serve-seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"(http://127\.0\.0\.1:\d+/viewer\?StudyInstanceUIDs=[0-9.]+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "the demo printed no viewer URL"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.get_by_text("Skip all").click(timeout=60_000)
+            thumbnails = page.locator("[data-cy^='study-browser-thumbnail']")
+            page.wait_for_function("() => document.querySelectorAll(\"[data-cy^='study-browser-thumbnail']\").length >= 3",
+                                   timeout=60_000)
+            texts = [thumbnails.nth(i).inner_text() for i in range(thumbnails.count())]
+            browser.close()
+        assert any(t.startswith("SEG") for t in texts) and any(t.startswith("SR") for t in texts), texts
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode in (0, -15)

@@ -88,10 +88,23 @@ def test_classical_baseline_on_a_phantom() -> None:
     phantom = make_phantom(9200, shape=(60, 128, 128), spacing=(5.0, 3.0, 3.0))
     findings = ClassicalCTPipeline().run(phantom.volume)
     names = [label.name for label in findings.labels]
-    assert names == ["body", "lungs", "bone"]
-    lungs = findings.label_map == 2
+    assert names == ["body", "lungs", "bone", "lung nodule"]
+    lungs = (findings.label_map == 2) | (findings.label_map == 4)
     truth_lungs = (phantom.labels == LUNG) | (phantom.labels == LUNG_NODULE)
     assert dice(lungs | (findings.label_map == 3) & truth_lungs, truth_lungs) > 0.85
     assert dice(findings.label_map == 3, phantom.labels == BONE) > 0.8
     body = findings.label_map > 0
     assert body[phantom.labels > 0].mean() > 0.99
+
+
+@pytest.mark.parametrize("seed", [5, 11, 21, 3])
+def test_classical_baseline_finds_each_phantom_lung_nodule_and_nothing_else(seed: int) -> None:
+    phantom = make_phantom(seed, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 3))
+    findings = ClassicalCTPipeline().run(phantom.volume)
+    found = [m for m in findings.measurements if m.lesion_index is not None]
+    truth = [lesion for lesion in phantom.lesions if lesion.label == LUNG_NODULE]
+    assert len(found) == len(truth)
+    for lesion in truth:  # each true nodule has a found one centred within its radius
+        hit = [m for m in found
+               if np.linalg.norm(np.asarray(m.centroid_patient) - np.asarray(lesion.center)) < max(lesion.semi_axes)]
+        assert hit, f"nodule at {lesion.center} not found"

@@ -163,3 +163,62 @@ def test_nothing_found_gives_no_seg_and_an_sr_without_groups(source: SeriesVolum
     assert dciodvfy_errors(sr, tmp_path / "sr.dcm") == []
     names = [item.ConceptNameCodeSequence[0].CodeMeaning for item in sr.ContentSequence]
     assert "Imaging Measurements" not in names and "Qualitative Evaluations" in names
+
+
+def _rotation(degrees_about_z: float, degrees_about_x: float) -> np.ndarray:
+    a, b = np.radians(degrees_about_z), np.radians(degrees_about_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+@pytest.mark.parametrize("layout", ["axial", "oblique", "shuffled"])
+def test_every_seg_frame_lies_on_the_source_image_it_references(layout: str, tmp_path: Path) -> None:
+    """Geometry, independent of any viewer: each SEG frame's position and orientation equal
+    those of its referenced source image, whatever the slice direction or file order."""
+    from ai.types import Volume
+
+    phantom = make_phantom(8, shape=(24, 64, 64), spacing=(3.0, 3.0, 3.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    volume = phantom.volume
+    if layout == "oblique":
+        volume = Volume(volume.voxels, volume.spacing, (-90.0, -120.0, 35.0), _rotation(20, 25))
+    files = write_volume_series(volume, tmp_path / "src", seed=8)
+    if layout == "shuffled":  # instance numbers and file order no longer follow the slices
+        import random
+
+        from pydicom import dcmread as read
+
+        order = list(range(len(files)))
+        random.Random(8).shuffle(order)
+        for path, number in zip(files, order, strict=True):
+            ds = read(path)
+            ds.InstanceNumber = number + 1
+            ds.save_as(path, enforce_file_format=True)
+        files = [files[i] for i in order]
+    source = load_series(files)
+    labels = ModelRegistry().get("ct-organs").label_infos()
+    findings = Findings(phantom.labels, labels, tuple(measure_all(phantom.labels, source.volume, labels)), {}, {},
+                        "ct-organs", "1.0.0")
+    seg = build_segmentation(source, findings, "geometry", ResultSettings())
+    assert seg is not None
+    sources = {str(ds.SOPInstanceUID): ds for ds in source.datasets}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = [float(x) for x in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    checked = 0
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        uid = str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        reference = sources[uid]
+        assert [float(x) for x in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            [float(x) for x in reference.ImagePositionPatient], abs=1e-3)
+        assert orientation == pytest.approx([float(x) for x in reference.ImageOrientationPatient], abs=1e-5)
+        checked += 1
+    assert checked == seg.NumberOfFrames == len(source.frames) * len(present_labels(findings))
+    # And the pixels drawn on each source image are that image's slice of the label map.
+    seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    read = hd.seg.segread(tmp_path / "seg.dcm")
+    pixels = read.get_pixels_by_source_instance(source_sop_instance_uids=[f.sop_instance_uid for f in source.frames],
+                                                combine_segments=True, relabel=False)
+    expected = np.zeros_like(findings.label_map)
+    for number, info in enumerate(present_labels(findings), start=1):
+        expected[findings.label_map == info.value] = number
+    assert np.array_equal(pixels, expected)
