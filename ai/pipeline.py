@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .inference import select_device, sliding_window
+from .inference import release_free_memory, select_device, sliding_window
 from .measure import measure_all, probability_score
 from .postprocess import components, fill_holes, keep_largest, postprocess, remove_small
 from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
@@ -74,17 +74,26 @@ class SegmentationPipeline:
         timings = Timings()
         started = time.perf_counter()
         grid, network_input, region = self.pre_process(volume)
+        grid_shape, grid_spacing = grid.shape, grid.spacing
+        del grid
         started = timings.mark("preprocess", started)
         probabilities = self.predict(network_input)
+        del network_input
         started = timings.mark("inference", started)
-        labels = probabilities.argmax(axis=0).astype(np.uint8)
-        labels = self.post_process(labels, grid.spacing)
-        full = region.paste(labels, grid.shape)
-        label_map = resample_labels(full, volume.shape)
         infos = self.card.label_infos()
-        lesion_probabilities = {info.value: region.paste(probabilities[info.value].astype(np.float32), grid.shape, fill=0)
+        # Keep only what is used later (the label map, the lesion classes' probabilities as
+        # float16: they only feed means), and drop the rest before the full-resolution label
+        # map exists: memory peaks stay low.
+        lesion_probabilities = {info.value: region.paste(probabilities[info.value].astype(np.float16), grid_shape, fill=0)
                                 for info in infos if info.lesion}
+        labels = probabilities.argmax(axis=0).astype(np.uint8)
         del probabilities
+        release_free_memory()
+        labels = self.post_process(labels, grid_spacing)
+        full = region.paste(labels, grid_shape)
+        del labels
+        label_map = resample_labels(full, volume.shape)
+        del full
         started = timings.mark("postprocess", started)
         measurements = measure_all(label_map, volume, infos, probability_score(lesion_probabilities, volume.shape))
         scores: dict[str, float] = {}

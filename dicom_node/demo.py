@@ -33,6 +33,7 @@ from .service import Node
 from .synthetic import write_volume_series
 from .viewer import ViewerServer, fetch_ohif, start_viewer_stack
 from .volume import SeriesVolume, load_series
+from .worker import results_folder
 
 PACS_AE = "DEMO_PACS"
 MARKER = ".dicom-node-demo"
@@ -55,7 +56,7 @@ def _node_config(workdir: Path, pacs_port: int, pipeline: str) -> NodeConfig:
         "index": {"path": str(workdir / "node" / "index.sqlite")},
         "audit": {"path": str(workdir / "node" / "audit.jsonl")},
         "peers": [{"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs_port, "send": True, "receive": True}],
-        "completion": {"series_stable_seconds": 2, "study_stable_seconds": 4, "sweep_interval_seconds": 0.5},
+        "completion": {"series_stable_seconds": 3, "study_stable_seconds": 5, "sweep_interval_seconds": 0.5},
         "routes": [{"name": "ct", "match": {"modality": "CT"}, "pipeline": pipeline, "destinations": ["sender"]}],
         "pipelines": {"ct-organs": {"kind": "model", "model": "ct-organs"}, "ct-baseline": {"kind": "classical"}},
         "results": {"path": str(workdir / "node" / "results")},
@@ -124,21 +125,27 @@ def preview_png(source: SeriesVolume, seg: hd.seg.Segmentation, path: Path, slic
     return chosen
 
 
-def _wait_for_deliveries(node: Node, timeout: float, console: Console) -> None:
+def _wait_for_deliveries(node: Node, timeout: float, console: Console) -> str:
+    """Wait until the series is complete and routed at its latest version, every job is done
+    and every delivery made; return the key of the newest job (on a slow machine a pause in
+    sending can complete a first version of the series early, and a second version follows)."""
     assert node.downstream is not None
     outbox = node.downstream.outbox
     deadline = time.monotonic() + timeout
     with console.status("waiting for completion, analysis and delivery ...") as status:
         while time.monotonic() < deadline:
             rows = outbox.list()
-            jobs = node.index.query("SELECT state, last_error FROM jobs")
+            jobs = node.index.query("SELECT id, key, state, last_error FROM jobs ORDER BY id")
+            series = node.index.query("SELECT state, version, routed_version FROM series")
             if any(j["state"] == "dead" for j in jobs):
-                raise SystemExit(f"the analysis failed: {jobs[0]['last_error']}")
-            if rows and all(r["state"] == "delivered" for r in rows):
-                return
+                raise SystemExit(f"the analysis failed: {next(j['last_error'] for j in jobs if j['state'] == 'dead')}")
             if any(r["state"] == "dead" for r in rows):
-                raise SystemExit(f"delivery failed: {rows[0]['last_error']}")
-            state = jobs[0]["state"] if jobs else "receiving"
+                raise SystemExit(f"delivery failed: {next(r['last_error'] for r in rows if r['state'] == 'dead')}")
+            settled = series and all(s["state"] == "complete" and s["routed_version"] == s["version"] for s in series)
+            if settled and jobs and all(j["state"] == "done" for j in jobs) and rows and \
+                    all(r["state"] == "delivered" for r in rows) and {r["job_id"] for r in rows} >= {j["id"] for j in jobs}:
+                return str(jobs[-1]["key"])
+            state = jobs[-1]["state"] if jobs else "receiving"
             status.update(f"job: {state}; deliveries: {', '.join(r['state'] for r in rows) or 'none yet'}")
             time.sleep(0.3)
     raise SystemExit(f"no result after {timeout:.0f} s (see {node.config.index.path.parent})")
@@ -202,8 +209,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             report = send_files(PACS_AE, node.config.peer("pacs").model_copy(update={"port": node.port, "ae_title": "AI_NODE"}),
                                 files)
             console.print(f"{PACS_AE} sent {report.sent} of {len(files)} instances to AI_NODE on port {node.port}")
-        _wait_for_deliveries(node, args.timeout, console)
-        folder = next((node.config.results.path).iterdir())
+        key = _wait_for_deliveries(node, args.timeout, console)
+        folder = results_folder(node.config.results.path, key)
         seg = hd.seg.segread(folder / "seg-binary.dcm")
         sr = hd.sr.srread(folder / "sr-binary.dcm")
         console.print(measurement_table(sr))

@@ -54,6 +54,9 @@ def node_config(tmp_path: Path, orthanc_port: int, **overrides: Any) -> NodeConf
         "results": {"path": str(tmp_path / "results")},
         "jobs": {"workers": 1, "lease_seconds": 30, "poll_seconds": 0.2},
         "delivery": {"retry_base_seconds": 0.5, "retry_max_seconds": 2, "interval_seconds": 0.2},
+        # Orthanc sends the study in one go; 2 s of quiet keeps a busy CI machine's pause in the
+        # middle of it from completing a first, partial version of the series.
+        "completion": {"series_stable_seconds": 2, "study_stable_seconds": 3, "sweep_interval_seconds": 0.2},
     }
     data = config_dict(tmp_path, **{**sections, **overrides})
     return parse_config(data, "e2e-config")
@@ -254,7 +257,7 @@ def test_the_shipped_config_returns_ct_organs_results_to_the_sending_pacs(tmp_pa
         found = wait_for(lambda: (r := result_series(orthanc, study_uid)) and "SEG" in r and "SR" in r and r, 180,
                          "ct-organs results in Orthanc")
         seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(found["SEG"][0])))
-        assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v1.0.0)"
+        assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v1.0.1)"
         assert "lungs" in {d.SegmentLabel for d in seg.SegmentSequence}
         jobs = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(node.extra["config"]), "jobs", "--json"],
                               capture_output=True, text=True, timeout=60)

@@ -61,7 +61,7 @@ def test_what_the_shipped_model_does_segment(results: list) -> None:
 
 def test_findings_carry_measurements_and_identity(results: list) -> None:
     phantom, findings = results[0]
-    assert (findings.model_name, findings.model_version) == ("ct-organs", "1.0.0")
+    assert (findings.model_name, findings.model_version) == ("ct-organs", "1.0.1")
     assert set(findings.scores) == {"liver lesion present", "lung nodule present"}
     assert all(0.0 <= v <= 1.0 for v in findings.scores.values())
     lungs = next(m for m in findings.measurements if m.name == "lungs" and m.lesion_index is None)

@@ -78,6 +78,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
         results={"path": str(tmp / "results")},
         jobs={"workers": 1, "poll_seconds": 0.2},
         delivery={"interval_seconds": 0.2},
+        completion={"series_stable_seconds": 2, "study_stable_seconds": 3, "sweep_interval_seconds": 0.2},
     ), "viewer-test")
     node = Node(config)
     node.start()
