@@ -245,7 +245,7 @@ def test_the_shipped_config_returns_ct_organs_results_to_the_sending_pacs(tmp_pa
     shipped["index"]["path"] = str(tmp_path / "index.sqlite")
     shipped["audit"]["path"] = str(tmp_path / "audit.jsonl")
     shipped["results"]["path"] = str(tmp_path / "results")
-    shipped["completion"] = {"series_stable_seconds": 1, "study_stable_seconds": 2, "sweep_interval_seconds": 0.2}
+    shipped["completion"] = {"series_stable_seconds": 2, "study_stable_seconds": 3, "sweep_interval_seconds": 0.2}
     node = start_node(tmp_path / "node", shipped)
     orthanc = start_orthanc(tmp_path / "orthanc", ae_title=next(p["ae_title"] for p in shipped["peers"] if p["name"] == "pacs"),
                             port=orthanc_port, modalities={"ainode": [shipped["node"]["ae_title"], "127.0.0.1", node.port]})
