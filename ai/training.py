@@ -161,21 +161,28 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
 
 
 def recalibrate_batchnorm(model: UNet3D, cases: list[Case], config: TrainConfig, rng: np.random.Generator,
-                          batches: int = 150) -> None:
-    """Replace the batch-norm running statistics by their average over many training batches.
+                          batches: int = 40, size: int = 128) -> None:
+    """Replace the batch-norm running statistics by their average over large, uniformly placed
+    patches of the training cases.
 
-    During training they are exponential averages over two-patch batches of uneven content; at
-    inference the model then normalises with statistics it never trained with. A cumulative
-    average over ``batches`` forward passes (no gradients) gives the population statistics.
+    During training they are exponential averages over two small patches of uneven content; at
+    inference the model then normalises with statistics it never trained with. What the
+    statistics are averaged over matters a great deal: measured on ct-organs 1.0 (4 held-out
+    phantoms, 48^3 sliding window), 150 batches of 48^3 patches centred on organs (the old
+    recipe) gave liver Dice 0.19 and spleen 0.00; 40 batches of four 128^3 patches placed
+    anywhere give 0.94 and 0.69 (lungs and bone unchanged at 0.99 and 0.97). Large patches see
+    organs in their surroundings, as inference does.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average
     model.train()
+    smallest = min(min(case.image.shape) for case in cases)
+    patch = max(16, min(size, smallest) // 8 * 8)
     with torch.no_grad():
         for _ in range(batches):
-            patches = [sample_patch(cases[int(rng.integers(len(cases)))], config.patch, rng, focus=0.3) for _ in range(4)]
+            patches = [sample_patch(cases[int(rng.integers(len(cases)))], patch, rng, focus=0.0) for _ in range(4)]
             model(torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy()))
     for norm in norms:
         norm.momentum = 0.1

@@ -14,6 +14,7 @@ model card's, so training sees exactly what inference will. Fixed seed, checkpoi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -79,12 +80,20 @@ def main() -> int:
 
         model = train(cases, config, args.out / "checkpoints", on_step=on_step)
     export_torchscript(model, args.out / card.get("weights", "model.ts"), patch=args.patch)
-    write_json(args.out / "training.json", {
-        "source": source, "cases": len(cases), "steps": config.steps, "batch": config.batch, "patch": config.patch,
-        "lr": config.lr, "seed": config.seed, "features": list(config.features),
-        "final_loss_mean_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
-        "seconds": round(time.time() - started), "command": " ".join(sys.argv),
-    })
+    record_path = args.out / "training.json"
+    if not losses and record_path.exists():
+        # The checkpoint had already reached --steps: only the batch-norm statistics were
+        # recomputed (ai.training.recalibrate_batchnorm). Keep the training record, note this.
+        record = json.loads(record_path.read_text())
+        record["batchnorm_recalibration"] = {"command": " ".join(sys.argv), "seconds": round(time.time() - started)}
+        write_json(record_path, record)
+    else:
+        write_json(record_path, {
+            "source": source, "cases": len(cases), "steps": config.steps, "batch": config.batch, "patch": config.patch,
+            "lr": config.lr, "seed": config.seed, "features": list(config.features),
+            "final_loss_mean_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
+            "seconds": round(time.time() - started), "command": " ".join(sys.argv),
+        })
     print(f"wrote {args.out / card.get('weights', 'model.ts')} in {time.time() - started:.0f} s")
     return 0
 
