@@ -24,6 +24,9 @@ def test_demo_prints_measurements_and_writes_a_preview(tmp_path: Path, pipeline:
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     out = done.stdout + done.stderr
     assert "lungs" in out and "volume (mL)" in out
+    # One row per structure, volume and diameter together (the SR's twin groups merged).
+    lung_rows = [line for line in out.splitlines() if line.startswith("│ lungs")]
+    assert len(lung_rows) == 1 and len([c for c in lung_rows[0].split("│") if c.strip()]) == 4, lung_rows
     assert "SR delivered to the PACS" in out
     if pacs:
         assert "Orthanc (PACS, http://127.0.0.1:" in out
