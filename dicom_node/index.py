@@ -187,6 +187,13 @@ class Index:
                     raise
                 time.sleep(0.0002)
 
+    def create_tables(self, schema: str) -> None:
+        """Create the tables a later stage keeps in this database (jobs, outbox), if missing."""
+        with self.transaction() as db:
+            for statement in schema.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:

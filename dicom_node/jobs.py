@@ -117,10 +117,7 @@ class JobQueue:
         self.index = index
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
-        with index.transaction() as db:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        index.create_tables(_SCHEMA)
 
     # -- producing -------------------------------------------------------------------------
 

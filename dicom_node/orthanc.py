@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .process import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -56,13 +58,7 @@ class Orthanc:
         return f"http://127.0.0.1:{self.http_port}"
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+        stop_process(self.proc, timeout)
 
     # -- REST ------------------------------------------------------------------------------
 

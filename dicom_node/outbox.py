@@ -93,10 +93,7 @@ class RetryPolicy:
 class Outbox:
     def __init__(self, index: Index) -> None:
         self.index = index
-        with index.transaction() as db:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        index.create_tables(_SCHEMA)
 
     @staticmethod
     def add(db: sqlite3.Connection, job_id: int, job_key: str, obj: str, peer: str, candidates: list[Candidate],

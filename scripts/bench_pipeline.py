@@ -145,7 +145,7 @@ def main() -> int:
         seg = build_segmentation(series, findings, "bench", settings)
         seg_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        sr = build_report(series, findings, seg, "bench", settings)
+        build_report(series, findings, seg, "bench", settings)
         sr_seconds = time.perf_counter() - started
         frames = seg.NumberOfFrames if seg is not None else 0
         print(f"encode SEG ({frames} frames, BINARY, empty frames kept) {seg_seconds:5.2f} s; SR {sr_seconds:5.2f} s; "

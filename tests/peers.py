@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import yaml
 
 from dicom_node.orthanc import Orthanc, free_port, start_orthanc, wait_for_port
+from dicom_node.process import stop_process
 
 __all__ = ["Orthanc", "PeerProcess", "dcmtk_env", "free_port", "start_node", "start_orthanc", "start_storescp",
-           "system_binary", "wait_for_port"]
+           "system_binary", "wait_for", "wait_for_port"]
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -49,13 +52,7 @@ class PeerProcess:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+        stop_process(self.proc, timeout)
 
 
 def start_storescp(workdir: Path, ae_title: str = "STORESCP", bit_preserving: bool = True) -> PeerProcess:
@@ -87,3 +84,14 @@ def start_node(workdir: Path, config: dict[str, Any]) -> PeerProcess:
     wait_for_port(port, proc)
     return PeerProcess("node", config["node"].get("ae_title", "AI_NODE"), port, proc, workdir, extra={"config": path})
 
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from dicom_node.service import Node
 from dicom_node.synthetic import write_volume_series
 
 from .conftest import config_dict
-from .peers import Orthanc, free_port, start_orthanc
+from .peers import Orthanc, free_port, start_orthanc, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,16 +60,6 @@ def node_config(tmp_path: Path, orthanc_port: int, **overrides: Any) -> NodeConf
     }
     data = config_dict(tmp_path, **{**sections, **overrides})
     return parse_config(data, "e2e-config")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def result_series(rest: Orthanc, study_uid: str) -> dict[str, list[str]]:

@@ -30,6 +30,7 @@ from dicom_node.viewer import ViewerServer, fetch_ohif, start_viewer_stack
 from dicom_node.volume import SeriesVolume, load_series
 
 from .conftest import config_dict
+from .peers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,16 +49,6 @@ class Study:
     viewer: ViewerServer
     study_uid: str
     seconds: float
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
