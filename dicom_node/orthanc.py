@@ -53,6 +53,8 @@ class Orthanc:
     proc: subprocess.Popen[Any]
     workdir: Path
 
+    name = "orthanc"  # as the test peers are named (benchmarks report by name)
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
