@@ -19,7 +19,7 @@ from pynetdicom import AE, _config
 
 from .audit import AuditLog
 from .config import NodeConfig
-from .errors import IndexError_, PeerError
+from .errors import ConfigError, IndexError_, PeerError
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy
 from .scu import associate
 
@@ -78,7 +78,7 @@ class Sender:
     def _send_group(self, peer_name: str, group: list[Delivery]) -> int:
         try:
             peer = self.config.peer(peer_name)
-        except Exception as exc:  # noqa: BLE001 - a peer removed from the config: say so on the row
+        except ConfigError as exc:  # a peer removed from the config: say so on the row
             self._fail(group, str(exc))
             return 0
         ae = AE(ae_title=self.config.node.ae_title)
