@@ -165,8 +165,10 @@ class Worker:
         """(object, peer, candidates) rows for every destination of the job."""
         from pydicom.filereader import read_file_meta_info
 
+        metas = {key: read_file_meta_info(path) for key, path in outcome.files.items()}  # once per file, not per peer
+
         def candidate(variant: str, key: str) -> Candidate:
-            meta = read_file_meta_info(outcome.files[key])
+            meta = metas[key]
             return Candidate(variant, str(outcome.files[key]), str(meta.MediaStorageSOPClassUID),
                              str(meta.TransferSyntaxUID), str(meta.MediaStorageSOPInstanceUID))
 
