@@ -21,9 +21,12 @@ It reads each PDU with ``recv_into`` a buffer of the PDU's size (pynetdicom read
 time: 128 system calls and copies for every 512 KiB slice).
 
 It also writes the File Meta Information of streamed C-STORE files with a direct encoder
-(pydicom's general writer validates and re-encodes, ~0.3 ms a file on the hot path); the
-encoder handles exactly the elements pynetdicom puts there and defers to pydicom otherwise,
-and a test pins its output to pydicom's, byte for byte.
+(pydicom's general writer validates and re-encodes, ~0.3 ms a file on the hot path; building
+the pydicom FileMetaDataset it would encode costs as much again), and encodes DIMSE command
+sets (group 0000, Implicit VR Little Endian) directly: pynetdicom encodes every outgoing command
+set twice through pydicom's writer, once to learn its group length. Both encoders handle exactly
+the elements pynetdicom puts there and defer to pydicom otherwise, and tests pin their output
+to pydicom's, byte for byte.
 
 Both waits are capped (``IDLE_WAIT``), so timers (ARTIM, idle timeout) and kill flags are
 still seen promptly. Anything unusual (TLS sockets, which may hold buffered bytes ``select``
@@ -40,8 +43,12 @@ import threading
 import time
 from typing import Any, BinaryIO
 
+from dataclasses import dataclass
+
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
+from pynetdicom import dsutils as _dsutils
+from pynetdicom.utils import set_uid
 from pydicom.uid import UID
 from pynetdicom import association as _association
 from pynetdicom import dimse_messages as _dimse_messages
@@ -142,6 +149,89 @@ class _AssociationTime(_TimeShim):
 
 
 _SHORT_VRS = {"UI": b"\x00", "SH": b" ", "AE": b" "}
+_COMMAND_TEXT_VRS = {"UI": b"\x00", "AE": b" ", "LO": b" ", "SH": b" ", "CS": b" "}
+_COMMAND_INT_VRS = {"US": "<HHLH", "UL": "<HHLL"}
+_original_encode = _dsutils.encode
+_original_create_file_meta = _dsutils.create_file_meta
+
+
+def encode_command_set(ds: Dataset) -> bytes | None:
+    """A command set (group 0000) in Implicit VR Little Endian, or None when an element is of
+    a kind this encoder does not handle (multi-valued, non-ASCII, another VR or group)."""
+    out = bytearray()
+    for element in ds:
+        tag = element.tag
+        if tag.group != 0:
+            return None
+        value = element.value
+        vr = element.VR
+        if value is None or value == "":
+            out += struct.pack("<HHL", 0, tag.elem, 0)
+        elif vr in _COMMAND_INT_VRS and type(value) is int:
+            try:
+                out += struct.pack(_COMMAND_INT_VRS[vr], 0, tag.elem, 2 if vr == "US" else 4, value)
+            except struct.error:
+                return None  # out of range: let pydicom say so
+        elif vr in _COMMAND_TEXT_VRS and isinstance(value, str) and value.isascii() and "\\" not in value:
+            raw = value.encode("ascii")
+            if len(raw) % 2:
+                raw += _COMMAND_TEXT_VRS[vr]
+            out += struct.pack("<HHL", 0, tag.elem, len(raw)) + raw
+        else:
+            return None
+    return bytes(out)
+
+
+def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
+    """``pynetdicom.dsutils.encode`` as dimse_messages uses it (command sets only)."""
+    if is_implicit_vr and is_little_endian and not deflated:
+        encoded = encode_command_set(ds)
+        if encoded is not None:
+            return encoded
+    return _original_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamedFileMeta:
+    """What ``create_file_meta`` is given for a streamed C-STORE file, encoded only when written."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    implementation_uid: str
+    implementation_version: str
+
+    def dataset(self) -> Dataset:
+        return _original_create_file_meta(
+            sop_class_uid=set_uid(self.sop_class_uid, "SOP Class UID"),
+            sop_instance_uid=set_uid(self.sop_instance_uid, "SOP Instance UID"),
+            transfer_syntax=set_uid(self.transfer_syntax, "Transfer Syntax UID"),
+            implementation_uid=set_uid(self.implementation_uid, "Implementation Class UID"),
+            implementation_version=self.implementation_version,
+        )
+
+    def encode(self) -> bytes | None:
+        body = bytearray(struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01")
+        for elem, vr, value in ((0x0002, "UI", self.sop_class_uid), (0x0003, "UI", self.sop_instance_uid),
+                                (0x0010, "UI", self.transfer_syntax), (0x0012, "UI", self.implementation_uid),
+                                (0x0013, "SH", self.implementation_version)):
+            if not value:
+                continue
+            if not value.isascii():
+                return None
+            raw = value.encode("ascii")
+            if len(raw) % 2:
+                raw += _SHORT_VRS[vr]
+            body += struct.pack("<HH2sH", 0x0002, elem, vr.encode(), len(raw)) + raw
+        return struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + bytes(body)
+
+
+def _create_file_meta(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                      implementation_uid: str = _dsutils.PYNETDICOM_IMPLEMENTATION_UID,
+                      implementation_version: str = _dsutils.PYNETDICOM_IMPLEMENTATION_VERSION) -> _StreamedFileMeta:
+    """``create_file_meta`` as dimse_messages uses it: straight into ``write_file_meta_info``."""
+    return _StreamedFileMeta(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax),
+                             str(implementation_uid), str(implementation_version or ""))
 
 
 def encode_file_meta(meta: Dataset) -> bytes | None:
@@ -166,7 +256,13 @@ def encode_file_meta(meta: Dataset) -> bytes | None:
     return struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + bytes(body)
 
 
-def _write_file_meta_info(fp: BinaryIO, file_meta: Dataset, enforce_standard: bool = True) -> None:
+def _write_file_meta_info(fp: BinaryIO, file_meta: Dataset | _StreamedFileMeta, enforce_standard: bool = True) -> None:
+    if isinstance(file_meta, _StreamedFileMeta):
+        encoded = file_meta.encode()
+        if encoded is not None:
+            fp.write(encoded)
+            return
+        file_meta = file_meta.dataset()
     encoded = encode_file_meta(file_meta)
     if encoded is None:
         write_file_meta_info(fp, file_meta, enforce_standard=enforce_standard)  # type: ignore[arg-type]
@@ -220,6 +316,8 @@ def install() -> None:
         UID.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
         AssociationSocket.recv = _recv  # type: ignore[method-assign]
         _dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
+        _dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined]
+        _dimse_messages.encode = _encode  # type: ignore[attr-defined]
         _dul.time = _DulTime()  # type: ignore[assignment]
         _association.time = _AssociationTime()  # type: ignore[assignment]
         _installed = True

@@ -127,6 +127,16 @@ class NodeAE(AE):  # type: ignore[misc]
         return self.allowed_titles(address) or _NOBODY
 
 
+def _open_fd(event: evt.Event) -> int | None:
+    """The descriptor of the streamed dataset file pynetdicom still holds open during the
+    handler (it closes the file afterwards), or None where it has none."""
+    handle = getattr(event.request, "_dataset_file", None)
+    try:
+        return None if handle is None or handle.closed else int(handle.fileno())
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class StorageSCP:
     """The C-STORE / C-ECHO handlers and the association bookkeeping for the audit log."""
 
@@ -197,7 +207,7 @@ class StorageSCP:
                 outcome = Outcome.DUPLICATE
             else:
                 outcome = Outcome.NEW if known is None else Outcome.REPLACED
-                final = self.store.commit(received, header)
+                final = self.store.commit(received, header, fd=_open_fd(event))
             receipt = Receipt(
                 calling_ae=str(caller.ae_title).strip(),
                 called_ae=str(assoc.acceptor.ae_title).strip(),

@@ -39,6 +39,7 @@ class InstanceStore:
         self.durability = Durability(durability)
         self.min_free_bytes = min_free_bytes
         self.incoming = self.root / INCOMING_DIR
+        self._made: set[Path] = set()
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -69,6 +70,8 @@ class InstanceStore:
 
     def _make_dirs(self, folder: Path) -> None:
         """Create ``folder`` and fsync each parent whose entry list changed."""
+        if folder in self._made:
+            return
         missing = []
         probe = folder
         while not probe.exists():
@@ -81,23 +84,37 @@ class InstanceStore:
                 pass
             if self.syncs:
                 fsync_directory(new.parent)
+        if len(self._made) > 10_000:  # a cache of series folders known to exist, not a record
+            self._made.clear()
+        self._made.add(folder)
 
-    def commit(self, received: Path, header: InstanceHeader) -> Path:
+    def commit(self, received: Path, header: InstanceHeader, fd: int | None = None) -> Path:
         """Make a fully received file durable at its final path and return that path.
 
         ``received`` must be in this store's ``.incoming`` folder (same file system), so the
         rename is atomic: readers see the old file or the new one, never a partial one.
+        ``fd``, when the caller still holds the file open, saves opening it again to fsync it.
         """
         final = self.path_for(header)
         try:
             if self.syncs:
-                fd = os.open(received, os.O_RDONLY)
-                try:
+                if fd is not None:
                     os.fsync(fd)
-                finally:
-                    os.close(fd)
+                else:
+                    own = os.open(received, os.O_RDONLY)
+                    try:
+                        os.fsync(own)
+                    finally:
+                        os.close(own)
             self._make_dirs(final.parent)
-            os.replace(received, final)
+            try:
+                os.replace(received, final)
+            except FileNotFoundError:
+                if not os.path.exists(received):
+                    raise
+                self._made.discard(final.parent)  # the folder went away under us (deleted by hand)
+                self._make_dirs(final.parent)
+                os.replace(received, final)
             if self.syncs:
                 fsync_directory(final.parent)
         except OSError as exc:

@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
+from pydicom.data import get_charset_files, get_testdata_file
 
 from dicom_node.errors import InvalidInstanceError
-from dicom_node.instance import clean_uid, read_header
+from dicom_node.instance import _read_header, clean_uid, read_header
 from dicom_node.synthetic import write_ct_series
 
 
@@ -29,6 +29,23 @@ def test_header_of_a_ct() -> None:
 def test_compressed_and_enhanced_headers_read_without_decoding(name: str) -> None:
     header = read_header(_testfile(name))
     assert header.sop_instance_uid
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR2_J2KR.dcm",
+                                  "emri_small_RLE.dcm", "image_dfl.dcm", "rtplan.dcm", "SC_rgb_small_odd.dcm",
+                                  "chrRuss.dcm", "chrJapMulti.dcm", "ExplVR_BigEndNoMeta.dcm"])
+def test_fast_file_meta_path_reads_what_pydicom_reads(name: str) -> None:
+    """read_header parses plain File Meta itself; on every kind of file the header it gives
+    is the one pydicom's own File Meta reader gives (or the same refusal)."""
+    path = Path(get_charset_files(name)[0]) if name.startswith("chr") else _testfile(name)
+    try:
+        expected = _read_header(path, fast=False)
+    except InvalidInstanceError as exc:
+        with pytest.raises(InvalidInstanceError) as caught:
+            read_header(path)
+        assert type(caught.value) is type(exc)
+        return
+    assert read_header(path) == expected
 
 
 def test_truncated_native_pixel_data_is_refused(tmp_path: Path) -> None:

@@ -43,6 +43,20 @@ def test_commit_replaces_atomically(tmp_path: Path) -> None:
     assert second.read_bytes().endswith(b"\x01\x00")
 
 
+def test_commit_with_the_receivers_open_descriptor_and_a_series_folder_deleted_by_hand(tmp_path: Path) -> None:
+    import shutil
+
+    sources = write_ct_series(tmp_path / "src", 2, 32, 32)
+    store = InstanceStore(tmp_path / "storage")
+    first = _received(store, sources[0])
+    with open(first, "rb") as handle:  # the listener fsyncs through the descriptor it holds
+        placed = store.commit(first, read_header(sources[0]), fd=handle.fileno())
+    assert placed.read_bytes() == sources[0].read_bytes()
+    shutil.rmtree(placed.parent.parent)  # an operator removes the study while the node runs
+    second = store.commit(_received(store, sources[1]), read_header(sources[1]))
+    assert second.parent == placed.parent and second.read_bytes() == sources[1].read_bytes()
+
+
 def test_leftovers_are_removed_and_never_listed(tmp_path: Path) -> None:
     [source] = write_ct_series(tmp_path / "src", 1, 32, 32)
     store = InstanceStore(tmp_path / "storage")
