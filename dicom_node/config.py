@@ -183,13 +183,15 @@ class RouteMatch(_Section):
 
 
 class Route(_Section):
-    """A completed series that matches goes to ``pipeline``; results go to ``destinations``
-    (peer names; ``sender`` means the peer that sent the series, when it may receive)."""
+    """A completed series that matches goes to ``pipeline``, whose results go to
+    ``destinations`` (peer names; ``sender`` means the peer that sent the series, when it may
+    receive), and/or its instances are forwarded unchanged to the peers in ``forward``."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: RouteMatch = RouteMatch()
-    pipeline: str
+    pipeline: str | None = None
     destinations: list[str] = ["sender"]
+    forward: list[str] = []
     priority: Literal["urgent", "routine"] = "routine"
 
 
@@ -259,16 +261,18 @@ class NodeConfig(_Section):
     def _check_routes(self) -> NodeConfig:
         peers = {p.name: p for p in self.peers}
         for number, route in enumerate(self.routes):
-            if route.pipeline not in self.pipelines:
+            where = f"routes[{number}] ({route.name})"
+            if route.pipeline is None and not route.forward:
+                raise ValueError(f"{where}: needs a pipeline, peers to forward to, or both")
+            if route.pipeline is not None and route.pipeline not in self.pipelines:
                 known = ", ".join(sorted(self.pipelines)) or "none"
-                raise ValueError(f"routes[{number}] ({route.name}): no pipeline named {route.pipeline!r} (known: {known})")
-            for name in route.destinations:
-                if name == "sender":
-                    continue
+                raise ValueError(f"{where}: no pipeline named {route.pipeline!r} (known: {known})")
+            targets = [("destination", n) for n in route.destinations if n != "sender"] if route.pipeline else []
+            for kind, name in targets + [("forward peer", n) for n in route.forward]:
                 if name not in peers:
-                    raise ValueError(f"routes[{number}] ({route.name}): destination {name!r} is not a peer")
+                    raise ValueError(f"{where}: {kind} {name!r} is not a peer")
                 if not peers[name].receive:
-                    raise ValueError(f"routes[{number}] ({route.name}): peer {name!r} has receive: false")
+                    raise ValueError(f"{where}: peer {name!r} has receive: false")
         for name, spec in self.pipelines.items():
             if spec.kind == "model" and not spec.model:
                 raise ValueError(f"pipelines.{name}: kind model needs a model name")

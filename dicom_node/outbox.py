@@ -67,7 +67,7 @@ class Delivery:
     id: int
     job_id: int
     job_key: str
-    object: str  # "seg" | "sr"
+    object: str  # "seg" | "sr" | a forwarded instance's SOP Instance UID
     peer: str
     candidates: tuple[Candidate, ...]
     attempts: int
@@ -111,7 +111,7 @@ class Outbox:
             (job_id, job_key, obj, peer, json.dumps([c.__dict__ for c in candidates]), now, now),
         )
 
-    def due(self, now: float, limit: int = 200) -> list[Delivery]:
+    def due(self, now: float, limit: int = 2000) -> list[Delivery]:
         rows = self.index.query(
             "SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
             (now, limit),

@@ -1,4 +1,4 @@
-"""Routing: completed series -> jobs, by the ``routes`` of the configuration.
+"""Routing: completed series -> jobs and forwards, by the ``routes`` of the configuration.
 
 Routing is a sweep over the index, like completion: every series whose completed version has
 not been routed yet is matched against each route, matching routes become jobs, and the
@@ -6,6 +6,10 @@ series is marked routed at that version, all in one transaction. So a crash betw
 "complete" and "queued" loses nothing (the next sweep routes it), and a series is never routed
 twice for the same version. A late instance re-opens the series at version + 1, which is
 routed again once complete.
+
+A route's ``forward`` peers get the series' instances unchanged, through the outbox (the
+sender's retries and backoff, one association per series and peer): at version 1 every
+instance, at a later version only those that arrived (new or changed) since the one before.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from typing import Any
 from .config import NodeConfig, Peer, Route
 from .index import Index
 from .jobs import JobQueue, NewJob, job_key
+from .outbox import Candidate, Outbox
+
+#: The outbox variant name of an instance forwarded as it was received.
+ORIGINAL = "original"
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +81,37 @@ def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob
     return queued
 
 
+def forward_key(route: str, series_uid: str, version: int) -> str:
+    """The outbox group of one forward: one association per series version and peer."""
+    return f"forward:{route}:{series_uid}:v{version}"
+
+
+def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: sqlite3.Row, now: float) -> int:
+    """Queue the instances received at this series version for each forward peer."""
+    rows = db.execute(
+        "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path FROM instances "
+        "WHERE series_uid = ? AND series_version = ? ORDER BY instance_number, sop_instance_uid",
+        (series["series_uid"], series["version"]),
+    ).fetchall()
+    key = forward_key(route_name, series["series_uid"], series["version"])
+    for peer in peers:
+        for row in rows:
+            candidate = Candidate(ORIGINAL, row["path"], row["sop_class_uid"], row["transfer_syntax_uid"], row["sop_instance_uid"])
+            Outbox.add(db, 0, key, row["sop_instance_uid"], peer, [candidate], now)
+    if rows:
+        log.info("Series %s v%d -> route %s forwards %d instance(s) to %s", series["series_uid"], series["version"],
+                 route_name, len(rows), ", ".join(peers))
+    return len(rows) * len(peers)
+
+
 def _route_one(db: sqlite3.Connection, series: sqlite3.Row, config: NodeConfig, now: float) -> list[NewJob]:
     jobs = []
     for route in config.routes:
         if not matches(route, series):
+            continue
+        if route.forward:
+            _forward(db, route.name, route.forward, series, now)
+        if route.pipeline is None:
             continue
         job = NewJob(
             key=job_key(route.name, series["series_uid"], series["version"]),

@@ -115,7 +115,8 @@ class Sender:
                     log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
                              candidate.variant, candidate.sop_instance_uid)
                     if self.audit is not None:
-                        self.audit.write("result_sent", peer=peer.name, ae_title=peer.ae_title, object=delivery.object,
+                        event = "forwarded" if delivery.job_key.startswith("forward:") else "result_sent"
+                        self.audit.write(event, peer=peer.name, ae_title=peer.ae_title, object=delivery.object,
                                          job=delivery.job_key, sop_instance_uid=candidate.sop_instance_uid,
                                          variant=candidate.variant, status=code)
                 else:

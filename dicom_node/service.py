@@ -86,8 +86,9 @@ class Downstream:
 
     def start(self) -> None:
         self.sender.start()
-        # No routes, no jobs: listening-only set-ups (and most tests) start no model process.
-        count = self.config.jobs.workers if self.config.routes else 0
+        # No analysing route, no jobs: listening-only and forward-only set-ups (and most tests)
+        # start no model process.
+        count = self.config.jobs.workers if any(r.pipeline for r in self.config.routes) else 0
         with self._lock:
             self.workers = [self._start_worker() for _ in range(count)]
         if count:

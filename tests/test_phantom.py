@@ -11,7 +11,9 @@ def test_seeded_and_labelled_with_realistic_hu() -> None:
     assert np.array_equal(a.volume.voxels, b.volume.voxels) and np.array_equal(a.labels, b.labels)
     hu = a.volume.voxels
     medians = {label: float(np.median(hu[a.labels == label])) for label in (LUNG, LIVER, SPLEEN, KIDNEY, BONE, LIVER_LESION, LUNG_NODULE)}
-    assert medians[LUNG] < -700 and 40 < medians[LIVER] < 80 and medians[BONE] > 400
+    assert medians[LUNG] < -700 and 80 < medians[LIVER] < 120 and medians[BONE] > 400
+    # Portal-venous enhancement: kidneys above spleen above liver above muscle.
+    assert medians[KIDNEY] > medians[SPLEEN] + 25 and medians[SPLEEN] > medians[LIVER] + 10
     assert medians[LIVER_LESION] < medians[LIVER] - 25  # hypodense
     assert medians[LUNG_NODULE] > medians[LUNG] + 300  # solid nodules (partial volume at 4 mm)
     assert {l.label for l in a.lesions} == {LIVER_LESION, LUNG_NODULE}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from dicom_node.index import Index, Outcome, Receipt
 from dicom_node.instance import InstanceHeader
 from dicom_node.jobs import JobQueue
 from dicom_node.routing import matches, route_completed
+from dicom_node.service import Node
 
 PEERS = [
     {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
@@ -92,3 +94,63 @@ def test_routes_must_name_known_pipelines_and_receiving_peers(make_config: Calla
     with pytest.raises(ConfigError, match=r"routes\[0\]\.match\.series_description: .*not a valid regular expression"):
         make_config(peers=PEERS, routes=[{"name": "r", "pipeline": "p", "match": {"series_description": "("}}],
                     pipelines={"p": {"kind": "classical"}})
+
+
+def test_forward_queues_each_instance_once_per_version(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    from dicom_node.outbox import Outbox
+
+    config = make_config(peers=PEERS, routes=[{"name": "archive", "match": {"modality": "CT"}, "forward": ["pacs", "viewer"]}])
+    index = Index(tmp_path / "index.sqlite")
+    JobQueue(index)
+    outbox = Outbox(index)
+    store(index, header("3.1", "3.1.1"), "CT01", now=0)
+    store(index, header("3.1", "3.1.2"), "CT01", now=0)
+    index.complete_stable(100, 10, 30)
+    assert route_completed(index, config, now=100) == []  # forward only: no analysis job
+    rows = outbox.list()
+    assert sorted((r["peer"], r["object"], r["job_key"]) for r in rows) == [
+        (peer, sop, "forward:archive:3.1:v1") for peer in ("pacs", "viewer") for sop in ("3.1.1", "3.1.2")]
+    assert {json.loads(r["candidates"])[0]["path"] for r in rows} == {"/x/3.1.1", "/x/3.1.2"}
+
+    store(index, header("3.1", "3.1.3"), "CT01", now=200)  # a late instance re-opens the series
+    index.complete_stable(300, 10, 30)
+    route_completed(index, config, now=300)
+    later = [r for r in outbox.list() if r["job_key"].endswith(":v2")]
+    assert sorted((r["peer"], r["object"]) for r in later) == [("pacs", "3.1.3"), ("viewer", "3.1.3")]
+
+
+def test_a_route_needs_a_pipeline_or_forward_peers_that_receive(make_config: Callable[..., NodeConfig]) -> None:
+    with pytest.raises(ConfigError, match="needs a pipeline, peers to forward to, or both"):
+        make_config(peers=PEERS, routes=[{"name": "r"}])
+    with pytest.raises(ConfigError, match="forward peer 'nobody' is not a peer"):
+        make_config(peers=PEERS, routes=[{"name": "r", "forward": ["nobody"]}])
+    with pytest.raises(ConfigError, match="peer 'modality' has receive: false"):
+        make_config(peers=PEERS, routes=[{"name": "r", "forward": ["modality"]}])
+
+
+def test_a_series_is_forwarded_to_a_real_peer_byte_for_byte(tmp_path: Path, make_config: Callable[..., NodeConfig],
+                                                          start_node: Callable[[NodeConfig], Node]) -> None:
+    """DCMTK storescp (+B, bit-preserving) plays the archive; the node forwards what a
+    pynetdicom SCU sent it once the series is complete, each dataset unchanged."""
+    from dicom_node.synthetic import write_ct_series
+
+    from .conftest import TEST_SCU, dataset_bytes
+    from .peers import start_storescp, wait_for
+    from .test_scp import send
+
+    archive = start_storescp(tmp_path / "archive", ae_title="ARCHIVE")
+    try:
+        peers = [{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1, "receive": False},
+                 {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive.port, "send": False}]
+        config = make_config(peers=peers, routes=[{"name": "archive-all", "forward": ["archive"]}],
+                             delivery={"interval_seconds": 0.2})
+        node = start_node(config)
+        files = write_ct_series(tmp_path / "series", 12, 32, 32, seed=5)
+        assert send(node.port, files) == [0] * 12
+        received = archive.workdir / "received"
+        wait_for(lambda: len(list(received.iterdir())) == 12, 30, "12 forwarded instances at the archive")
+        sent = {dataset_bytes(f) for f in files}
+        assert {dataset_bytes(f) for f in received.iterdir()} == sent
+        wait_for(lambda: '"forwarded"' in (tmp_path / "audit.jsonl").read_text(), 10, "the forward in the audit log")
+    finally:
+        archive.stop()
