@@ -101,3 +101,9 @@ def test_peer_host_matching_handles_mapped_ipv4() -> None:
     assert peer.host_matches("127.0.0.1")
     assert peer.host_matches("::ffff:127.0.0.1")
     assert not peer.host_matches("127.0.0.2")
+
+
+def test_listener_process_count(make_config) -> None:
+    node = make_config().node
+    assert [node.worker_count(cpus) for cpus in (None, 1, 2, 3, 16)] == [2, 2, 4, 6, 8]
+    assert make_config(node={"workers": 1}).node.worker_count(16) == 1
