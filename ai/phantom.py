@@ -20,8 +20,15 @@ BACKGROUND, LUNG, LIVER, SPLEEN, KIDNEY, BONE, LIVER_LESION, LUNG_NODULE = range
 LABEL_NAMES = {LUNG: "lungs", LIVER: "liver", SPLEEN: "spleen", KIDNEY: "kidneys", BONE: "bone",
                LIVER_LESION: "liver lesion", LUNG_NODULE: "lung nodule"}
 
-HU = {"air": -1000.0, "fat": -100.0, "soft": 40.0, "lung": -850.0, "liver": 60.0, "spleen": 48.0,
-      "kidney": 32.0, "bone": 700.0}
+# Portal-venous phase, the standard protocol of an abdominal CT: the contrast agent lifts the
+# liver to about 100 HU, the spleen some 20 HU above it and the kidneys (nephrographic
+# enhancement) well above both, while muscle stays near 45 HU. In a non-contrast scan spleen,
+# kidneys and muscle all lie within noise of each other (40-50 HU), which no reader, human or
+# model, separates by intensity. The organ values move together by a common enhancement offset
+# (contrast timing differs between scans) and each by a little of its own.
+HU = {"air": -1000.0, "fat": -100.0, "soft": 45.0, "lung": -850.0, "liver": 100.0, "spleen": 120.0,
+      "kidney": 165.0, "bone": 700.0}
+ENHANCED = ("liver", "spleen", "kidney")
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,11 @@ def make_phantom(
     hu[body] = HU["fat"]
     hu[inner] = HU["soft"] + rng.uniform(-5, 5)
 
+    enhancement = rng.uniform(-15, 15)
+
     def organ(label: int, tissue: str, center: tuple[float, float, float], axes: tuple[float, float, float]) -> np.ndarray:
         mask = _ellipsoid(x, y, z, center, axes) & inner
-        hu[mask] = HU[tissue] + rng.uniform(-6, 6)
+        hu[mask] = HU[tissue] + (enhancement if tissue in ENHANCED else 0.0) + rng.uniform(-4, 4)
         labels[mask] = label
         return mask
 
@@ -108,8 +117,11 @@ def make_phantom(
     organ(SPLEEN, "spleen", (cx + 0.55 * a, cy + 0.28 * b, zd - 0.09 * length),
           (0.17 * a * jitter(0.1), 0.26 * b * jitter(0.1), 0.07 * length * jitter(0.1)))
     for side in (-1, 1):
-        organ(KIDNEY, "kidney", (cx + side * 0.42 * a, cy + 0.5 * b, zd - 0.28 * length * jitter(0.05)),
-              (0.13 * a * jitter(0.1), 0.2 * b * jitter(0.1), 0.07 * length * jitter(0.1)))
+        center = (cx + side * 0.42 * a, cy + 0.5 * b, zd - 0.28 * length * jitter(0.05))
+        axes = (0.13 * a * jitter(0.1), 0.2 * b * jitter(0.1), 0.07 * length * jitter(0.1))
+        # Perirenal fat: each kidney lies in its own fat capsule (where no other organ is).
+        hu[_ellipsoid(x, y, z, center, tuple(1.3 * v for v in axes)) & inner & (labels == 0)] = HU["fat"]
+        organ(KIDNEY, "kidney", center, axes)
     # Spine: a vertebral column along the whole torso, posterior midline.
     spine_r = 0.12 * a * jitter(0.1)
     spine = np.broadcast_to((x - cx) ** 2 + (y - (cy + 0.62 * b)) ** 2 <= spine_r**2, shape) & inner

@@ -68,7 +68,8 @@ class SegmentationPipeline:
 
     def post_process(self, labels: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         spec = self.card.data.postprocessing
-        return postprocess(labels, spacing, spec.min_component_ml, spec.keep_largest, spec.fill_holes)
+        hosts = {label: (host.label, host.min_fraction) for label, host in spec.host.items()}
+        return postprocess(labels, spacing, spec.min_component_ml, spec.keep_largest, spec.fill_holes, hosts)
 
     def run(self, volume: Volume) -> Findings:
         timings = Timings()

@@ -51,10 +51,18 @@ class InferenceSpec(_Strict):
     crop_to_body: dict[str, float] | None = None
 
 
+class HostSpec(_Strict):
+    """A lesion label's host organ: ``min_fraction`` of each component's border must be it."""
+
+    label: int
+    min_fraction: float = Field(0.5, gt=0.0, le=1.0)
+
+
 class PostprocessSpec(_Strict):
     min_component_ml: dict[int, float] = {}
     fill_holes: list[int] = []
     keep_largest: list[int] = []
+    host: dict[int, HostSpec] = {}
 
 
 class ClassificationSpec(_Strict):

@@ -64,9 +64,11 @@ def nifti_cases(folder: Path, steps: Sequence[dict[str, Any]]) -> Iterator[Case]
         yield prepare(volume, labels, steps)
 
 
-def sample_patch(case: Case, size: int, rng: np.random.Generator, focus: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+def sample_patch(case: Case, size: int, rng: np.random.Generator, focus: float = 0.6,
+                 focus_weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A cubic patch; with probability ``focus`` centred on a voxel of a random present class
-    (so rare classes, lesions, are seen often), else anywhere."""
+    (so rare classes, lesions, are seen often; ``focus_weights`` makes some classes likelier
+    than others, 1 by default), else anywhere."""
     shape = np.asarray(case.image.shape)
     pad = np.maximum(0, size - shape)
     image, labels = case.image, case.labels
@@ -76,8 +78,12 @@ def sample_patch(case: Case, size: int, rng: np.random.Generator, focus: float =
         labels = np.pad(labels, widths)
         shape = np.asarray(image.shape)
     if rng.random() < focus:
-        present = [c for c in np.unique(labels) if c != 0]
-        cls = present[rng.integers(len(present))] if present else 0
+        present = [int(c) for c in np.unique(labels) if c != 0]
+        if present:
+            odds = np.asarray([(focus_weights or {}).get(c, 1.0) for c in present], dtype=float)
+            cls = present[int(rng.choice(len(present), p=odds / odds.sum()))]
+        else:
+            cls = 0
         coords = np.argwhere(labels == cls)
         center = coords[rng.integers(len(coords))]
         start = np.clip(center - size // 2 + rng.integers(-size // 4, size // 4 + 1, size=3), 0, shape - size)
@@ -112,22 +118,44 @@ class TrainConfig:
     features: tuple[int, ...] = (8, 16, 32, 64)
     checkpoint_every: int = 250
     threads: int = 2
+    #: "batch" or "none" (ai.unet).
+    norm: str = "batch"
+    #: With batch norm: after this fraction of the steps the running statistics are recomputed
+    #: over large patches and frozen, and the remaining steps train the network with exactly
+    #: the normalisation inference will use. 0 with ``init`` (a later stage): the statistics
+    #: that came with the earlier stage's weights, frozen throughout.
+    freeze_norm_at: float = 0.75
+    #: Cross-entropy weight per class (background 0.5, others 1 unless given here).
+    class_weights: dict[int, float] | None = None
+    #: Odds of each class as the centre of a focused patch (1 unless given here).
+    focus_weights: dict[int, float] | None = None
+
+
+def _freeze_norms(model: torch.nn.Module) -> None:
+    """Batch-norm layers to inference behaviour (running statistics, no updates)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.eval()
 
 
 def train(cases: list[Case], config: TrainConfig, out: Path,
-          on_step: Callable[[int, float], None] | None = None) -> UNet3D:
+          on_step: Callable[[int, float], None] | None = None, init: dict[str, torch.Tensor] | None = None) -> UNet3D:
     """Train a U-Net on random patches of ``cases``; checkpoints (state dict + step) go to ``out``.
 
-    Resumes from ``out/checkpoint.pt`` when present, so an interrupted run continues.
+    Resumes from ``out/checkpoint.pt`` when present, so an interrupted run continues; else
+    starts from ``init`` (the weights of an earlier stage) when given.
     """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
-    model = UNet3D(classes=config.classes, features=config.features)
+    model = UNet3D(classes=config.classes, features=config.features, norm=config.norm)
+    freeze_step = int(config.steps * config.freeze_norm_at) if config.norm == "batch" else None
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     weights = torch.ones(config.classes)
     weights[0] = 0.5
+    for cls, weight in (config.class_weights or {}).items():
+        weights[cls] = weight
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
     start = 0
@@ -138,9 +166,18 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
         scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
         start = int(state["step"])
+    elif init is not None:
+        model.load_state_dict(init)
     model.train()
+    if freeze_step is not None and start > freeze_step:
+        _freeze_norms(model)  # the checkpoint holds the frozen statistics
     for step in range(start, config.steps):
-        patches = [sample_patch(cases[int(rng.integers(len(cases)))], config.patch, rng) for _ in range(config.batch)]
+        if step == freeze_step:
+            if step > 0 or init is None:  # at 0 with init: the earlier stage's frozen statistics
+                recalibrate_batchnorm(model, cases, config, rng)
+            _freeze_norms(model)
+        patches = [sample_patch(cases[int(rng.integers(len(cases)))], config.patch, rng, focus_weights=config.focus_weights)
+                   for _ in range(config.batch)]
         image = torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy())
         # Intensity augmentation: small gain and offset, as scanners differ.
         image = image * float(rng.uniform(0.95, 1.05)) + float(rng.uniform(-0.02, 0.02))
@@ -155,7 +192,8 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rng, "step": step + 1}, checkpoint)
-    recalibrate_batchnorm(model, cases, config, rng)
+    if freeze_step is not None and freeze_step >= config.steps:
+        recalibrate_batchnorm(model, cases, config, rng)
     model.eval()
     return model
 
@@ -186,6 +224,7 @@ def recalibrate_batchnorm(model: UNet3D, cases: list[Case], config: TrainConfig,
             model(torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy()))
     for norm in norms:
         norm.momentum = 0.1
+    _freeze_norms(model)
 
 
 def export_torchscript(model: UNet3D, path: Path, patch: int = 48) -> None:

@@ -19,12 +19,22 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai.training import TrainConfig, export_torchscript, nifti_cases, phantom_cases, prepare, train, write_json  # noqa: E402
+
+
+def _class_values(pairs: list[str]) -> dict[int, float] | None:
+    """``["6=10", "7=10"]`` -> ``{6: 10.0, 7: 10.0}``."""
+    values = {}
+    for pair in pairs:
+        cls, _, value = pair.partition("=")
+        values[int(cls)] = float(value)
+    return values or None
 
 
 def main() -> int:
@@ -42,6 +52,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--class-weight", action="append", default=[], metavar="CLASS=W",
+                        help="cross-entropy weight of a class (repeatable; background 0.5, others 1 by default)")
+    parser.add_argument("--focus", action="append", default=[], metavar="CLASS=W",
+                        help="odds of a class as the centre of a focused patch (repeatable; 1 by default)")
+    parser.add_argument("--init", type=Path, help="start from the weights of an earlier stage's checkpoint.pt")
+    parser.add_argument("--run-dir", type=Path, help="checkpoints of this run (default: OUT/checkpoints)")
+    parser.add_argument("--norm", choices=("batch", "none"), default="batch")
+    parser.add_argument("--freeze-norm-at", type=float, default=0.75,
+                        help="fraction of the steps after which batch-norm statistics are recomputed and frozen")
     args = parser.parse_args()
 
     card = yaml.safe_load((args.out / "card.yaml").read_text())
@@ -67,7 +86,11 @@ def main() -> int:
     print(f"{len(cases)} cases ({source}) prepared in {time.time() - started:.0f} s")
 
     config = TrainConfig(steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
-                         classes=classes, checkpoint_every=args.checkpoint_every, threads=args.threads)
+                         classes=classes, checkpoint_every=args.checkpoint_every, threads=args.threads,
+                         norm=args.norm, freeze_norm_at=args.freeze_norm_at,
+                         class_weights=_class_values(args.class_weight), focus_weights=_class_values(args.focus))
+    init = torch.load(args.init, weights_only=False)["model"] if args.init else None
+    run_dir = args.run_dir or args.out / "checkpoints"
     losses: list[float] = []
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
                   TimeElapsedColumn(), TimeRemainingColumn()) as progress:
@@ -78,22 +101,25 @@ def main() -> int:
             recent = losses[-50:]
             progress.update(task, completed=step, loss=sum(recent) / len(recent))
 
-        model = train(cases, config, args.out / "checkpoints", on_step=on_step)
+        model = train(cases, config, run_dir, on_step=on_step, init=init)
     export_torchscript(model, args.out / card.get("weights", "model.ts"), patch=args.patch)
     record_path = args.out / "training.json"
-    if not losses and record_path.exists():
-        # The checkpoint had already reached --steps: only the batch-norm statistics were
-        # recomputed (ai.training.recalibrate_batchnorm). Keep the training record, note this.
-        record = json.loads(record_path.read_text())
-        record["batchnorm_recalibration"] = {"command": " ".join(sys.argv), "seconds": round(time.time() - started)}
-        write_json(record_path, record)
+    if not losses:
+        # The checkpoint had already reached --steps: the weights were only exported again.
+        print(f"{run_dir / 'checkpoint.pt'} had already reached {config.steps} steps; exported it")
     else:
-        write_json(record_path, {
+        stage = {
             "source": source, "cases": len(cases), "steps": config.steps, "batch": config.batch, "patch": config.patch,
-            "lr": config.lr, "seed": config.seed, "features": list(config.features),
+            "lr": config.lr, "seed": config.seed, "features": list(config.features), "norm": config.norm,
+            "freeze_norm_at": config.freeze_norm_at if config.norm == "batch" else None,
+            "class_weights": config.class_weights, "focus_weights": config.focus_weights,
+            "init": str(args.init) if args.init else None,
             "final_loss_mean_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
             "seconds": round(time.time() - started), "command": " ".join(sys.argv),
-        })
+        }
+        # A stage that starts from an earlier one's weights adds to that record; a new run replaces it.
+        earlier = json.loads(record_path.read_text()).get("stages", []) if args.init and record_path.exists() else []
+        write_json(record_path, {"stages": [*earlier, stage]})
     print(f"wrote {args.out / card.get('weights', 'model.ts')} in {time.time() - started:.0f} s")
     return 0
 

@@ -247,7 +247,7 @@ def test_the_shipped_config_returns_ct_organs_results_to_the_sending_pacs(tmp_pa
         found = wait_for(lambda: (r := result_series(orthanc, study_uid)) and "SEG" in r and "SR" in r and r, 180,
                          "ct-organs results in Orthanc")
         seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(found["SEG"][0])))
-        assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v1.1.0)"
+        assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v2.0.0)"
         assert "lungs" in {d.SegmentLabel for d in seg.SegmentSequence}
         jobs = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(node.extra["config"]), "jobs", "--json"],
                               capture_output=True, text=True, timeout=60)

@@ -19,3 +19,18 @@ def test_islands_holes_and_largest() -> None:
     assert out[18, 18, 18] == 0
     assert np.array_equal(remove_small(labels, {}, (1, 1, 1)), labels)
     assert keep_largest(labels, [5]).sum() == labels.sum() and fill_holes(labels, []).sum() == labels.sum()
+
+
+def test_a_lesion_is_kept_only_inside_its_host_organ() -> None:
+    from ai.postprocess import require_host
+
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:25, 5:25, 5:20] = 2  # liver
+    labels[10:14, 10:14, 10:14] = 6  # a lesion inside it
+    labels[10:14, 10:14, 15:21] = 6  # subcapsular: bulges out, mostly still in the liver
+    labels[18:22, 18:22, 19:23] = 6  # on the liver's edge, more outside than in
+    labels[1:3, 1:3, 1:3] = 6  # nowhere near the liver
+    out = require_host(labels, {6: (2, 0.55)})
+    assert (out[10:14, 10:14, 10:14] == 6).all() and (out[10:14, 10:14, 15:21] == 6).all()
+    assert (out[18:22, 18:22, 19:23] != 6).all() and (out[1:3, 1:3, 1:3] == 0).all()
+    assert np.array_equal(postprocess(labels, (1, 1, 1), {}, hosts={6: (2, 0.55)}), out)

@@ -40,3 +40,26 @@ def test_metrics() -> None:
     truth = np.zeros((10, 10, 10), bool)
     truth[1, 1, 1] = truth[8, 8, 8] = True
     assert lesion_sensitivity(truth, truth & (np.arange(10)[:, None, None] < 5)) == (1, 2)
+
+
+def test_batchnorm_statistics_are_recomputed_then_frozen_for_the_last_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ai.training as training
+
+    cases = list(phantom_cases([3], STEPS, spacing=4.0, shape=(40, 48, 48)))
+    snapshots: list[dict[str, torch.Tensor]] = []
+    original = training.recalibrate_batchnorm
+
+    def recalibrate(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(model, *args, batches=2, **{k: v for k, v in kwargs.items() if k != "batches"})
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(training, "recalibrate_batchnorm", recalibrate)
+    config = TrainConfig(steps=8, batch=2, patch=16, lr=3e-3, checkpoint_every=100, features=(4, 8), freeze_norm_at=0.5)
+    steps: list[int] = []
+    model = train(cases, config, tmp_path / "run", on_step=lambda step, loss: steps.append(step))
+    assert steps == list(range(1, 9)) and len(snapshots) == 1  # recomputed once, at step 4
+    final = model.state_dict()
+    stats = [k for k in final if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in final if k.endswith("weight") and "body.0" in k]
+    assert stats and all(torch.equal(final[k], snapshots[0][k]) for k in stats)  # frozen since
+    assert any(not torch.equal(final[k], snapshots[0][k]) for k in weights)  # while training went on
