@@ -146,24 +146,21 @@ def _plain_file_meta_transfer_syntax(fp: BinaryIO) -> UID | None:
         return None
     transfer_syntax = b""
     while True:
-        raw = fp.read(8)
-        if len(raw) < 8 or raw[:2] != b"\x02\x00":
-            fp.seek(-len(raw), os.SEEK_CUR)
+        start = fp.tell()
+        peek = fp.read(6)
+        fp.seek(start)
+        if len(peek) < 6 or peek[:2] != b"\x02\x00":
             break
-        vr = raw[4:6]
-        if not vr.isalpha() or not vr.isupper():
+        if not peek[4:6].isalpha() or not peek[4:6].isupper():
+            return None  # not Explicit VR
+        try:
+            tag, length = _read_element_header(fp, implicit=False, little=True)
+        except InvalidInstanceError:
             return None
-        if vr in _LONG_VRS:
-            more = fp.read(4)
-            if len(more) < 4:
-                return None
-            (length,) = struct.unpack("<L", more)
-        else:
-            (length,) = struct.unpack("<H", raw[6:])
         value = fp.read(length)
         if len(value) < length:
             return None
-        if raw[2:4] == b"\x10\x00":
+        if tag == (0x0002, 0x0010):
             transfer_syntax = value
     try:
         ts = UID(transfer_syntax.decode("ascii").strip(" \x00"))

@@ -217,13 +217,21 @@ class _StreamedFileMeta:
                                 (0x0013, "SH", self.implementation_version)):
             if not value:
                 continue
-            if not value.isascii():
+            encoded = _meta_text_element(elem, vr, value)
+            if encoded is None:
                 return None
-            raw = value.encode("ascii")
-            if len(raw) % 2:
-                raw += _SHORT_VRS[vr]
-            body += struct.pack("<HH2sH", 0x0002, elem, vr.encode(), len(raw)) + raw
+            body += encoded
         return struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + bytes(body)
+
+
+def _meta_text_element(elem: int, vr: str, value: str) -> bytes | None:
+    """One short-VR text element of group 0002 (Explicit VR LE), None if not plain ASCII."""
+    if not value.isascii():
+        return None
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += _SHORT_VRS[vr]
+    return struct.pack("<HH2sH", 0x0002, elem, vr.encode(), len(raw)) + raw
 
 
 def _create_file_meta(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
@@ -243,11 +251,11 @@ def encode_file_meta(meta: Dataset) -> bytes | None:
         if tag == 0x00020000:
             continue
         value = element.value
-        if element.VR in _SHORT_VRS and isinstance(value, str):
-            raw = value.encode("ascii")
-            if len(raw) % 2:
-                raw += _SHORT_VRS[element.VR]
-            body += struct.pack("<HH2sH", tag.group, tag.elem, element.VR.encode(), len(raw)) + raw
+        if element.VR in _SHORT_VRS and isinstance(value, str) and tag.group == 0x0002:
+            encoded = _meta_text_element(tag.elem, element.VR, value)
+            if encoded is None:
+                return None
+            body += encoded
         elif element.VR == "OB" and isinstance(value, bytes):
             raw = value + (b"\x00" if len(value) % 2 else b"")
             body += struct.pack("<HH2sHL", tag.group, tag.elem, b"OB", 0, len(raw)) + raw
