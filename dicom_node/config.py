@@ -78,15 +78,15 @@ class NodeSection(_Section):
     max_associations: int = Field(16, ge=1, le=1000)
     #: Seconds a silent association may stay open before it is aborted.
     network_timeout_seconds: float = Field(60.0, gt=0)
-    #: Listener processes sharing the port (SO_REUSEPORT), so concurrent associations are not
-    #: serialised by one interpreter's lock. 0: two per CPU core, at most 8.
+    #: Listener processes behind the port (the supervising process accepts and hands each
+    #: connection to the least busy), so concurrent associations are not serialised by one
+    #: interpreter's lock. 0: two per CPU core, at most 8.
     workers: int = Field(0, ge=0, le=64)
 
     def worker_count(self, cpus: int | None) -> int:
-        """Listener processes to start. The kernel spreads connections over SO_REUSEPORT
-        sockets by a hash, not by load, so with one process per core two associations often
-        share a process (and its GIL) while another idles: 4 concurrent associations on 2 cores
-        ran at 302-431 instances/s with 2 processes, 532-715 with 4, 482-566 with 8."""
+        """Listener processes to start: 4 concurrent associations on 2 cores ran at 302-431
+        instances/s with 2 processes, 532-715 with 4, 482-566 with 8 (connections spread by
+        the kernel's SO_REUSEPORT hash then; 674-777 with one process each)."""
         return self.workers or max(2, min(8, 2 * (cpus or 1)))
 
     @field_validator("ae_title")

@@ -16,13 +16,16 @@ import os
 import signal
 import socket
 import threading
+from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from .audit import AuditLog
 from .completion import CompletionScheduler
+from .dispatch import Dispatcher, Receiver
 from .config import NodeConfig
 from .errors import NodeError
 from .index import Index
@@ -39,12 +42,15 @@ from .worker import worker_main
 log = logging.getLogger(__name__)
 
 
-class ReusePortServer(ThreadedAssociationServer):  # type: ignore[misc]
-    """pynetdicom's threaded server, bound with SO_REUSEPORT so several processes share a port."""
+class HandedServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's threaded server for connections the supervisor accepted and handed over
+    (dispatch.Receiver calls process_request): it binds and listens on nothing itself."""
 
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        pass
+
+    def server_activate(self) -> None:
+        pass
 
 
 class Downstream:
@@ -116,10 +122,12 @@ class Node:
     #: How long stop() waits for open associations to end before aborting them.
     DRAIN_SECONDS = 10.0
 
-    def __init__(self, config: NodeConfig, *, standalone: bool = True, reuse_port: bool = False, log_pdus: bool = False) -> None:
+    def __init__(self, config: NodeConfig, *, standalone: bool = True, log_pdus: bool = False,
+                 channel: Connection | None = None) -> None:
         self.config = config
         self.standalone = standalone
-        self.reuse_port = reuse_port
+        #: Under a supervisor: where handed-over connections arrive (dispatch.py); no socket of our own.
+        self.channel = channel
         self.store = InstanceStore(
             config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20
         )
@@ -147,11 +155,11 @@ class Node:
         if self.standalone:
             self.recovery = recover(self.store, self.index)
         address = (self.config.node.host, self.config.node.port)
-        if self.reuse_port:
-            self.server = self.ae.make_server(address, evt_handlers=self.scp.handlers(), server_class=ReusePortServer)
-            self.ae._servers.append(self.server)  # as start_server does: server.shutdown() expects it
-            self._thread = threading.Thread(target=self.server.serve_forever, name="dicom-node-acceptor", daemon=True)
-            self._thread.start()
+        if self.channel is not None:
+            receiver = Receiver(self.channel)
+            handlers = [*self.scp.handlers(), (evt.EVT_CONN_CLOSE, receiver.closed)]
+            self.server = self.ae.make_server(address, evt_handlers=handlers, server_class=HandedServer)
+            receiver.serve(self.server)
         else:
             self.server = self.ae.start_server(address, block=False, evt_handlers=self.scp.handlers())
         if self.standalone:
@@ -170,10 +178,10 @@ class Node:
         self.completion.stop()
         if self.downstream is not None:
             self.downstream.stop()
-        if self.server is not None:
+        if self.channel is not None:
+            self.channel.close()  # no new associations (the supervisor stopped handing them over)
+        elif self.server is not None:
             self.server.shutdown()  # no new associations
-            if self.reuse_port:
-                self.server.server_close()
         # Let associations in flight finish (their audit lines included) before aborting any.
         self.scp.drain(self.DRAIN_SECONDS)
         self.ae.shutdown()
@@ -191,7 +199,7 @@ class Node:
         self.stop()
 
 
-def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool) -> None:
+def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool, channel: Connection) -> None:
     """A listener process under the supervisor: serve until told to stop."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
@@ -202,7 +210,7 @@ def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
-        node = Node(config, standalone=False, reuse_port=True, log_pdus=log_pdus)
+        node = Node(config, standalone=False, log_pdus=log_pdus, channel=channel)
         node.start()
     except Exception as exc:
         ready.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -213,7 +221,8 @@ def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool
 
 
 class Supervisor:
-    """Several listener processes on one port, plus recovery and the completion sweep."""
+    """Several listener processes behind one port (it accepts, dispatch.py hands each
+    connection to the least busy), plus recovery and the completion sweep."""
 
     def __init__(self, config: NodeConfig, workers: int, log_pdus: bool = False) -> None:
         self.config = config
@@ -228,31 +237,40 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
         self._procs: list[Any] = []
+        self.dispatcher: Dispatcher | None = None
         self.port = config.node.port
 
     def start(self) -> None:
         self.recovery = recover(self.store, self.index)
-        # Reserve the port (port 0 picks one) so every worker binds the same one.
-        placeholder = socket.socket(socket.AF_INET6 if ":" in self.config.node.host else socket.AF_INET)
-        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        placeholder.bind((self.config.node.host, self.config.node.port))
-        self.port = placeholder.getsockname()[1]
+        # Bound now (port 0 picks one), listening only once every listener process is ready:
+        # until then a caller is refused, not left waiting in the backlog of a node still starting.
+        listener = socket.socket(socket.AF_INET6 if ":" in self.config.node.host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.config.node.host, self.config.node.port))
+        self.port = listener.getsockname()[1]
         worker_config = self.config.model_copy(update={"node": self.config.node.model_copy(update={"port": self.port})})
         ready = self._context.Queue()
+        channels = []
         try:
             for _ in range(self.workers):
-                proc = self._context.Process(target=_worker_main, args=(worker_config, ready, self._stop, self.log_pdus), daemon=False)
+                ours, theirs = self._context.Pipe(duplex=True)
+                proc = self._context.Process(target=_worker_main, args=(worker_config, ready, self._stop, self.log_pdus, theirs),
+                                             daemon=False)
                 proc.start()
+                theirs.close()
+                channels.append(ours)
                 self._procs.append(proc)
             for _ in range(self.workers):
                 kind, detail = ready.get(timeout=60)
                 if kind != "ready":
                     raise NodeError(f"a listener process failed to start: {detail}")
         except BaseException:
+            listener.close()
             self.stop(clean=False)
             raise
-        finally:
-            placeholder.close()
+        listener.listen(128)
+        self.dispatcher = Dispatcher(listener, channels, [int(p.pid) for p in self._procs])
+        self.dispatcher.start()
         self.completion.start()
         self.downstream.start()
         log.info("%d listener processes on %s:%d: %s", self.workers, self.config.node.host, self.port,
@@ -261,6 +279,8 @@ class Supervisor:
     def stop(self, clean: bool = True) -> None:
         self.completion.stop()
         self.downstream.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()  # no new associations
         self._stop.set()
         for proc in self._procs:
             proc.join(timeout=30)

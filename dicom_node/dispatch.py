@@ -1,0 +1,117 @@
+"""Hand each accepted connection to the listener process with the fewest open ones.
+
+Several listener processes let concurrent associations run in separate interpreters (one GIL
+each). Sharing the port with SO_REUSEPORT leaves the choice to the kernel, which hashes each
+connection to a socket without regard to load: four associations on four processes met in
+the same process nine times out of ten, and two associations sharing an interpreter run at
+about half speed while another process idles. So the supervising process accepts, and passes
+the connected socket (SCM_RIGHTS, ``multiprocessing.reduction.send_handle``) to the listener
+with the fewest open connections; the listener serves it with pynetdicom's server as if it
+had accepted it itself, and says when the connection has closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CLOSED = "closed"
+
+
+class Dispatcher:
+    """In the supervising process: accept on ``listener``, hand over, count what is open."""
+
+    def __init__(self, listener: socket.socket, channels: list[Connection], pids: list[int]) -> None:
+        self.listener = listener
+        self.channels = channels
+        self.pids = pids
+        self.open_counts = [0] * len(channels)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.listener.settimeout(0.5)  # so the accept loop sees stop()
+        self._threads = [threading.Thread(target=self._accept_loop, name="dicom-node-dispatch", daemon=True)]
+        self._threads += [threading.Thread(target=self._closed_loop, args=(n,), name=f"dicom-node-dispatch-{n}", daemon=True)
+                          for n in range(len(self.channels))]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._threads[0].join(timeout=5)
+        self.listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, address = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if not self._stopped.is_set():
+                    log.error("Accepting a connection failed: %s", exc)
+                continue
+            with self._lock:
+                target = min(range(len(self.open_counts)), key=self.open_counts.__getitem__)
+                self.open_counts[target] += 1
+            try:
+                self.channels[target].send(address)
+                send_handle(self.channels[target], conn.fileno(), self.pids[target])
+            except OSError as exc:  # the listener is gone: the caller sees the connection close
+                log.error("Could not hand a connection from %s to listener %d: %s", address, self.pids[target], exc)
+                with self._lock:
+                    self.open_counts[target] -= 1
+            finally:
+                conn.close()  # the listener holds its own descriptor now
+
+    def _closed_loop(self, number: int) -> None:
+        channel = self.channels[number]
+        while True:
+            try:
+                message = channel.recv()
+            except (EOFError, OSError):
+                return  # the listener process ended
+            if message == CLOSED:
+                with self._lock:
+                    self.open_counts[number] = max(0, self.open_counts[number] - 1)
+
+
+class Receiver:
+    """In a listener process: take handed-over connections and serve them with ``server``."""
+
+    def __init__(self, channel: Connection) -> None:
+        self.channel = channel
+        self.server: Any = None
+        self._send_lock = threading.Lock()
+
+    def serve(self, server: Any) -> None:
+        """Start handing connections to ``server`` (whose handlers include ``closed``)."""
+        self.server = server
+        threading.Thread(target=self._loop, name="dicom-node-receive", daemon=True).start()
+
+    def closed(self, *_: Any) -> None:
+        """An association's connection closed (EVT_CONN_CLOSE): one fewer open here."""
+        with self._send_lock:
+            try:
+                self.channel.send(CLOSED)
+            except OSError:
+                pass  # the supervisor is stopping
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                address = self.channel.recv()
+                fd = recv_handle(self.channel)
+            except (EOFError, OSError):
+                return  # the supervisor closed the channel: stopping
+            conn = socket.socket(fileno=fd)
+            # As socketserver would after accept(): pynetdicom starts a thread per connection.
+            self.server.process_request(conn, address)
