@@ -32,6 +32,7 @@ class Dispatcher:
         self.channels = channels
         self.pids = pids
         self.open_counts = [0] * len(channels)
+        self.dead: set[int] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -59,18 +60,30 @@ class Dispatcher:
                 if not self._stopped.is_set():
                     log.error("Accepting a connection failed: %s", exc)
                 continue
+            try:
+                if not self._hand_over(conn, address):
+                    log.error("No listener process left to take the connection from %s", address)
+            finally:
+                conn.close()  # the listener holds its own descriptor now
+
+    def _hand_over(self, conn: socket.socket, address: Any) -> bool:
+        """Give ``conn`` to the least busy live listener; a listener that cannot take it has
+        died (its pipe is broken) and gets no more."""
+        while True:
             with self._lock:
-                target = min(range(len(self.open_counts)), key=self.open_counts.__getitem__)
+                alive = [n for n in range(len(self.channels)) if n not in self.dead]
+                if not alive:
+                    return False
+                target = min(alive, key=self.open_counts.__getitem__)
                 self.open_counts[target] += 1
             try:
                 self.channels[target].send(address)
                 send_handle(self.channels[target], conn.fileno(), self.pids[target])
-            except OSError as exc:  # the listener is gone: the caller sees the connection close
-                log.error("Could not hand a connection from %s to listener %d: %s", address, self.pids[target], exc)
+                return True
+            except OSError as exc:
+                log.error("Listener process %d cannot take connections any more (%s); using the others", self.pids[target], exc)
                 with self._lock:
-                    self.open_counts[target] -= 1
-            finally:
-                conn.close()  # the listener holds its own descriptor now
+                    self.dead.add(target)
 
     def _closed_loop(self, number: int) -> None:
         channel = self.channels[number]

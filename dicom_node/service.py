@@ -17,7 +17,6 @@ import signal
 import socket
 import threading
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from pynetdicom import evt
@@ -180,6 +179,7 @@ class Node:
             self.downstream.stop()
         if self.channel is not None:
             self.channel.close()  # no new associations (the supervisor stopped handing them over)
+            self.server.server_close()
         elif self.server is not None:
             self.server.shutdown()  # no new associations
         # Let associations in flight finish (their audit lines included) before aborting any.
@@ -199,7 +199,7 @@ class Node:
         self.stop()
 
 
-def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool, channel: Connection) -> None:
+def _worker_main(config: NodeConfig, ready: Any, stop: StopFlag, log_pdus: bool, channel: Connection) -> None:
     """A listener process under the supervisor: serve until told to stop."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
@@ -216,7 +216,8 @@ def _worker_main(config: NodeConfig, ready: Any, stop: EventType, log_pdus: bool
         ready.put(("error", f"{type(exc).__name__}: {exc}"))
         raise
     ready.put(("ready", os.getpid()))
-    stop.wait()
+    while not stop.wait(1.0):
+        pass
     node.stop()
 
 
@@ -235,7 +236,8 @@ class Supervisor:
         self.completion = CompletionScheduler(self.index, config.completion, after_sweep=self.downstream.route)
         self.recovery: RecoveryReport | None = None
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
+        # Lock-free: a listener killed while waiting must not block the others' stop (process.py).
+        self._stop = StopFlag(self._context)
         self._procs: list[Any] = []
         self.dispatcher: Dispatcher | None = None
         self.port = config.node.port

@@ -44,3 +44,28 @@ def test_concurrent_associations_go_to_different_listener_processes(tmp_path: Pa
             assert len(set(_pids(audit)[-3:])) == 3, _pids(audit)
     finally:
         node.stop()
+
+
+def test_a_dead_listener_gets_no_more_connections(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    node = start_node(tmp_path / "node", {**config_dict(tmp_path), "node": {"ae_title": "AI_NODE", "host": "127.0.0.1",
+                                                                            "workers": 2}})
+    try:
+        listeners = subprocess.run(["pgrep", "-P", str(node.proc.pid), "-f", "spawn_main"], capture_output=True, text=True).stdout.split()
+        first = _associations(node.port, 1)[0]
+        first.release()
+        wait_for(lambda: _pids(tmp_path / "audit.jsonl"), 10, "the first association's audit line")
+        victim = _pids(tmp_path / "audit.jsonl")[0]
+        assert str(victim) in listeners
+        os.kill(victim, signal.SIGKILL)  # a listener process this test's node started
+        time.sleep(0.5)
+        for _ in range(4):  # every later association is served, by the survivor
+            for assoc in _associations(node.port, 1):
+                assoc.release()
+        wait_for(lambda: len(_pids(tmp_path / "audit.jsonl")) == 5, 10, "four more audit lines")
+        assert set(_pids(tmp_path / "audit.jsonl")[1:]) == {int(p) for p in listeners} - {victim}
+    finally:
+        node.stop()
