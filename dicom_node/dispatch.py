@@ -91,7 +91,9 @@ class Dispatcher:
             try:
                 message = channel.recv()
             except (EOFError, OSError):
-                return  # the listener process ended
+                with self._lock:
+                    self.dead.add(number)  # the listener process ended: hand it nothing more
+                return
             if message == CLOSED:
                 with self._lock:
                     self.open_counts[number] = max(0, self.open_counts[number] - 1)

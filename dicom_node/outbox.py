@@ -45,6 +45,19 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
 
 
+FORWARD_PREFIX = "forward:"
+
+
+def forward_key(route: str, series_uid: str, version: int) -> str:
+    """The outbox group of a route's forward of one series version: one association per peer."""
+    return f"{FORWARD_PREFIX}{route}:{series_uid}:v{version}"
+
+
+def is_forward(job_key: str) -> bool:
+    """Whether an outbox group forwards received instances (not results of a job)."""
+    return job_key.startswith(FORWARD_PREFIX)
+
+
 class DeliveryState(str, Enum):
     PENDING = "pending"
     DELIVERED = "delivered"

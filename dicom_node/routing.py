@@ -23,7 +23,7 @@ from typing import Any
 from .config import NodeConfig, Peer, Route
 from .index import Index
 from .jobs import JobQueue, NewJob, job_key
-from .outbox import Candidate, Outbox
+from .outbox import Candidate, Outbox, forward_key
 
 #: The outbox variant name of an instance forwarded as it was received.
 ORIGINAL = "original"
@@ -81,12 +81,7 @@ def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob
     return queued
 
 
-def forward_key(route: str, series_uid: str, version: int) -> str:
-    """The outbox group of one forward: one association per series version and peer."""
-    return f"forward:{route}:{series_uid}:v{version}"
-
-
-def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: sqlite3.Row, now: float) -> int:
+def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: sqlite3.Row, now: float) -> None:
     """Queue the instances received at this series version for each forward peer."""
     rows = db.execute(
         "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path FROM instances "
@@ -101,7 +96,6 @@ def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: 
     if rows:
         log.info("Series %s v%d -> route %s forwards %d instance(s) to %s", series["series_uid"], series["version"],
                  route_name, len(rows), ", ".join(peers))
-    return len(rows) * len(peers)
 
 
 def _route_one(db: sqlite3.Connection, series: sqlite3.Row, config: NodeConfig, now: float) -> list[NewJob]:

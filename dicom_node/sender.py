@@ -20,7 +20,7 @@ from pynetdicom import AE, _config
 from .audit import AuditLog
 from .config import NodeConfig
 from .errors import ConfigError, IndexError_, PeerError
-from .outbox import Candidate, Delivery, Outbox, RetryPolicy
+from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
 from .scu import associate
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Sender:
                     log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
                              candidate.variant, candidate.sop_instance_uid)
                     if self.audit is not None:
-                        event = "forwarded" if delivery.job_key.startswith("forward:") else "result_sent"
+                        event = "forwarded" if is_forward(delivery.job_key) else "result_sent"
                         self.audit.write(event, peer=peer.name, ae_title=peer.ae_title, object=delivery.object,
                                          job=delivery.job_key, sop_instance_uid=candidate.sop_instance_uid,
                                          variant=candidate.variant, status=code)
