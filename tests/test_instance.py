@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dicom_node.errors import InvalidInstanceError
-from dicom_node.instance import _read_header, clean_uid, read_header
+from dicom_node.instance import _plain_file_meta_transfer_syntax, _read_header, _scan_dataset, clean_uid, read_header
 from dicom_node.synthetic import write_ct_series
 
 
@@ -46,6 +52,83 @@ def test_fast_file_meta_path_reads_what_pydicom_reads(name: str) -> None:
         assert type(caught.value) is type(exc)
         return
     assert read_header(path) == expected
+
+
+def _installed_test_files() -> list[Path]:
+    """Every DICOM file pydicom and pydicom-data ship (read offline, nothing downloaded)."""
+    site = Path(pydicom.__file__).parents[1]
+    roots = [Path(pydicom.__file__).parent / "data" / "test_files", site / "data_store" / "data"]
+    skip = {".py", ".pyc", ".txt", ".json", ".gz", ".bz2", ".zip", ".npy", ".xml"}
+    return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and p.suffix not in skip and p.stat().st_size < 20e6)
+
+
+def _outcome(path: Path, fast: bool) -> object:
+    try:
+        return _read_header(path, fast)
+    except Exception as exc:  # compared by kind: both readers must refuse the same files
+        return type(exc)
+
+
+def test_header_scan_reads_what_pydicom_reads_on_every_shipped_file() -> None:
+    """The direct header walk (sequences, icons, UN, private data, implicit and explicit VR)
+    gives exactly pydicom's header, or the same refusal, on all of pydicom's test files; and it
+    does the work itself on most of them rather than handing them to pydicom."""
+    files = _installed_test_files()
+    assert len(files) > 200, "pydicom-data (a test extra) is not installed"
+    scanned = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            assert _outcome(path, fast=True) == _outcome(path, fast=False), path.name
+            with open(path, "rb") as fp:
+                ts = _plain_file_meta_transfer_syntax(fp)
+                scanned += ts is not None and _scan_dataset(fp, os.path.getsize(path), ts) is not None
+    assert scanned > 150
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_header_scan_walks_nested_undefined_length_sequences(tmp_path: Path, ts: str) -> None:
+    """Undefined-length sequences inside undefined-length items, an icon with encapsulated
+    pixel data inside a sequence, and the wanted attributes after all of it."""
+    icon = Dataset()
+    icon.Rows = icon.Columns = 2
+    icon.BitsAllocated = 8
+    icon.add_new(0x7FE00010, "OB", b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\x04\x00\x00\x00abcd")
+    icon["PixelData"].is_undefined_length = ts == ExplicitVRLittleEndian  # encapsulated fragments
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "T-D0050", "SRT"
+    middle = Dataset()
+    middle.ConceptNameCodeSequence = Sequence([inner, inner])
+    for item in (inner, middle):
+        item.is_undefined_length_sequence_item = True
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", generate_uid()
+    ds.ContentSequence = Sequence([middle, Dataset()])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.IconImageSequence = Sequence([icon])
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.PatientID = "CT", 3, 7, "P-1"
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated = 16
+    ds.add_new(0x7FE00010, "OW", b"\x00" * 8)
+    for parent, keyword in ((middle, "ConceptNameCodeSequence"), (ds, "ContentSequence"), (ds, "IconImageSequence")):
+        parent[keyword].is_undefined_length = True
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    path = tmp_path / "nested.dcm"
+    ds.save_as(path, enforce_file_format=True, implicit_vr=ts == ImplicitVRLittleEndian, little_endian=True)
+    raw = path.read_bytes()
+    # Undefined-length sequences and items: the walk must follow them to their delimiters.
+    assert b"\xfe\xff\xdd\xe0" in raw and b"\xfe\xff\x0d\xe0" in raw
+    with open(path, "rb") as fp:
+        scan = _scan_dataset(fp, len(raw), _plain_file_meta_transfer_syntax(fp))
+    assert scan is not None
+    assert raw[scan.pixel_start:scan.pixel_start + 4] == b"\xe0\x7f\x10\x00"
+    assert read_header(path) == _read_header(path, fast=False)
+    assert (read_header(path).instance_number, read_header(path).patient_id) == (7, "P-1")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(raw[: raw.index(b"T-D0050") + 3])  # ends inside the nested sequence
+    assert _outcome(cut, fast=True) == _outcome(cut, fast=False) is InvalidInstanceError
 
 
 def test_truncated_native_pixel_data_is_refused(tmp_path: Path) -> None:
