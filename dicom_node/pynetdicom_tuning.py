@@ -26,7 +26,8 @@ the pydicom FileMetaDataset it would encode costs as much again), and encodes DI
 sets (group 0000, Implicit VR Little Endian) directly: pynetdicom encodes every outgoing command
 set twice through pydicom's writer, once to learn its group length. Both encoders handle exactly
 the elements pynetdicom puts there and defer to pydicom otherwise, and tests pin their output
-to pydicom's, byte for byte.
+to pydicom's, byte for byte. C-STORE requests and responses skip pydicom Datasets altogether
+(``store_messages``).
 
 Both waits are capped (``IDLE_WAIT``), so timers (ARTIM, idle timeout) and kill flags are
 still seen promptly. Anything unusual (TLS sockets, which may hold buffered bytes ``select``
@@ -41,21 +42,23 @@ import ssl
 import struct
 import threading
 import time
-from typing import Any, BinaryIO
-
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import dsutils as _dsutils
-from pynetdicom.utils import set_uid
 from pydicom.uid import UID
 from pynetdicom import association as _association
 from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom import dsutils as _dsutils
 from pynetdicom import dul as _dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
+from pynetdicom.utils import set_uid
+
+from . import store_messages
+from .store_messages import encode_command_set
 
 #: Longest a reactor thread waits before re-checking its timers and flags.
 IDLE_WAIT = 0.005
@@ -149,37 +152,8 @@ class _AssociationTime(_TimeShim):
 
 
 _SHORT_VRS = {"UI": b"\x00", "SH": b" ", "AE": b" "}
-_COMMAND_TEXT_VRS = {"UI": b"\x00", "AE": b" ", "LO": b" ", "SH": b" ", "CS": b" "}
-_COMMAND_INT_VRS = {"US": "<HHLH", "UL": "<HHLL"}
 _original_encode = _dsutils.encode
 _original_create_file_meta = _dsutils.create_file_meta
-
-
-def encode_command_set(ds: Dataset) -> bytes | None:
-    """A command set (group 0000) in Implicit VR Little Endian, or None when an element is of
-    a kind this encoder does not handle (multi-valued, non-ASCII, another VR or group)."""
-    out = bytearray()
-    for element in ds:
-        tag = element.tag
-        if tag.group != 0:
-            return None
-        value = element.value
-        vr = element.VR
-        if value is None or value == "":
-            out += struct.pack("<HHL", 0, tag.elem, 0)
-        elif vr in _COMMAND_INT_VRS and type(value) is int:
-            try:
-                out += struct.pack(_COMMAND_INT_VRS[vr], 0, tag.elem, 2 if vr == "US" else 4, value)
-            except struct.error:
-                return None  # out of range: let pydicom say so
-        elif vr in _COMMAND_TEXT_VRS and isinstance(value, str) and value.isascii() and "\\" not in value:
-            raw = value.encode("ascii")
-            if len(raw) % 2:
-                raw += _COMMAND_TEXT_VRS[vr]
-            out += struct.pack("<HHL", 0, tag.elem, len(raw)) + raw
-        else:
-            return None
-    return bytes(out)
 
 
 def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
@@ -328,4 +302,5 @@ def install() -> None:
         _dimse_messages.encode = _encode  # type: ignore[attr-defined]
         _dul.time = _DulTime()  # type: ignore[assignment]
         _association.time = _AssociationTime()  # type: ignore[assignment]
+        store_messages.install()
         _installed = True

@@ -109,11 +109,15 @@ class NodeAE(AE):  # type: ignore[misc]
     with A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised).
     """
 
-    def __init__(self, ae_title: str, callers: list[Peer], reject_unknown: bool, incoming_dir: Path) -> None:
+    def __init__(self, ae_title: str, callers: list[Peer], reject_unknown: bool, incoming_dir: Path,
+                 start_writeback: bool = False) -> None:
         super().__init__(ae_title=ae_title)
         self.callers = callers
         self.reject_unknown = reject_unknown
         self.incoming_dir = incoming_dir
+        #: Start writing each streamed file to disk while it arrives (store_messages): set when
+        #: the store fsyncs every file anyway.
+        self.start_writeback = start_writeback
 
     def allowed_titles(self, address: str) -> list[str]:
         return [p.ae_title for p in self.callers if not p.verify_host or p.host_matches(address)]
@@ -343,6 +347,7 @@ def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -
         callers=config.callers(),
         reject_unknown=config.node.reject_unknown_callers,
         incoming_dir=store.incoming,
+        start_writeback=store.syncs,
     )
     ae.supported_contexts = storage_contexts() + [verification_context()]
     # Large PDVs cut per-PDU cost; 1 MiB (not unlimited) keeps a sender that honours it from
