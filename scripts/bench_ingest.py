@@ -14,7 +14,7 @@ cost), and 4 concurrent associations of 250 64x64 instances each. Prints instanc
 the node's ratio to each reference (median over rounds). Received files are deleted only at the
 end (about 1 GB with the default 2 rounds).
 
-    .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick]
+    .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick] [--only big|small|concurrent]
 """
 
 from __future__ import annotations
