@@ -10,8 +10,9 @@ process, so all three see the same machine state:
   node      ``dicom-node serve`` with the shipped default durability (fsync)
 
 Workloads: a 300 x 512x512 int16 study (one association), a 1000 x 64x64 study (per-message
-cost), and 4 concurrent associations of 250 64x64 instances each. Prints instances/s, MB/s and
-the node's ratio to each reference (median over rounds). Received files are deleted only at the
+cost), and 4 concurrent associations of 250 64x64 instances each. Prints instances/s and MB/s
+(medians over rounds) and the node's ratio to each reference: the median of the ratios taken
+within each round, the per-round ratios to Orthanc beside it. Received files are deleted only at the
 end (about 1 GB with the default 2 rounds).
 
     .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick] [--only big|small|concurrent]
@@ -100,12 +101,12 @@ def main() -> int:
         os.sync()
 
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for name, folders in workloads.items():
+        for number, (name, folders) in enumerate(workloads.items()):
             files = [f for folder in folders for f in folder.iterdir()]
             count, size = len(files), sum(f.stat().st_size for f in files)
             for round_ in range(args.rounds):
                 for receiver, start in RECEIVERS.items():
-                    workdir = root / "runs" / f"{receiver}-{round_}"
+                    workdir = root / "runs" / f"{number}-{receiver}-{round_}"
                     peer = start(workdir)
                     try:
                         seconds = send_folders(peer, folders)
@@ -122,15 +123,22 @@ def main() -> int:
                     results.setdefault((name, receiver), []).append((count / seconds, size / seconds / 2**20))
                     print(f"  {name:28s} {receiver:9s} round {round_ + 1}: {count / seconds:8.0f} inst/s", flush=True)
 
+        # Ratios are taken within each round (the three runs of a round are seconds apart) and
+        # their median reported: this machine's speed drifts by a quarter over minutes, which a
+        # ratio of medians taken across rounds would mix in.
         print()
-        print(f"{'workload':30s} {'receiver':9s} {'inst/s':>8s} {'MB/s':>8s}   node/storescp  node/orthanc")
+        print(f"{'workload':30s} {'receiver':9s} {'inst/s':>8s} {'MB/s':>8s}   node/storescp  node/orthanc   node/orthanc per round")
         for name in workloads:
-            med = {r: (statistics.median(x[0] for x in results[(name, r)]), statistics.median(x[1] for x in results[(name, r)])) for r in RECEIVERS}
+            runs = {r: results[(name, r)] for r in RECEIVERS}
             for receiver in RECEIVERS:
-                inst, mbs = med[receiver]
+                inst = statistics.median(x[0] for x in runs[receiver])
+                mbs = statistics.median(x[1] for x in runs[receiver])
                 ratios = ""
                 if receiver == "node":
-                    ratios = f"   {inst / med['storescp'][0]:13.2f}  {inst / med['orthanc'][0]:12.2f}"
+                    to_storescp = statistics.median(n[0] / s[0] for n, s in zip(runs["node"], runs["storescp"]))
+                    per_round = [n[0] / o[0] for n, o in zip(runs["node"], runs["orthanc"])]
+                    ratios = (f"   {to_storescp:13.2f}  {statistics.median(per_round):12.2f}   "
+                              + " ".join(f"{r:.2f}" for r in per_round))
                 print(f"{name:30s} {receiver:9s} {inst:8.0f} {mbs:8.1f}{ratios}")
         return 0
     finally:
