@@ -56,6 +56,31 @@ def send_folders(peer: PeerProcess, folders: list[Path]) -> float:
     return elapsed
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its descendants so far, from /proc (0 where
+    there is no /proc): how much work a receiver did, independent of the machine's drift."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        child = int(entry.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / tick
+    total, wanted = 0.0, {pid}
+    grew = True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in wanted} - wanted
+        grew = bool(more)
+        wanted |= more
+    for member in wanted:
+        total += times.get(member, 0.0)
+    return total
+
+
 def node_config(workdir: Path) -> dict[str, object]:
     return {
         "node": {"ae_title": "AI_NODE", "host": "127.0.0.1"},
@@ -109,7 +134,9 @@ def main() -> int:
                     workdir = root / "runs" / f"{number}-{receiver}-{round_}"
                     peer = start(workdir)
                     try:
+                        cpu_before = tree_cpu_seconds(peer.proc.pid)
                         seconds = send_folders(peer, folders)
+                        cpu = tree_cpu_seconds(peer.proc.pid) - cpu_before
                     finally:
                         peer.stop()
                     # What a receiver left unwritten (storescp does not fsync) is written out
@@ -121,7 +148,8 @@ def main() -> int:
                     # machine, it scans past each one: perf showed 40 % of a process's time in
                     # find_inode_bit / recently_deleted), which measured the order of the runs.
                     results.setdefault((name, receiver), []).append((count / seconds, size / seconds / 2**20))
-                    print(f"  {name:28s} {receiver:9s} round {round_ + 1}: {count / seconds:8.0f} inst/s", flush=True)
+                    print(f"  {name:28s} {receiver:9s} round {round_ + 1}: {count / seconds:8.0f} inst/s, "
+                          f"receiver CPU {cpu / count * 1e3:5.2f} ms/instance", flush=True)
 
         # Ratios are taken within each round (the three runs of a round are seconds apart) and
         # their median reported: this machine's speed drifts by a quarter over minutes, which a
