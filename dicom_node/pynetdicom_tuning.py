@@ -27,7 +27,7 @@ sets (group 0000, Implicit VR Little Endian) directly: pynetdicom encodes every 
 set twice through pydicom's writer, once to learn its group length. Both encoders handle exactly
 the elements pynetdicom puts there and defer to pydicom otherwise, and tests pin their output
 to pydicom's, byte for byte. C-STORE requests and responses skip pydicom Datasets altogether
-(``store_messages``).
+(``store_messages``), and P-DATA-TF PDUs go to DIMSE without pynetdicom's copies (``p_data``).
 
 Both waits are capped (``IDLE_WAIT``), so timers (ARTIM, idle timeout) and kill flags are
 still seen promptly. Anything unusual (TLS sockets, which may hold buffered bytes ``select``
@@ -57,7 +57,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import set_uid
 
-from . import store_messages
+from . import p_data, store_messages
 from .store_messages import encode_command_set
 
 #: Longest a reactor thread waits before re-checking its timers and flags.
@@ -303,4 +303,5 @@ def install() -> None:
         _dul.time = _DulTime()  # type: ignore[assignment]
         _association.time = _AssociationTime()  # type: ignore[assignment]
         store_messages.install()
+        p_data.install()
         _installed = True

@@ -16,14 +16,13 @@ writes them directly:
   None for values it does not handle (pydicom then encodes them);
 * ``store_response_command`` gives the C-STORE-RSP command set of a response primitive.
 
-* ``_read_pdu_data`` hands each P-DATA-TF received during data transfer straight to DIMSE as
-  views of one reused buffer (pynetdicom copies a PDU five times and steps its state machine,
-  whose only action there is to pass the same data on), and ``_write_fragments`` appends the
-  data set fragments to the instance's file without another copy, starting its writeback.
+* ``_write_fragments`` appends a request's data set fragments to the instance's file without
+  copying them first (``p_data`` hands them over as views of the received PDU), and starts the
+  file's writeback.
 
-``install`` hooks them into pynetdicom only where nobody listens to the raw messages or PDUs (no
-handler for those events: ``serve --verbose`` binds them, and then everything goes
-pynetdicom's way). Tests pin both directions to pynetdicom's own results.
+``install`` hooks them into pynetdicom only where nobody listens to the raw messages (no
+EVT_DIMSE_RECV / EVT_DIMSE_SENT handler: ``serve --verbose`` binds them, and then everything
+goes pynetdicom's way). Tests pin both directions to pynetdicom's own results.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from pydicom.uid import UID
 from pynetdicom import _config, evt
 from pynetdicom import dimse as _dimse
 from pynetdicom import dimse_messages as _dimse_messages
-from pynetdicom import dul as _dul
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode as _pydicom_decode
 from pynetdicom.pdu_primitives import P_DATA
@@ -334,7 +332,7 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
 
 
 def _as_bytes(pdvs: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
-    """PDVs as pynetdicom's own code expects them (``_read_pdu_data`` hands out memoryviews)."""
+    """PDVs as pynetdicom's own code expects them (``p_data`` hands out memoryviews)."""
     return [(context, data if type(data) is bytes else bytes(data)) for context, data in pdvs]
 
 
@@ -352,117 +350,7 @@ def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
     _original_send_msg(self, primitive, context_id)
 
 
-_original_read_pdu_data = _dul.DULServiceProvider._read_pdu_data
-_PDU_TYPES = frozenset(range(1, 8))
-_P_DATA_TF = 0x04
-#: Events whose handlers expect pynetdicom's PDU objects and state machine steps.
-_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION, evt.EVT_DIMSE_RECV)
-_BUFFER_ATTR = "_dicom_node_pdu_buffer"
-
-
-def _read_pdu_data(self: Any) -> None:
-    """``DULServiceProvider._read_pdu_data`` that hands a P-DATA-TF received during data
-    transfer straight to DIMSE, as the state machine's DT-2 action would.
-
-    pynetdicom copies each PDU five times on the way (into a bytearray, into bytes, into the
-    PDU's item and value slices) and runs it through two queues and the state machine, whose
-    only step for it (Sta6 + Evt10) sends the same P-DATA to DIMSE and stays in Sta6. Here the
-    PDU is read into a buffer this association reuses and its PDVs are passed on as views of
-    it. Every other PDU, any other state, and any association with handlers for the raw PDU
-    events (``serve --verbose``) take pynetdicom's own path; the errors and events are the ones
-    pynetdicom gives."""
-    assoc = self.assoc
-    if (self.state_machine.current_state != "Sta6" or not self.event_queue.empty() or not self._recv_pdu.empty()
-            or any(assoc.get_handlers(event) for event in _PDU_EVENTS)):
-        _original_read_pdu_data(self)
-        return
-    try:
-        header = self.socket.recv(6)
-    except (OSError, TimeoutError) as exc:
-        _dul.LOGGER.error("Connection closed before the entire PDU was received")
-        _dul.LOGGER.exception(exc)
-        self.event_queue.put("Evt17")
-        return
-    if len(header) != 6:
-        self.event_queue.put("Evt17")
-        return
-    pdu_type, _reserved, pdu_length = struct.unpack(">BBL", header)
-    if pdu_type not in _PDU_TYPES:
-        _dul.LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
-        self.event_queue.put("Evt19")
-        return
-    if pdu_type != _P_DATA_TF:
-        body: Any = self.socket.recv(pdu_length)
-        received = len(body)
-    else:
-        body = getattr(self, _BUFFER_ATTR, None)
-        if body is None or len(body) < pdu_length:
-            body = bytearray(pdu_length)
-            setattr(self, _BUFFER_ATTR, body)
-        try:
-            received = _recv_into(self.socket.socket, memoryview(body)[:pdu_length])
-        except (OSError, TimeoutError, AttributeError) as exc:  # AttributeError: socket already closed
-            _dul.LOGGER.error("Connection closed before the entire PDU was received")
-            _dul.LOGGER.exception(exc)
-            self.event_queue.put("Evt17")
-            return
-    if received != pdu_length:
-        _dul.LOGGER.error(f"The received PDU is shorter than expected ({6 + received} of {6 + pdu_length} bytes received)")
-        self.event_queue.put("Evt17")
-        return
-    if pdu_type == _P_DATA_TF:
-        pdvs = _split_pdvs(memoryview(body)[:pdu_length])
-        if pdvs is not None:
-            primitive = P_DATA()
-            primitive._presentation_data_value_list = pdvs  # views, which the setter refuses
-            try:
-                assoc.dimse.receive_primitive(primitive)
-            except Exception as exc:  # as do_action treats an exception in DT-2
-                _dul.LOGGER.error("State Machine received an exception attempting to perform the action "
-                                  "'DT-2' while in state 'Sta6'")
-                _dul.LOGGER.exception(exc)
-                self.kill_dul()
-            return
-        body = bytes(body[:pdu_length])  # malformed items: pynetdicom's decoder says what is wrong
-    try:
-        pdu, event = self._decode_pdu(header + body)
-        self.event_queue.put(event)
-    except Exception as exc:
-        _dul.LOGGER.error("Unable to decode the received PDU data")
-        _dul.LOGGER.exception(exc)
-        self.event_queue.put("Evt19")
-        return
-    self._recv_pdu.put(pdu)
-
-
-def _recv_into(sock: Any, view: memoryview) -> int:
-    """Fill ``view`` from ``sock``; the count read (short only when the peer closed)."""
-    read, wanted = 0, len(view)
-    while read < wanted:
-        got = sock.recv_into(view[read:], wanted - read)
-        if not got:
-            break
-        read += got
-    return read
-
-
-def _split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
-    """The (context ID, value) of each PDV item of a P-DATA-TF body, or None if malformed."""
-    pdvs = []
-    offset, end = 0, len(body)
-    while offset < end:
-        if end - offset < 6:
-            return None
-        (length,) = struct.unpack_from(">L", body, offset)
-        if length < 2 or offset + 4 + length > end:
-            return None
-        pdvs.append((body[offset + 4], body[offset + 5:offset + 4 + length]))
-        offset += 4 + length
-    return pdvs or None
-
-
 def install() -> None:
     """Route C-STORE requests and responses through this module (idempotent)."""
     _dimse_messages.DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
     _dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
-    _dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]

@@ -16,17 +16,11 @@ from pydicom.uid import UID
 from pynetdicom import dimse_messages, dimse_primitives
 from pynetdicom.dsutils import decode, encode
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-
 from dicom_node import store_messages
 from dicom_node.config import NodeConfig
 from dicom_node.service import Node
 from dicom_node.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, dataset_bytes
-from .peers import wait_for
 from .test_scp import assert_stored_unchanged, send
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -42,7 +36,7 @@ def command_set_of(message: str, **values: object) -> Dataset:
     return msg.command_set
 
 
-def _request_bytes(**values: object) -> bytes:
+def request_bytes(**values: object) -> bytes:
     values = {"MessageID": 3, "AffectedSOPClassUID": CT, "AffectedSOPInstanceUID": "1.2.3", "Priority": 2,
               "DataSet": io.BytesIO(b"\x08\x00\x18\x00\x00\x00\x00\x00"), **values}
     return bytes(encode(command_set_of("C_STORE_RQ", **values), True, True))
@@ -86,7 +80,7 @@ def test_unusual_command_sets_are_left_to_pydicom() -> None:
     ],
 )
 def test_store_request_reads_as_pynetdicom_reads_it(values: dict[str, Any]) -> None:
-    raw = _request_bytes(**values)
+    raw = request_bytes(**values)
     message = dimse_messages.C_STORE_RQ()
     message.command_set = decode(io.BytesIO(raw), True, True)
     reference = message.message_to_primitive()
@@ -134,7 +128,7 @@ def _replace_element(raw: bytes, elem: int, value: bytes) -> bytes:
     ],
 )
 def test_anything_odd_is_left_to_pynetdicom(why: str, mutate: Callable[[bytes], bytes]) -> None:
-    raw = _request_bytes()
+    raw = request_bytes()
     assert store_messages.decode_store_request(raw) is not None
     assert store_messages.decode_store_request(mutate(raw)) is None, why
 
@@ -197,63 +191,13 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_listener_reads_store_requests_directly(node: Node, tmp_path: Path, counted: list[int],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Command sets by decode_store_request and every P-DATA-TF (a 512x512 instance spans
-    several) by the direct PDU path; the files arrive byte for byte."""
-    split: list[int] = []
-    original = store_messages._split_pdvs
-
-    def splitting(body: memoryview) -> list[tuple[int, memoryview]] | None:
-        split.append(len(body))
-        return original(body)
-
-    monkeypatch.setattr(store_messages, "_split_pdvs", splitting)
+def test_listener_reads_store_requests_directly(node: Node, tmp_path: Path, counted: list[int]) -> None:
     files = write_ct_series(tmp_path / "s", 4, 16, 16) + write_ct_series(tmp_path / "big", 1, 512, 512, seed=7)
     assert send(node.port, files) == [0] * 5
     assert len(counted) == 5
-    assert len(split) >= 5 * 2 + 2  # a command and a data PDU each, more for the big one
     assert_stored_unchanged(node, files)
 
 
-def _p_data_tf(*pdvs: tuple[int, bytes]) -> bytes:
-    items = b"".join(struct.pack(">LB", len(value) + 1, context) + value for context, value in pdvs)
-    return struct.pack(">BBL", 4, 0, len(items)) + items
-
-
-def _associate(node: Node) -> tuple[Any, int]:
-    ae = AE(ae_title=TEST_SCU)
-    ae.add_requested_context(CT, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
-    assert assoc.is_established
-    return assoc, assoc.accepted_contexts[0].context_id
-
-
-def test_command_and_data_set_in_one_pdu(node: Node, tmp_path: Path) -> None:
-    """A peer may put the command set and the whole data set in one P-DATA-TF (PS3.8 9.3.5)."""
-    [path] = write_ct_series(tmp_path / "s", 1, 16, 16)
-    uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-    assoc, context = _associate(node)
-    try:
-        command = _request_bytes(AffectedSOPInstanceUID=uid)
-        assoc.dul.socket.send(_p_data_tf((context, b"\x03" + command), (context, b"\x02" + dataset_bytes(path))))
-        wait_for(lambda: node.index.instance(uid), 10, "the instance sent in one PDU to be stored")
-    finally:
-        assoc.release()
-    assert_stored_unchanged(node, [path])
-
-
-def test_malformed_p_data_aborts_only_that_association(node: Node, tmp_path: Path) -> None:
-    files = write_ct_series(tmp_path / "s", 2, 16, 16)
-    assoc, context = _associate(node)
-    command = _request_bytes(AffectedSOPInstanceUID="1.2.3.4")
-    broken = bytearray(_p_data_tf((context, b"\x03" + command)))
-    broken[6:10] = struct.pack(">L", len(broken))  # the PDV claims more than the PDU holds
-    assoc.dul.socket.send(bytes(broken))
-    wait_for(lambda: not assoc.is_established, 10, "the node to end the broken association")
-    assert node.index.instance("1.2.3.4") is None
-    assert send(node.port, files) == [0, 0]  # the node still serves
-    assert_stored_unchanged(node, files)
 
 
 def test_fragmented_command_sets_take_pynetdicoms_path(node: Node, tmp_path: Path, counted: list[int]) -> None:

@@ -1,0 +1,86 @@
+"""P-DATA-TF PDUs handed straight to DIMSE: used by the listener, and what a peer may send
+(command and data set in one PDU, or a broken PDU) handled as pynetdicom handles it."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from dicom_node import p_data
+from dicom_node.service import Node
+from dicom_node.synthetic import write_ct_series
+
+from .conftest import TEST_SCU, dataset_bytes
+from .peers import wait_for
+from .test_scp import assert_stored_unchanged, send
+from .test_store_messages import CT, request_bytes
+
+
+def test_listener_reads_p_data_directly(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every P-DATA-TF of a store (a 512x512 instance spans several) takes the direct path;
+    the files arrive byte for byte."""
+    split: list[int] = []
+    original = p_data._split_pdvs
+
+    def splitting(body: memoryview) -> list[tuple[int, memoryview]] | None:
+        split.append(len(body))
+        return original(body)
+
+    monkeypatch.setattr(p_data, "_split_pdvs", splitting)
+    files = write_ct_series(tmp_path / "s", 4, 16, 16) + write_ct_series(tmp_path / "big", 1, 512, 512, seed=7)
+    assert send(node.port, files) == [0] * 5
+    assert len(split) >= 5 * 2 + 2  # a command and a data PDU each, more for the big one
+    assert_stored_unchanged(node, files)
+
+
+def test_split_pdvs() -> None:
+    body = memoryview(struct.pack(">LB", 4, 1) + b"\x03ab" + struct.pack(">LB", 2, 3) + b"\x02")
+    assert [(context, bytes(data)) for context, data in p_data._split_pdvs(body) or []] == [(1, b"\x03ab"), (3, b"\x02")]
+    assert p_data._split_pdvs(body[:-1]) is None  # the last item runs past the end
+    assert p_data._split_pdvs(memoryview(struct.pack(">LB", 1, 1))) is None  # no message control header
+
+
+def _p_data_tf(*pdvs: tuple[int, bytes]) -> bytes:
+    items = b"".join(struct.pack(">LB", len(value) + 1, context) + value for context, value in pdvs)
+    return struct.pack(">BBL", 4, 0, len(items)) + items
+
+
+def _associate(node: Node) -> tuple[Any, int]:
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_established
+    return assoc, assoc.accepted_contexts[0].context_id
+
+
+def test_command_and_data_set_in_one_pdu(node: Node, tmp_path: Path) -> None:
+    """A peer may put the command set and the whole data set in one P-DATA-TF (PS3.8 9.3.5)."""
+    [path] = write_ct_series(tmp_path / "s", 1, 16, 16)
+    uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    assoc, context = _associate(node)
+    try:
+        command = request_bytes(AffectedSOPInstanceUID=uid)
+        assoc.dul.socket.send(_p_data_tf((context, b"\x03" + command), (context, b"\x02" + dataset_bytes(path))))
+        wait_for(lambda: node.index.instance(uid), 10, "the instance sent in one PDU to be stored")
+    finally:
+        assoc.release()
+    assert_stored_unchanged(node, [path])
+
+
+def test_malformed_p_data_aborts_only_that_association(node: Node, tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "s", 2, 16, 16)
+    assoc, context = _associate(node)
+    command = request_bytes(AffectedSOPInstanceUID="1.2.3.4")
+    broken = bytearray(_p_data_tf((context, b"\x03" + command)))
+    broken[6:10] = struct.pack(">L", len(broken))  # the PDV claims more than the PDU holds
+    assoc.dul.socket.send(bytes(broken))
+    wait_for(lambda: not assoc.is_established, 10, "the node to end the broken association")
+    assert node.index.instance("1.2.3.4") is None
+    assert send(node.port, files) == [0, 0]  # the node still serves
+    assert_stored_unchanged(node, files)
