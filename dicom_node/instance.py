@@ -291,30 +291,35 @@ def _scan_dataset(fp: BinaryIO, size: int, ts: UID) -> _ScannedText | None:
             element = window.element(pos, implicit)
             if element is None:
                 return None
-            tag, length, value_pos, vr = element
+            tag, length, value_pos, _vr = element
             if tag in _PIXEL_TAG_INTS:
                 pixel_start = pos
                 break
-            if length == _UNDEFINED:
-                end = _skip_undefined_length(window, value_pos, implicit or vr == b"UN")
-                if end is None:
-                    return None
-                pos = end
-                continue
-            if tag in _WANTED:
+            if tag in _WANTED and length != _UNDEFINED:
                 raw = window.get(value_pos, length)
                 if raw is None:
                     return None
                 values[tag] = raw
-            pos = value_pos + length
-            if pos > size:
+            end = _element_end(window, element, implicit)
+            if end is None:
                 return None
+            pos = end
     except RecursionError:
         return None
     charset = values.get(0x00080005)
     if charset is not None and charset.strip(b" \x00") not in _PLAIN_CHARSETS:
         return None
     return _ScannedText(values, pixel_start)
+
+
+def _element_end(window: _Window, element: tuple[int, int, int, bytes], implicit: bool) -> int | None:
+    """The offset after an element whose header ``_Window.element`` read, its value skipped
+    (walked, for an undefined length); None past the end of the file."""
+    _tag, length, value_pos, vr = element
+    if length == _UNDEFINED:
+        return _skip_undefined_length(window, value_pos, implicit or vr == b"UN")
+    end = value_pos + length
+    return end if end <= window.size else None
 
 
 def _skip_undefined_length(window: _Window, pos: int, implicit: bool) -> int | None:
@@ -339,19 +344,13 @@ def _skip_undefined_length(window: _Window, pos: int, implicit: bool) -> int | N
             element = window.element(pos, implicit)
             if element is None:
                 return None
-            tag, length, value_pos, vr = element
-            if tag == _ITEM_END_TAG:
-                pos = value_pos
+            if element[0] == _ITEM_END_TAG:
+                pos = element[2]
                 break
-            if length == _UNDEFINED:
-                end = _skip_undefined_length(window, value_pos, implicit or vr == b"UN")
-                if end is None:
-                    return None
-                pos = end
-            else:
-                pos = value_pos + length
-                if pos > window.size:
-                    return None
+            end = _element_end(window, element, implicit)
+            if end is None:
+                return None
+            pos = end
 
 
 def _read_element_header(fp: BinaryIO, implicit: bool, little: bool) -> tuple[tuple[int, int], int]:
