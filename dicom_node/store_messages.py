@@ -301,34 +301,40 @@ def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
     """``DIMSEMessage.decode_msg``, reading a C-STORE-RQ command set that arrives whole in the
     first PDV of a P-DATA with ``decode_store_request`` and writing its data set fragments with
     ``_write_fragments``; everything else goes through pynetdicom's own code."""
-    if type(self) is _DecodedStoreRequest and type(primitive) is P_DATA:
-        done = _write_fragments(self, primitive.presentation_data_value_list)
-        if done is not None:
-            return done
-    if (type(self) is _dimse_messages.DIMSEMessage and assoc is not None and _config.STORE_RECV_CHUNKED_DATASET
-            and type(primitive) is P_DATA and primitive.presentation_data_value_list
-            and self.encoded_command_set.tell() == 0):
-        pdvs = primitive.presentation_data_value_list
-        context_id, data = pdvs[0]
-        if (data[0] & 3) == 3 and context_id in assoc._accepted_cx and not assoc.get_handlers(evt.EVT_DIMSE_RECV):
-            encoded = bytes(data[1:])
-            request = decode_store_request(encoded)
-            if request is not None:
-                self.__dict__.pop("command_set", None)
-                self.__class__ = _DecodedStoreRequest
-                self.request, self.encoded, self.context_id = request, encoded, context_id
-                _open_dataset_file(self, assoc, context_id)
-                if len(pdvs) == 1:
-                    return False
-                done = _write_fragments(self, pdvs[1:])
-                if done is not None:
-                    return done
-                remainder = P_DATA()
-                remainder._presentation_data_value_list = _as_bytes(pdvs[1:])  # the setter wants lists
-                return bool(_original_decode_msg(self, remainder, assoc))
     if type(primitive) is P_DATA:
-        primitive._presentation_data_value_list = _as_bytes(primitive.presentation_data_value_list)
+        pdvs = primitive.presentation_data_value_list
+        if _start_store_request(self, pdvs, assoc):
+            if len(pdvs) == 1:
+                return False
+            primitive = P_DATA()
+            primitive._presentation_data_value_list = pdvs = pdvs[1:]  # the setter wants lists
+        if type(self) is _DecodedStoreRequest:
+            done = _write_fragments(self, pdvs)
+            if done is not None:
+                return done
+        primitive._presentation_data_value_list = _as_bytes(pdvs)
     return bool(_original_decode_msg(self, primitive, assoc))
+
+
+def _start_store_request(message: Any, pdvs: list[tuple[int, Any]], assoc: Any) -> bool:
+    """Whether the first PDV is a whole C-STORE-RQ command set that ``decode_store_request``
+    reads, for a message not yet begun; if so ``message`` becomes a ``_DecodedStoreRequest``
+    with its file open, as pynetdicom's chunked receive would have it."""
+    if (type(message) is not _dimse_messages.DIMSEMessage or assoc is None or not pdvs
+            or not _config.STORE_RECV_CHUNKED_DATASET or message.encoded_command_set.tell() != 0):
+        return False
+    context_id, data = pdvs[0]
+    if (data[0] & 3) != 3 or context_id not in assoc._accepted_cx or assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        return False
+    encoded = bytes(data[1:])
+    request = decode_store_request(encoded)
+    if request is None:
+        return False
+    message.__dict__.pop("command_set", None)
+    message.__class__ = _DecodedStoreRequest
+    message.request, message.encoded, message.context_id = request, encoded, context_id
+    _open_dataset_file(message, assoc, context_id)
+    return True
 
 
 def _as_bytes(pdvs: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
