@@ -25,3 +25,16 @@ def test_ai_never_imports_dicom_libraries() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert not name.startswith(("pydicom", "pynetdicom", "highdicom", "dicom_node")), f"{path.name} imports {name}"
+
+
+def test_listener_modules_do_not_load_torch() -> None:
+    """A listener process (one per core or two) never runs a model; with torch loaded each took
+    300 MB more, and every node start churned gigabytes of memory."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dicom_node.cli, dicom_node.service, dicom_node.scp, dicom_node.volume, dicom_node.results; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+    assert ai.ClassicalCTPipeline.__name__ == "ClassicalCTPipeline"  # the public names still load on use
