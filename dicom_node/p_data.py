@@ -62,7 +62,7 @@ def _read_pdu_data(self: Any) -> None:
             body = bytearray(pdu_length)
             setattr(self, _BUFFER_ATTR, body)
         try:
-            received = _recv_into(self.socket.socket, memoryview(body)[:pdu_length])
+            received = recv_into(self.socket.socket, memoryview(body)[:pdu_length])
         except (OSError, TimeoutError, AttributeError) as exc:  # AttributeError: socket already closed
             _dul.LOGGER.error("Connection closed before the entire PDU was received")
             _dul.LOGGER.exception(exc)
@@ -97,7 +97,7 @@ def _read_pdu_data(self: Any) -> None:
     self._recv_pdu.put(pdu)
 
 
-def _recv_into(sock: Any, view: memoryview) -> int:
+def recv_into(sock: Any, view: memoryview) -> int:
     """Fill ``view`` from ``sock``; the count read (short only when the peer closed)."""
     read, wanted = 0, len(view)
     while read < wanted:

@@ -257,13 +257,8 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     raw = self.socket
     assert raw is not None
     buffer = bytearray(nr_bytes)
-    read = 0
     with memoryview(buffer) as view:
-        while read < nr_bytes:
-            got = raw.recv_into(view[read:], nr_bytes - read)
-            if not got:
-                break
-            read += got
+        read = p_data.recv_into(raw, view)
     if read < nr_bytes:
         del buffer[read:]
     return buffer

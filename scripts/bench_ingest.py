@@ -13,9 +13,7 @@ Workloads: a 300 x 512x512 int16 study (one association), a 1000 x 64x64 study (
 cost), and 4 concurrent associations of 250 64x64 instances each. Prints instances/s and MB/s
 (medians over rounds), each receiver's CPU per instance, and the node's ratio to each
 reference: the median of the ratios taken within each round, the per-round ratios to Orthanc
-beside it. Each round starts with a probe of the machine (page-cache write time), which moves
-on this VM by several times and with it the 512x512 figures. Received files are deleted only at the
-end (about 1 GB with the default 2 rounds).
+beside it. Received files are deleted only at the end (about 1 GB with the default 2 rounds).
 
     .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick] [--only big|small|concurrent]
 """
@@ -72,34 +70,10 @@ def tree_cpu_seconds(pid: int) -> float:
         child = int(entry.parent.name)
         parents[child] = int(fields[1])
         times[child] = (int(fields[11]) + int(fields[12])) / tick
-    total, wanted = 0.0, {pid}
-    grew = True
-    while grew:
-        more = {child for child, parent in parents.items() if parent in wanted} - wanted
-        grew = bool(more)
+    wanted = {pid}
+    while more := {child for child, parent in parents.items() if parent in wanted} - wanted:
         wanted |= more
-    for member in wanted:
-        total += times.get(member, 0.0)
-    return total
-
-
-def page_cache_write_ms(folder: Path, files: int = 20) -> float:
-    """Milliseconds to write() one 512 KiB file into the page cache (median of ``files``):
-    a probe of the machine, printed per round. On this VM copying into the page cache now and
-    then turns several times slower for a while (a plain writer: 0.12 -> 0.93 ms), which moves
-    the 512x512 figures of whoever is measured then."""
-    folder.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(512 * 1024)
-    times = []
-    for number in range(files):
-        fd = os.open(folder / f"probe-{number}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            started = time.perf_counter()
-            os.write(fd, block)
-            times.append(time.perf_counter() - started)
-        finally:
-            os.close(fd)
-    return statistics.median(times) * 1e3
+    return sum(times.get(member, 0.0) for member in wanted)
 
 
 def node_config(workdir: Path) -> dict[str, object]:
@@ -151,8 +125,6 @@ def main() -> int:
             files = [f for folder in folders for f in folder.iterdir()]
             count, size = len(files), sum(f.stat().st_size for f in files)
             for round_ in range(args.rounds):
-                probe = page_cache_write_ms(root / "runs" / f"probe-{number}-{round_}")
-                print(f"  {name:28s} round {round_ + 1}: machine probe, page-cache write {probe:.2f} ms per 512 KiB", flush=True)
                 for receiver, start in RECEIVERS.items():
                     workdir = root / "runs" / f"{number}-{receiver}-{round_}"
                     peer = start(workdir)
