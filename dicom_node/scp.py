@@ -38,7 +38,7 @@ from .audit import AuditLog
 from .config import NodeConfig, Peer
 from .contexts import storage_contexts, verification_context
 from .errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
-from . import pynetdicom_tuning
+from .net import pynetdicom_tuning
 from .index import Index, Outcome, Receipt
 from .instance import read_header
 from .store import InstanceStore

@@ -22,6 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from .config import Peer
 from .errors import PeerError
+from .net.pynetdicom_tuning import install_fixes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def set_nodelay(assoc: Association) -> None:
 
 
 def associate(ae: AE, peer: Peer) -> Association:
+    install_fixes()  # the exact send/reactor hand-over, in whichever process sends
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         if assoc.is_rejected:

@@ -11,6 +11,11 @@ pynetdicom's own decoder).
 Every other PDU, any other state, and any association with handlers for the raw PDU events
 (``serve --verbose``) take pynetdicom's own path; the errors, log lines and state machine
 events are the ones pynetdicom gives.
+
+Every PDU, on either path and in every state, is first checked against ``pdu_limit``: the
+length a peer announces never sizes a buffer. pynetdicom (and the tuned ``recv``) allocate what
+the header says, so four connections announcing 4 GiB each before any association took the
+node to 7 GB and deaf; now such a PDU is refused unread (A-ABORT, one ERROR line).
 """
 
 from __future__ import annotations
@@ -25,19 +30,62 @@ from pynetdicom.pdu_primitives import P_DATA
 _original_read_pdu_data = _dul.DULServiceProvider._read_pdu_data
 _PDU_TYPES = frozenset(range(1, 8))
 _P_DATA_TF = 0x04
+_PDU_NAMES = {1: "A-ASSOCIATE-RQ", 2: "A-ASSOCIATE-AC", 3: "A-ASSOCIATE-RJ", 4: "P-DATA-TF", 5: "A-RELEASE-RQ",
+              6: "A-RELEASE-RP", 7: "A-ABORT"}
 #: Events whose handlers expect pynetdicom's PDU objects and state machine steps.
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION, evt.EVT_DIMSE_RECV)
 _BUFFER_ATTR = "_dicom_node_pdu_buffer"
 
+#: What a P-DATA-TF may carry beyond the maximum length we advertised (PS3.8 D.1 counts the
+#: PDU's variable field; a few senders count a header more or less).
+P_DATA_MARGIN = 64 * 1024
+#: The most a P-DATA-TF may announce where we advertised no maximum (0, "unlimited").
+UNLIMITED_P_DATA_CAP = 64 * 2**20
+#: The most any other PDU may announce: an A-ASSOCIATE-RQ with 128 presentation contexts of
+#: many transfer syntaxes and a user identity token is well under this; the rest are 4 bytes.
+OTHER_PDU_CAP = 2**20
+
+_fast = False
+
+
+def pdu_limit(dul: Any, pdu_type: int) -> int:
+    """The most bytes a PDU of this type may announce on this association: a P-DATA-TF the
+    maximum length this side advertised (or would advertise) plus a margin, anything else
+    ``OTHER_PDU_CAP``. A longer announced length is refused before a byte of it is read."""
+    if pdu_type != _P_DATA_TF:
+        return OTHER_PDU_CAP
+    assoc = dul.assoc
+    local = assoc.requestor if assoc.is_requestor else assoc.acceptor
+    advertised = getattr(local, "maximum_length", None)
+    if advertised is None:
+        advertised = assoc.ae.maximum_pdu_size
+    if not advertised:
+        return UNLIMITED_P_DATA_CAP
+    return int(advertised) + P_DATA_MARGIN
+
+
+def peer_name(assoc: Any) -> str:
+    """'AE_TITLE@host:port' of the association's peer, as much of it as is known."""
+    remote = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    ae_title = ""
+    try:
+        ae_title = str(remote.ae_title or "").strip()
+    except (AttributeError, ValueError):
+        pass
+    try:
+        where = f"{remote.address}:{remote.port}"
+    except (AttributeError, ValueError):
+        where = "?"
+    return f"{ae_title}@{where}" if ae_title else where
+
 
 def _read_pdu_data(self: Any) -> None:
-    """``DULServiceProvider._read_pdu_data`` that hands a P-DATA-TF received during data
-    transfer straight to DIMSE, as the state machine's DT-2 action would."""
+    """``DULServiceProvider._read_pdu_data`` with the PDU's announced length checked before any
+    of it is read (a peer's length never sizes a buffer), and, on the fast path, a P-DATA-TF
+    received during data transfer handed straight to DIMSE as the state machine's DT-2 would.
+
+    Everything else (errors, log lines, events) is what pynetdicom's reader does."""
     assoc = self.assoc
-    if (self.state_machine.current_state != "Sta6" or not self.event_queue.empty() or not self._recv_pdu.empty()
-            or any(assoc.get_handlers(event) for event in _PDU_EVENTS)):
-        _original_read_pdu_data(self)
-        return
     try:
         header = self.socket.recv(6)
     except (OSError, TimeoutError) as exc:
@@ -53,7 +101,17 @@ def _read_pdu_data(self: Any) -> None:
         _dul.LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
         self.event_queue.put("Evt19")
         return
-    if pdu_type != _P_DATA_TF:
+    limit = pdu_limit(self, pdu_type)
+    if pdu_length > limit:
+        _dul.LOGGER.error(f"Refused a {_PDU_NAMES[pdu_type]} PDU from {peer_name(assoc)} announcing {pdu_length} bytes "
+                          f"(at most {limit} accepted here, state {self.state_machine.current_state}): aborting "
+                          "the association unread")
+        self.event_queue.put("Evt19")
+        return
+    fast = (_fast and pdu_type == _P_DATA_TF and self.state_machine.current_state == "Sta6"
+            and self.event_queue.empty() and self._recv_pdu.empty()
+            and not any(assoc.get_handlers(event) for event in _PDU_EVENTS))
+    if not fast:
         body: Any = self.socket.recv(pdu_length)
         received = len(body)
     else:
@@ -72,7 +130,7 @@ def _read_pdu_data(self: Any) -> None:
         _dul.LOGGER.error(f"The received PDU is shorter than expected ({6 + received} of {6 + pdu_length} bytes received)")
         self.event_queue.put("Evt17")
         return
-    if pdu_type == _P_DATA_TF:
+    if fast:
         pdvs = _split_pdvs(memoryview(body)[:pdu_length])
         if pdvs is not None:
             primitive = P_DATA()
@@ -123,6 +181,10 @@ def _split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
     return pdvs or None
 
 
-def install() -> None:
-    """Read P-DATA-TF PDUs with ``_read_pdu_data`` (idempotent)."""
+def install(fast: bool | None = None) -> None:
+    """Read every PDU with ``_read_pdu_data`` (bounded); ``fast``: P-DATA-TF straight to DIMSE
+    (None: leave that as it is)."""
+    global _fast
+    if fast is not None:
+        _fast = fast
     _dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]

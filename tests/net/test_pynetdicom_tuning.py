@@ -8,11 +8,11 @@ import pytest
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dsutils import create_file_meta
 
-from dicom_node import pynetdicom_tuning
+from dicom_node.net import pynetdicom_tuning
 from dicom_node.service import Node
 from dicom_node.synthetic import write_ct_series
 
-from .test_scp import send
+from ..test_scp import send
 
 
 @pytest.mark.parametrize(

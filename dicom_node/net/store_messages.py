@@ -360,3 +360,9 @@ def install() -> None:
     """Route C-STORE requests and responses through this module (idempotent)."""
     _dimse_messages.DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
     _dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """pynetdicom's own C-STORE message code again."""
+    _dimse_messages.DIMSEMessage.decode_msg = _original_decode_msg  # type: ignore[method-assign]
+    _dimse.DIMSEServiceProvider.send_msg = _original_send_msg  # type: ignore[method-assign]

@@ -36,6 +36,8 @@ cannot see; a closed socket; a thread we do not recognise) falls back to the ori
 
 from __future__ import annotations
 
+import logging
+import os
 import select
 import socket
 import ssl
@@ -57,8 +59,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import set_uid
 
-from . import p_data, store_messages
+from . import p_data, reactor_handover, store_messages
 from .store_messages import encode_command_set
+
+log = logging.getLogger(__name__)
 
 #: Longest a reactor thread waits before re-checking its timers and flags.
 IDLE_WAIT = 0.005
@@ -67,6 +71,7 @@ _REACTOR_POLL = 0.001  # the reactor's own per-loop sleep in pynetdicom 2.x/3.x
 _WAKER_ATTR = "_dicom_node_waker"
 _installed = False
 _install_lock = threading.Lock()
+_fixes_lock = threading.Lock()
 
 
 class _Waker:
@@ -264,12 +269,46 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
-def install() -> None:
-    """Patch pynetdicom once per process (idempotent)."""
+#: pynetdicom releases whose internals these replacements were written and tested against.
+SUPPORTED_PYNETDICOM = ("3.0.",)
+#: Set to "0" / "off" to keep pynetdicom's own code paths (``node.fast_paths: false`` likewise).
+SWITCH_ENV = "DICOM_NODE_FAST_PATHS"
+
+_originals: dict[str, Any] = {}
+
+
+def supported(version: str | None = None) -> bool:
+    """Whether the installed pynetdicom is one these replacements were tested against."""
+    import pynetdicom
+
+    return (version or pynetdicom.__version__).startswith(SUPPORTED_PYNETDICOM)
+
+
+def switched_off() -> bool:
+    return os.environ.get(SWITCH_ENV, "").strip().lower() in ("0", "off", "false", "no")
+
+
+def install() -> bool:
+    """Patch pynetdicom once per process (idempotent); False (and pynetdicom's own code) when
+    the installed pynetdicom is not a tested release or the switch is off.
+
+    The exact send/reactor hand-over (``reactor_handover``) is installed whatever the switch
+    says: it fixes a race pynetdicom's own code has too, which our faster waits only made
+    frequent."""
     global _installed
     with _install_lock:
+        install_fixes()
         if _installed:
-            return
+            return True
+        if switched_off():
+            log.info("pynetdicom fast paths off (%s)", SWITCH_ENV)
+            return False
+        if not supported():
+            import pynetdicom
+
+            log.warning("pynetdicom %s is not a release the listener's fast paths were tested against (%s): "
+                        "using pynetdicom's own code paths", pynetdicom.__version__, ", ".join(SUPPORTED_PYNETDICOM))
+            return False
         original_send_pdu = DULServiceProvider.send_pdu
 
         def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
@@ -288,6 +327,11 @@ def install() -> None:
                 if waker is not None:
                     waker.close()
 
+        _originals.update(send_pdu=original_send_pdu, run_reactor=original_run, recv=AssociationSocket.recv,
+                          write_file_meta_info=_dimse_messages.write_file_meta_info,
+                          create_file_meta=_dimse_messages.create_file_meta, encode=_dimse_messages.encode,
+                          dul_time=_dul.time, association_time=_association.time,
+                          uid_deepcopy=UID.__dict__.get("__deepcopy__"))
         DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = run_reactor  # type: ignore[method-assign]
         UID.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
@@ -298,5 +342,45 @@ def install() -> None:
         _dul.time = _DulTime()  # type: ignore[assignment]
         _association.time = _AssociationTime()  # type: ignore[assignment]
         store_messages.install()
-        p_data.install()
+        p_data.install(fast=True)
         _installed = True
+        return True
+
+
+def install_fixes() -> None:
+    """What every process that makes associations needs, fast paths or not (idempotent): the
+    exact send/reactor hand-over and the PDU reader that refuses over-long announced lengths."""
+    with _fixes_lock:
+        reactor_handover.install()
+        p_data.install()
+
+
+def uninstall() -> None:
+    """pynetdicom's own code paths again (for associations started from now on): what the
+    differential tests compare the fast paths against. The bounded PDU reader and the exact
+    reactor hand-over stay: they are fixes, not speed-ups."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            return
+        DULServiceProvider.send_pdu = _originals["send_pdu"]  # type: ignore[method-assign]
+        DULServiceProvider.run_reactor = _originals["run_reactor"]  # type: ignore[method-assign]
+        if _originals["uid_deepcopy"] is None:
+            del UID.__deepcopy__  # type: ignore[attr-defined]
+        else:
+            UID.__deepcopy__ = _originals["uid_deepcopy"]  # type: ignore[attr-defined]
+        AssociationSocket.recv = _originals["recv"]  # type: ignore[method-assign]
+        _dimse_messages.write_file_meta_info = _originals["write_file_meta_info"]  # type: ignore[attr-defined]
+        _dimse_messages.create_file_meta = _originals["create_file_meta"]  # type: ignore[attr-defined]
+        _dimse_messages.encode = _originals["encode"]  # type: ignore[attr-defined]
+        _dul.time = _originals["dul_time"]  # type: ignore[assignment]
+        _association.time = _originals["association_time"]  # type: ignore[assignment]
+        store_messages.uninstall()
+        p_data.install(fast=False)
+        _originals.clear()
+        _installed = False
+
+
+def installed() -> bool:
+    """Whether the fast paths are in place in this process."""
+    return _installed

@@ -12,13 +12,13 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicom_node import p_data
+from dicom_node.net import p_data
 from dicom_node.service import Node
 from dicom_node.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, dataset_bytes
-from .peers import wait_for
-from .test_scp import assert_stored_unchanged, send
+from ..conftest import TEST_SCU, dataset_bytes
+from ..peers import wait_for
+from ..test_scp import assert_stored_unchanged, send
 from .test_store_messages import CT, request_bytes
 
 
