@@ -82,6 +82,14 @@ class NodeSection(_Section):
     #: connection to the least busy), so concurrent associations are not serialised by one
     #: interpreter's lock. 0: two per CPU core, at most 8.
     workers: int = Field(0, ge=0, le=64)
+    #: The listener's replacements of pynetdicom internals (dicom_node/net/: event-driven waits,
+    #: direct C-STORE and P-DATA handling). false: pynetdicom's own code paths (slower; for
+    #: telling a fast-path defect from anything else). The bounded PDU reader and the exact
+    #: send/reactor hand-over stay either way.
+    fast_paths: bool = True
+    #: The maximum PDU length this node advertises to callers (0: unlimited). Larger PDUs cost
+    #: less per byte; a peer's PDU longer than this (plus 64 KiB) is refused unread.
+    max_pdu_bytes: int = Field(1048576, ge=0, le=2**26)
 
     def worker_count(self, cpus: int | None) -> int:
         """Listener processes to start: 4 concurrent associations on 2 cores ran at 302-431

@@ -52,7 +52,6 @@ STATUS_INDEX_FAILED = 0xA702
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_UNEXPECTED = 0xC211
 
-MAX_PDU_SIZE = 1024 * 1024
 
 #: No real AE title can contain a backslash, so this list matches no caller at all.
 _NOBODY = ["\\"]
@@ -341,7 +340,11 @@ def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -
     # nothing is logged; the node logs its own lines (serve --verbose turns them back on).
     _config.LOG_HANDLER_LEVEL = "standard" if log_pdus else "none"
     _install_incoming_tempfile()
-    pynetdicom_tuning.install()
+    if config.node.fast_paths:
+        pynetdicom_tuning.install()
+    else:
+        pynetdicom_tuning.install_fixes()
+        pynetdicom_tuning.uninstall()
     ae = NodeAE(
         ae_title=config.node.ae_title,
         callers=config.callers(),
@@ -350,9 +353,9 @@ def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -
         start_writeback=store.syncs,
     )
     ae.supported_contexts = storage_contexts() + [verification_context()]
-    # Large PDVs cut per-PDU cost; 1 MiB (not unlimited) keeps a sender that honours it from
-    # making us hold a whole instance in one PDU. DCMTK sends at most 128 KiB anyway.
-    ae.maximum_pdu_size = MAX_PDU_SIZE
+    # Large PDVs cut per-PDU cost; 1 MiB by default (not unlimited) keeps a sender that honours
+    # it from making us hold a whole instance in one PDU. DCMTK sends at most 128 KiB anyway.
+    ae.maximum_pdu_size = config.node.max_pdu_bytes
     ae.maximum_associations = config.node.max_associations
     ae.network_timeout = config.node.network_timeout_seconds
     ae.acse_timeout = 30

@@ -35,6 +35,7 @@ _PDU_NAMES = {1: "A-ASSOCIATE-RQ", 2: "A-ASSOCIATE-AC", 3: "A-ASSOCIATE-RJ", 4: 
 #: Events whose handlers expect pynetdicom's PDU objects and state machine steps.
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION, evt.EVT_DIMSE_RECV)
 _BUFFER_ATTR = "_dicom_node_pdu_buffer"
+_REFUSED_ATTR = "_dicom_node_refused"
 
 #: What a P-DATA-TF may carry beyond the maximum length we advertised (PS3.8 D.1 counts the
 #: PDU's variable field; a few senders count a header more or less).
@@ -64,6 +65,12 @@ def pdu_limit(dul: Any, pdu_type: int) -> int:
     return int(advertised) + P_DATA_MARGIN
 
 
+def _refuse_connection(dul: Any) -> None:
+    """A-ABORT (Evt19) now; the connection's next read closes it without reading."""
+    setattr(dul, _REFUSED_ATTR, True)
+    dul.event_queue.put("Evt19")
+
+
 def peer_name(assoc: Any) -> str:
     """'AE_TITLE@host:port' of the association's peer, as much of it as is known."""
     remote = assoc.acceptor if assoc.is_requestor else assoc.requestor
@@ -86,6 +93,11 @@ def _read_pdu_data(self: Any) -> None:
 
     Everything else (errors, log lines, events) is what pynetdicom's reader does."""
     assoc = self.assoc
+    if getattr(self, _REFUSED_ATTR, False):
+        # We already refused a PDU on this connection and sent A-ABORT: whatever else comes is
+        # not read (it would be parsed as PDU after PDU of garbage, an ERROR line each).
+        self.event_queue.put("Evt17")
+        return
     try:
         header = self.socket.recv(6)
     except (OSError, TimeoutError) as exc:
@@ -98,15 +110,15 @@ def _read_pdu_data(self: Any) -> None:
         return
     pdu_type, _reserved, pdu_length = struct.unpack(">BBL", header)
     if pdu_type not in _PDU_TYPES:
-        _dul.LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
-        self.event_queue.put("Evt19")
+        _dul.LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}' from {peer_name(assoc)}: aborting the "
+                          "association")
+        _refuse_connection(self)
         return
     limit = pdu_limit(self, pdu_type)
     if pdu_length > limit:
         _dul.LOGGER.error(f"Refused a {_PDU_NAMES[pdu_type]} PDU from {peer_name(assoc)} announcing {pdu_length} bytes "
-                          f"(at most {limit} accepted here, state {self.state_machine.current_state}): aborting "
-                          "the association unread")
-        self.event_queue.put("Evt19")
+                          f"(at most {limit} accepted here): aborting the association unread")
+        _refuse_connection(self)
         return
     fast = (_fast and pdu_type == _P_DATA_TF and self.state_machine.current_state == "Sta6"
             and self.event_queue.empty() and self._recv_pdu.empty()

@@ -59,7 +59,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import set_uid
 
-from . import p_data, reactor_handover, store_messages
+from . import dimse_receive, p_data, reactor_handover, store_messages
 from .store_messages import encode_command_set
 
 log = logging.getLogger(__name__)
@@ -349,10 +349,12 @@ def install() -> bool:
 
 def install_fixes() -> None:
     """What every process that makes associations needs, fast paths or not (idempotent): the
-    exact send/reactor hand-over and the PDU reader that refuses over-long announced lengths."""
+    exact send/reactor hand-over, the PDU reader that refuses over-long announced lengths, and
+    DIMSE reception that answers or aborts every request it cannot serve (``dimse_receive``)."""
     with _fixes_lock:
         reactor_handover.install()
         p_data.install()
+        dimse_receive.install()
 
 
 def uninstall() -> None:

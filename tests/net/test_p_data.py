@@ -84,3 +84,97 @@ def test_malformed_p_data_aborts_only_that_association(node: Node, tmp_path: Pat
     assert node.index.instance("1.2.3.4") is None
     assert send(node.port, files) == [0, 0]  # the node still serves
     assert_stored_unchanged(node, files)
+
+
+def test_pdu_limits_follow_what_this_side_advertised(node: Node) -> None:
+    assoc, _ = _associate(node)
+    try:
+        dul = assoc.dul  # the requestor's side: it advertised pynetdicom's default 16382
+        assert p_data.pdu_limit(dul, 4) == assoc.requestor.maximum_length + p_data.P_DATA_MARGIN
+        assert p_data.pdu_limit(dul, 1) == p_data.OTHER_PDU_CAP
+    finally:
+        assoc.release()
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    unlimited = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE", max_pdu=0)
+    try:
+        assert p_data.pdu_limit(unlimited.dul, 4) == p_data.UNLIMITED_P_DATA_CAP
+    finally:
+        unlimited.release()
+
+
+def test_over_long_p_data_in_an_association_aborts_it_unread(node: Node, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    files = write_ct_series(tmp_path / "s", 1, 16, 16)
+    assoc, _ = _associate(node)
+    announced = node.config.node.max_pdu_bytes + p_data.P_DATA_MARGIN + 1
+    assoc.dul.socket.send(struct.pack(">BBL", 4, 0, announced) + b"\0" * 100)
+    wait_for(lambda: not assoc.is_established, 10, "the node to abort the association")
+    refused = [r for r in caplog.records if "announcing" in r.getMessage()]
+    assert len(refused) == 1 and r"TEST_SCU@127.0.0.1" in refused[0].getMessage()
+    assert refused[0].levelname == "ERROR"
+    assert send(node.port, files) == [0]
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the node's listener processes)."""
+    import subprocess
+
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    total = 0
+    for each in [pid, *map(int, children)]:
+        try:
+            with open(f"/proc/{each}/status") as status:
+                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total / 1024
+
+
+def test_announced_lengths_never_size_a_buffer(tmp_path: Path) -> None:
+    """Four connections announce 4 294 967 280-byte P-DATA-TFs before any association (and send
+    1 000 bytes of them): each is aborted unread with one ERROR line, the node keeps its memory
+    and answers a C-ECHO at once. Before the fix: +1.5 GB while open, +6.8 GB after, C-ECHO failed."""
+    import socket
+    import time
+
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from ..conftest import config_dict
+    from ..peers import start_node
+
+    config = config_dict(tmp_path)
+    config["node"]["workers"] = 2
+    peer = start_node(tmp_path / "node", config)
+    try:
+        def echo_seconds() -> float:
+            ae = AE(ae_title="ECHOSCU")
+            ae.add_requested_context(Verification)
+            started = time.monotonic()
+            assoc = ae.associate("127.0.0.1", peer.port, ae_title="AI_NODE")
+            assert assoc.is_established
+            assert int(assoc.send_c_echo().Status) == 0
+            assoc.release()
+            return time.monotonic() - started
+
+        echo_seconds()  # both listener processes warm
+        echo_seconds()
+        before = _tree_rss_mb(peer.proc.pid)
+        hostile = []
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", peer.port), timeout=10)
+            sock.sendall(struct.pack(">BBL", 4, 0, 4_294_967_280) + b"\0" * 1000)
+            hostile.append(sock)
+        for sock in hostile:
+            assert sock.recv(10)[:1] == b"\x07"  # A-ABORT, before anything else is read
+        assert echo_seconds() < 1.0
+        assert _tree_rss_mb(peer.proc.pid) - before < 50
+        for sock in hostile:
+            sock.close()
+        assert echo_seconds() < 1.0
+        assert _tree_rss_mb(peer.proc.pid) - before < 50
+    finally:
+        peer.stop()
+    log = (tmp_path / "node" / "node.log").read_text()
+    assert log.count("announcing 4294967280 bytes") == 4
+    assert "Unknown PDU type" not in log
