@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .config import NodeConfig, load_config
+from .config import DEFAULT_CONFIG_PATH, NodeConfig, load_config, resolve_config_path
 from .errors import ConfigError, NodeError, PeerError
 
 EXIT_OK = 0
@@ -61,10 +61,16 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     workers = config.node.worker_count(os.cpu_count())
     node: Node | Supervisor = Node(config, log_pdus=args.verbose) if workers == 1 else Supervisor(config, workers, log_pdus=args.verbose)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    node.start()
-    if node.recovery and node.recovery.reconciled:
+    # Child processes start with SIGINT ignored (the disposition survives exec): a Ctrl-C in the
+    # terminal reaches the whole process group, and a child still importing would die with a
+    # traceback; this process stops them itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        node.start()
+    finally:
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if node.recovery and node.recovery.reconciled and not node.recovery.first_start:
         logging.getLogger("dicom_node").warning("Recovered from an unclean shutdown: %s", node.recovery)
     err.print(f"[green]{config.node.ae_title}[/] listening on {config.node.host}:{node.port} (Ctrl-C to stop)", highlight=False)
     try:
@@ -267,10 +273,46 @@ def cmd_models(config: NodeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(config: NodeConfig | None, args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    target: Path = args.path
+    if target.exists() and not args.force:
+        return _fail(EXIT_USAGE, f"{target} exists; not overwriting it (--force to replace it)")
+    text = files("dicom_node").joinpath("default_node.yaml").read_text(encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        return _fail(EXIT_FAILED, f"cannot write {target}: {exc.strerror}")
+    print(f"wrote the commented default configuration to {target}")
+    print("  edit node.ae_title/port and the peers that may send to the node, then:")
+    hint = "" if target == DEFAULT_CONFIG_PATH else f" --config {target}"
+    print(f"  dicom-node serve{hint}")
+    return EXIT_OK
+
+
+_CONFIG_HELP = "configuration file (default: $DICOM_NODE_CONFIG, else config/node.yaml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicom-node", description="A DICOM node that receives studies and runs AI pipelines on them.")
-    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: $DICOM_NODE_CONFIG, else config/node.yaml)")
+    parser.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
+    # Accepted after the command too (`dicom-node serve --config node.yaml`); there it wins.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    init = sub.add_parser("init", help="write the commented default configuration to PATH (default config/node.yaml)")
+    init.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
+    init.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    init.set_defaults(func=cmd_init, needs_config=False)
 
     serve = sub.add_parser("serve", help="run the listener until Ctrl-C / SIGTERM")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging, pynetdicom's included")
@@ -304,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     demo = sub.add_parser("demo", help="phantom CT -> node -> SEG + SR, with a measurement table and a PNG preview")
-    demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="where the demo keeps everything (default var/demo)")
+    demo.add_argument("--out", "--workdir", dest="workdir", type=Path, default=Path("var/demo"),
+                      help="where the demo keeps everything (default var/demo under the current folder); it "
+                           "builds its own configuration, so it runs from any folder")
     demo.add_argument("--pipeline", choices=("ct-organs", "ct-baseline"), default="ct-organs")
     demo.add_argument("--orthanc", action="store_true", help="let Orthanc (if installed) play the PACS")
     demo.add_argument("--viewer", action="store_true",
@@ -312,20 +356,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve-seconds", type=float, default=None, help=argparse.SUPPRESS)  # tests: stop the viewer by itself
     demo.add_argument("--seed", type=int, default=7, help="phantom seed")
     demo.add_argument("--timeout", type=float, default=300.0)
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, needs_config=False)
 
     models = sub.add_parser("models", help="the AI models installed, from their model cards")
     models.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")
     models.add_argument("--json", action="store_true")
-    models.set_defaults(func=cmd_models)
+    models.set_defaults(func=cmd_models, needs_config=False)
     return parser
+
+
+_MISSING_HINT = "`dicom-node init` writes the commented default there; or give --config PATH / $DICOM_NODE_CONFIG"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, missing_hint=_MISSING_HINT) if getattr(args, "needs_config", True) else None
+        if config is not None and args.command == "serve":
+            import os
+
+            err.print(f"configuration: {resolve_config_path(args.config, os.environ).resolve()}", highlight=False)
         return int(args.func(config, args))
     except ConfigError as exc:
         return _fail(EXIT_USAGE, f"configuration: {exc}")

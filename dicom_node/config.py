@@ -344,14 +344,17 @@ def parse_config(data: Any, source: str = "<config>", environ: Mapping[str, str]
         raise ConfigError(_format_error(source, exc)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
-    """Read and validate the configuration file; ConfigError says what to fix."""
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
+                missing_hint: str | None = None) -> NodeConfig:
+    """Read and validate the configuration file; ConfigError says what to fix (``missing_hint``:
+    what to tell a user who has no file yet)."""
     env = os.environ if environ is None else environ
     config_path = resolve_config_path(path, env)
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{config_path}: configuration file not found (use --config PATH or ${CONFIG_ENV_VAR})") from None
+        hint = missing_hint or f"use --config PATH or ${CONFIG_ENV_VAR}"
+        raise ConfigError(f"{config_path}: configuration file not found ({hint})") from None
     except OSError as exc:
         raise ConfigError(f"{config_path}: cannot read configuration file: {exc.strerror}") from None
     try:

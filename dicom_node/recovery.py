@@ -28,6 +28,8 @@ class RecoveryReport:
     reconciled: bool
     files_indexed: int
     files_unreadable: int
+    #: No run had ever used this index (no shutdown mark at all): nothing was unclean.
+    first_start: bool = False
 
 
 def recover(store: InstanceStore, index: Index) -> RecoveryReport:
@@ -35,7 +37,8 @@ def recover(store: InstanceStore, index: Index) -> RecoveryReport:
     removed = store.remove_leftovers()
     if removed:
         log.warning("Removed %d partial file(s) left by an interrupted receive", removed)
-    clean = index.get_meta(CLEAN_SHUTDOWN_KEY) == "1"
+    mark = index.get_meta(CLEAN_SHUTDOWN_KEY)
+    clean = mark == "1"
     index.set_meta(CLEAN_SHUTDOWN_KEY, "0")
     if clean:
         return RecoveryReport(removed, False, 0, 0)
@@ -55,7 +58,7 @@ def recover(store: InstanceStore, index: Index) -> RecoveryReport:
         indexed += 1
     if indexed:
         log.warning("Indexed %d stored file(s) the index did not hold (unclean shutdown)", indexed)
-    return RecoveryReport(removed, True, indexed, unreadable)
+    return RecoveryReport(removed, True, indexed, unreadable, first_start=mark is None)
 
 
 def mark_clean_shutdown(index: Index) -> None:

@@ -3,9 +3,10 @@
 Stages stay independent and testable alone; this module only constructs them from the
 configuration, starts them in order (recover, listen, sweep) and stops them in reverse.
 
-One listener process serves associations in threads; with ``node.workers`` > 1 a supervisor
-starts that many listener processes on the same port (SO_REUSEPORT: the kernel spreads new
-associations over them), while recovery and the completion sweep run once, in the supervisor.
+One listener process serves associations in threads; with more than one listener (``node.workers``)
+a supervisor accepts every connection on the port and hands it to the listener process with the
+fewest open (``dispatch.py``, SCM_RIGHTS), while recovery and the completion sweep run once, in
+the supervisor.
 """
 
 from __future__ import annotations

@@ -113,3 +113,62 @@ def test_serve_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     result = run_cli("--config", str(bad), "serve", timeout=60)
     assert result.returncode == 2
     assert "storage.durability: Input should be 'fsync' or 'none'" in result.stderr
+
+
+def test_config_is_accepted_after_every_command() -> None:
+    """`dicom-node serve --config node.yaml` as much as `dicom-node --config node.yaml serve`."""
+    from dicom_node.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    required = {"echo": ["pacs"], "send": ["x.dcm", "--to", "pacs"], "init": []}
+    assert {"serve", "echo", "send", "status", "jobs", "worker", "demo", "models", "init"} <= set(commands)
+    for command in commands:
+        after = parser.parse_args([command, *required.get(command, []), "--config", "after.yaml"])
+        assert after.config == Path("after.yaml"), command
+        before = parser.parse_args(["--config", "before.yaml", command, *required.get(command, [])])
+        assert before.config == Path("before.yaml"), command
+        both = parser.parse_args(["--config", "before.yaml", command, *required.get(command, []), "--config", "after.yaml"])
+        assert both.config == Path("after.yaml"), command
+
+
+def test_status_with_config_after_the_command(cli_config: Path) -> None:
+    done = run_cli("status", "--config", str(cli_config))
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_new_user_in_an_empty_folder(tmp_path: Path) -> None:
+    """No configuration file: serve says how to get one (exit 2, one line); `init` writes the
+    commented default; serve then starts on it and says first which file it uses."""
+    import os
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "DICOM_NODE_CONFIG"}
+    missing = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "error: configuration: config/node.yaml: configuration file not found (`dicom-node init` writes the "
+        "commented default there; or give --config PATH / $DICOM_NODE_CONFIG)"]
+    init = subprocess.run([*CLI, "init"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert init.returncode == 0, init.stderr
+    written = tmp_path / "config" / "node.yaml"
+    assert written.read_text() == (Path(__file__).parents[1] / "config" / "node.yaml").read_text()
+    again = subprocess.run([*CLI, "init"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "not overwriting" in again.stderr
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*CLI, "serve"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                env={**env, "DICOM_NODE_PORT": str(port)})
+    try:
+        from .peers import wait_for_port
+
+        wait_for_port(port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    lines = log.read_text().splitlines()
+    assert lines[0] == f"configuration: {written.resolve()}"
+    assert proc.returncode == 0
+    assert "Traceback" not in log.read_text() and "unclean shutdown" not in log.read_text()
+    assert (tmp_path / "var" / "index.sqlite").exists()

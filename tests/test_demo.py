@@ -18,9 +18,14 @@ CLI = [sys.executable, "-m", "dicom_node.cli"]
 
 @pytest.mark.parametrize(("pipeline", "pacs"), [("ct-organs", []), ("ct-baseline", ["--orthanc"])])
 def test_demo_prints_measurements_and_writes_a_preview(tmp_path: Path, pipeline: str, pacs: list[str]) -> None:
-    workdir = tmp_path / "demo"
-    done = subprocess.run([*CLI, "demo", "--workdir", str(workdir), "--pipeline", pipeline, *pacs, "--timeout", "240"],
-                          capture_output=True, text=True, timeout=300)
+    """Run from an empty folder with no configuration file, as a new user would: the demo
+    builds its own configuration and writes under the current folder (or --out DIR)."""
+    if pacs:
+        workdir, where = tmp_path / "demo", ["--out", str(tmp_path / "demo")]
+    else:
+        workdir, where = tmp_path / "var" / "demo", []
+    done = subprocess.run([*CLI, "demo", *where, "--pipeline", pipeline, *pacs, "--timeout", "240"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     out = done.stdout + done.stderr
     assert "lungs" in out and "volume (mL)" in out
