@@ -66,6 +66,10 @@ def main() -> int:
         pool = stress.make_templates(work / "templates")
         templates = [template for template, _ in pool]
         runs = [True, False] if args.differential else [True]
+        captured = io.StringIO()  # this process's senders' and receivers' log lines
+        handler = logging.StreamHandler(captured)
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
         if args.only in (None, "listener"):
             plans = stress.make_plans(pool, args.associations, seed, tuple(args.instances))
             results = {}
@@ -76,6 +80,7 @@ def main() -> int:
                 config["node"].update(workers=2, fast_paths=fast)
                 node = start_node(folder / "node", config)
                 started = time.monotonic()
+                mark = len(captured.getvalue())
                 try:
                     with stress.cpu_burner(not args.no_burn, seconds=3600):
                         results[fast] = stress.run_listener(plans, templates, node.port, folder / "storage",
@@ -83,7 +88,8 @@ def main() -> int:
                                                             args.concurrency, seed)
                 finally:
                     node.stop()
-                lines = stress.unexpected_lines((folder / "node" / "node.log").read_text())
+                lines = (stress.unexpected_lines((folder / "node" / "node.log").read_text())
+                         + stress.unexpected_lines(captured.getvalue()[mark:]))
                 ok &= summary("listener", name, results[fast], lines, time.monotonic() - started)
                 shutil.rmtree(folder / "storage", ignore_errors=True)
             if args.differential:
@@ -92,10 +98,6 @@ def main() -> int:
                 ok &= not differ
         if args.only in (None, "sender"):
             plans = stress.make_plans(pool, args.associations, seed + 1, tuple(args.instances), flaws=False)
-            captured = io.StringIO()
-            handler = logging.StreamHandler(captured)
-            logging.getLogger().addHandler(handler)
-            logging.getLogger().setLevel(logging.WARNING)
             results = {}
             for fast in runs:
                 if fast:

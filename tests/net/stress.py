@@ -204,7 +204,14 @@ def _write_files(plan: Plan, templates: list[Template], folder: Path) -> list[Pa
 
 
 def _send_pynetdicom(plan: Plan, templates: list[Template], port: int, folder: Path) -> tuple[list[int | None], list[str]]:
+    """A pynetdicom SCU, with the send/reactor hand-over fix: pynetdicom 3.0.4's own lets its
+    reactor take a response under load (a 500-association run without it lost one association's
+    responses, the sender waiting out its DIMSE timeout), which would be the peer's fault."""
     from pynetdicom import AE
+
+    from dicom_node.net.pynetdicom_tuning import install_fixes
+
+    install_fixes()
 
     ae = AE(ae_title=CALLING)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60

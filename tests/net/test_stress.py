@@ -30,7 +30,9 @@ def _seed() -> int:
     return seed
 
 
-def test_listener_answers_every_request_of_every_sender(tmp_path: Path, dcmtk: Dcmtk) -> None:
+def test_listener_answers_every_request_of_every_sender(tmp_path: Path, dcmtk: Dcmtk,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
     seed = _seed()
     pool = stress.make_templates(tmp_path / "templates")
     templates = [template for template, _ in pool]
@@ -52,6 +54,7 @@ def test_listener_answers_every_request_of_every_sender(tmp_path: Path, dcmtk: D
         assert stress.problems(runs[fast]) == [], f"seed {seed}, {name}, node max PDU {max_pdu}"
         assert stress.unexpected_lines(log) == [], f"seed {seed}, {name}"
         assert stress.requests(runs[fast]) >= ASSOCIATIONS
+    assert stress.unexpected_lines(caplog.text) == [], f"seed {seed}: a sender in this process lost a response"
     assert stress.compare(runs[True], runs[False]) == [], f"seed {seed}: statuses differ between fast and pynetdicom paths"
     kinds = {plan.sender for plan in plans}
     assert kinds == {"raw", "pynetdicom", "storescu"}
