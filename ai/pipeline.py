@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from .inference import release_free_memory, select_device, sliding_window
 from .measure import measure_all, probability_score
-from .postprocess import components, fill_holes, keep_largest, postprocess, remove_small
+from .postprocess import components, postprocess
 from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
 from .registry import ModelCard, load_model
 from .types import Findings, LabelInfo, Volume
@@ -118,14 +118,39 @@ BASELINE_LABELS = (
 
 
 class ClassicalCTPipeline:
-    """Body (> -500 HU, largest component, holes filled), lungs (air-like voxels enclosed by the
-    body, components over 50 mL), bone (> 250 HU, components over 0.5 mL) and lung nodule
-    candidates (soft-tissue islands enclosed by lung on their slice, 0.03 mL to 30 mL). No
-    learning: it works the same on a phantom and on a real scan, and gives models a reference.
-    On real scans vessels seen end-on are nodule candidates too: it is a candidate detector."""
+    """Body, lungs, bone and lung nodule candidates from HU and shape alone. No learning: it
+    works the same on a phantom and on a real scan, and gives models a reference.
+
+    * body: > -500 HU, the largest component, holes filled slice by slice (lungs are holes in 2-D);
+    * lungs: air-like (< -400 HU) components inside the body that look like lung, not gas in the
+      stomach or bowel: at least ``LUNG_MIN_ML``, median HU between ``LUNG_MEDIAN_HU`` (aerated
+      parenchyma with its vessels, -900 to -700 on real CT) and at most ``LUNG_MAX_PURE_AIR`` of
+      their voxels below -950 HU (bowel gas is pure air: 40-70 % below -950 on the real abdomen
+      scan, lung bases 0 %); the two largest such components;
+    * bone: > ``BONE_HU`` after an in-plane closing (``BONE_CLOSING`` voxels) and a slice-wise hole
+      fill, so the cancellous inside of a vertebral body (80-250 HU on real CT) counts with the
+      cortex around it; a component counts only if it holds at least ``BONE_CORTEX_VOXELS``
+      voxels over 300 HU (cortex), which keeps enhanced vessels, kidneys and liver out (on the
+      real abdomen scan 150 HU gives Dice 0.84 against the reference bones, 250 HU 0.46; on a
+      portal-venous phantom 0.94, where 120 HU took half of the 100-HU liver);
+    * lung nodule candidates: soft-tissue islands enclosed by lung on their slice, 0.03 to 30 mL,
+      kept only when solid at their core (``NODULE_MIN_PEAK_HU``: partial-volume lung at a
+      vessel's edge is -400 to -250 HU), round (``NODULE_MAX_ELONGATION``) and surrounded by
+      lung in 3-D (``NODULE_MIN_LUNG_SHELL``): vessels seen end-on run on through slices, the
+      diaphragm's dome seen at the lung bases is bordered by liver.
+    """
 
     name = "ct-classical-baseline"
-    version = "1.0.0"
+    version = "2.0.0"
+    LUNG_MIN_ML = 20.0
+    LUNG_MEDIAN_HU = (-950.0, -600.0)
+    LUNG_MAX_PURE_AIR = 0.15
+    BONE_HU = 150.0
+    BONE_CLOSING = 5
+    BONE_CORTEX_VOXELS = 10
+    NODULE_MAX_ELONGATION = 2.5
+    NODULE_MIN_LUNG_SHELL = 0.6
+    NODULE_MIN_PEAK_HU = -100.0
 
     def run(self, volume: Volume) -> Findings:
         started = time.perf_counter()
@@ -136,23 +161,68 @@ class ClassicalCTPipeline:
             sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, count + 1))
             body = labelled == int(np.argmax(sizes)) + 1
             body = np.asarray([ndimage.binary_fill_holes(s) for s in body])  # slice-wise: lungs are holes in 2-D
+        lungs = self.lungs(hu, body, volume.voxel_volume_ml)
+        bone = self.bone(hu, body, volume.spacing) & ~lungs
         labels = np.zeros(hu.shape, dtype=np.uint8)
         labels[body] = 1
-        lungs = body & (hu < -400)
         labels[lungs] = 2
-        labels[body & (hu > 250)] = 3
-        labels = remove_small(labels, {2: 50.0, 3: 0.5}, volume.spacing)
-        labels[(labels == 0) & body] = 1
-        labels = fill_holes(keep_largest(labels, [1]), [1])
-        lungs = labels == 2
-        enclosed = np.asarray([ndimage.binary_fill_holes(s) for s in lungs]) & ~lungs & (hu > -400) & (labels != 3)
-        labels[enclosed] = 4
-        labels = remove_small(labels, {4: 0.03}, volume.spacing)
-        labels[(labels == 0) & body] = 1
-        too_big, count = components(labels == 4)
-        if count:
-            sizes = ndimage.sum_labels(np.ones_like(too_big), too_big, index=np.arange(1, count + 1)) * volume.voxel_volume_ml
-            labels[np.isin(too_big, np.flatnonzero(sizes > 30.0) + 1)] = 1
+        labels[bone] = 3
+        labels[self.nodule_candidates(hu, labels, volume)] = 4
         measurements = measure_all(labels, volume, BASELINE_LABELS)
         return Findings(labels, BASELINE_LABELS, tuple(measurements), {}, {}, self.name, self.version,
                         algorithm_family="Image Processing", extra={"timings": {"total": time.perf_counter() - started}})
+
+    def lungs(self, hu: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
+        labelled, count = components(body & (hu < -400))
+        kept: list[tuple[int, int]] = []
+        for number, where in enumerate(ndimage.find_objects(labelled), start=1):
+            if where is None:
+                continue
+            inside = labelled[where] == number
+            size = int(inside.sum())
+            if size * voxel_ml < self.LUNG_MIN_ML:
+                continue
+            values = hu[where][inside]
+            low, high = self.LUNG_MEDIAN_HU
+            if not low <= float(np.median(values)) <= high or float((values < -950).mean()) > self.LUNG_MAX_PURE_AIR:
+                continue
+            kept.append((size, number))
+        chosen = [number for _, number in sorted(kept, reverse=True)[:2]]
+        return np.isin(labelled, chosen) if chosen else np.zeros(hu.shape, dtype=bool)
+
+    def bone(self, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        dense = body & (hu > self.BONE_HU)
+        size = self.BONE_CLOSING
+        dense = ndimage.binary_closing(dense, structure=np.ones((1, size, size), dtype=bool))
+        dense = np.asarray([ndimage.binary_fill_holes(s) for s in dense]) & body
+        labelled, count = components(dense)
+        if not count:
+            return dense
+        cortex = ndimage.sum_labels(hu > 300, labelled, index=np.arange(1, count + 1))
+        size_ml = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, count + 1)) * float(np.prod(spacing)) / 1000
+        keep = np.flatnonzero((cortex >= self.BONE_CORTEX_VOXELS) & (size_ml >= 0.5)) + 1
+        return np.isin(labelled, keep)
+
+    def nodule_candidates(self, hu: np.ndarray, labels: np.ndarray, volume: Volume) -> np.ndarray:
+        lungs = labels == 2
+        enclosed = np.asarray([ndimage.binary_fill_holes(s) for s in lungs]) & ~lungs & (hu > -400) & (labels != 3)
+        labelled, count = components(enclosed)
+        out = np.zeros(hu.shape, dtype=bool)
+        spacing = np.asarray(volume.spacing)
+        for number, where in enumerate(ndimage.find_objects(labelled), start=1):
+            if where is None:
+                continue
+            inside = labelled[where] == number
+            ml = float(inside.sum()) * volume.voxel_volume_ml
+            if not 0.03 <= ml <= 30.0 or float(hu[where][inside].max()) < self.NODULE_MIN_PEAK_HU:
+                continue
+            extent = np.asarray([s.stop - s.start for s in where]) * spacing
+            if extent.max() / max(extent.min(), float(spacing.min())) > self.NODULE_MAX_ELONGATION:
+                continue
+            grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in where)
+            own = labelled[grown] == number
+            shell = ndimage.binary_dilation(own) & ~own
+            if shell.any() and float(lungs[grown][shell].mean()) < self.NODULE_MIN_LUNG_SHELL:
+                continue
+            out[where] |= inside
+        return out
