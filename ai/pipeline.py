@@ -22,6 +22,7 @@ from .measure import measure_all, probability_score
 from .postprocess import components, postprocess
 from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
 from .registry import ModelCard, load_model
+from .trust.domain import Domain, TrainingData
 from .types import Findings, LabelInfo, Volume
 
 
@@ -42,6 +43,8 @@ class SegmentationPipeline:
         if card.data.task != "segmentation":
             raise ValueError(f"{card.name} is a {card.data.task} model, not a segmentation model")
         self.card = card
+        self.name, self.version = card.name, card.version
+        self.domain = card.data.domain
         self.device = select_device(device)
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -142,6 +145,17 @@ class ClassicalCTPipeline:
 
     name = "ct-classical-baseline"
     version = "2.0.0"
+    #: HU rules hold on CT of the trunk in Hounsfield units; bone's cortex rule assumes no
+    #: arterial-phase vessels (300+ HU) touching bone, so arterial phase is outside.
+    domain = Domain(
+        modality=["CT"],
+        body_regions=["CHEST", "ABDOMEN", "PELVIS", "CHESTABDOMEN", "ABDOMENPELVIS", "CHESTABDPELVIS", "WHOLEBODY"],
+        contrast_phases=["non-contrast", "portal-venous", "delayed"],
+        slice_thickness_mm=(0.5, 5.0),
+        pixel_spacing_mm=(0.3, 3.0),
+        body_width_mm=(100.0, 700.0),  # its claims (body, lungs, bone) hold for a child or a limb too
+        trained_on=TrainingData(kind="none", description="rules on Hounsfield units; no training data"),
+    )
     LUNG_MIN_ML = 20.0
     LUNG_MEDIAN_HU = (-950.0, -600.0)
     LUNG_MAX_PURE_AIR = 0.15

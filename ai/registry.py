@@ -17,6 +17,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .trust.domain import Domain
 from .types import LabelInfo
 
 BUILTIN_MODELS = Path(__file__).parent / "models"
@@ -87,6 +88,8 @@ class ModelCardData(_Strict):
     postprocessing: PostprocessSpec = PostprocessSpec()
     classification: list[ClassificationSpec] = []
     labels: list[LabelSpec] = Field(min_length=1)
+    #: What the model may be run on (ai/trust/domain.py); the gate holds every series against it.
+    domain: Domain
 
 
 @dataclass(frozen=True)

@@ -205,12 +205,13 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
         out.print(f"No jobs in {config.index.path}")
         return EXIT_OK
     table = Table(title="Jobs (newest first)")
-    for column in ("id", "route", "pipeline", "series", "state", "attempts", "created", "finished", "last error"):
+    for column in ("id", "route", "pipeline", "series", "state", "attempts", "created", "finished", "last error / why not"):
         table.add_column(column)
-    colours = {"done": "green", "dead": "red", "running": "yellow", "queued": "", "delivered": "green", "pending": "yellow"}
+    colours = {"done": "green", "dead": "red", "running": "yellow", "queued": "", "delivered": "green", "pending": "yellow",
+               "not applicable": "cyan"}
     for job in jobs:
         table.add_row(str(job["id"]), job["route"], job["pipeline"], f"{job['series_uid']} v{job['series_version']}",
-                      f"[{colours[job['state']]}]{job['state']}[/]" if colours[job["state"]] else job["state"],
+                      f"[{colours.get(job['state'], 'red')}]{job['state']}[/]" if colours.get(job["state"], "red") else job["state"],
                       f"{job['attempts']}/{job['max_attempts']}", _when(job["created_at"]), _when(job["finished_at"]),
                       job["last_error"])
     out.print(table)

@@ -197,14 +197,26 @@ class RouteMatch(_Section):
 class Route(_Section):
     """A completed series that matches goes to ``pipeline``, whose results go to
     ``destinations`` (peer names; ``sender`` means the peer that sent the series, when it may
-    receive), and/or its instances are forwarded unchanged to the peers in ``forward``."""
+    receive), and/or its instances are forwarded unchanged to the peers in ``forward``.
+
+    ``pipeline`` may be a list: the first whose domain the series is in runs (the gate, ai/trust);
+    when none is, the job ends ``not applicable`` and, with ``on_not_applicable: report``, the
+    destinations are told why."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: RouteMatch = RouteMatch()
-    pipeline: str | None = None
+    pipeline: str | list[str] | None = None
+    on_not_applicable: Literal["report", "silent"] = "report"
     destinations: list[str] = ["sender"]
     forward: list[str] = []
     priority: Literal["urgent", "routine"] = "routine"
+
+    @property
+    def pipeline_names(self) -> list[str]:
+        """The route's pipelines in the order they are tried (empty: forward only)."""
+        if self.pipeline is None:
+            return []
+        return [self.pipeline] if isinstance(self.pipeline, str) else list(self.pipeline)
 
 
 class PipelineSpec(_Section):
@@ -276,9 +288,12 @@ class NodeConfig(_Section):
             where = f"routes[{number}] ({route.name})"
             if route.pipeline is None and not route.forward:
                 raise ValueError(f"{where}: needs a pipeline, peers to forward to, or both")
-            if route.pipeline is not None and route.pipeline not in self.pipelines:
-                known = ", ".join(sorted(self.pipelines)) or "none"
-                raise ValueError(f"{where}: no pipeline named {route.pipeline!r} (known: {known})")
+            if isinstance(route.pipeline, list) and not route.pipeline:
+                raise ValueError(f"{where}: pipeline: an empty list (give one pipeline, a list, or none)")
+            for name in route.pipeline_names:
+                if name not in self.pipelines:
+                    known = ", ".join(sorted(self.pipelines)) or "none"
+                    raise ValueError(f"{where}: no pipeline named {name!r} (known: {known})")
             targets = [("destination", n) for n in route.destinations if n != "sender"] if route.pipeline else []
             for kind, name in targets + [("forward peer", n) for n in route.forward]:
                 if name not in peers:
@@ -286,6 +301,8 @@ class NodeConfig(_Section):
                 if not peers[name].receive:
                     raise ValueError(f"{where}: peer {name!r} has receive: false")
         for name, spec in self.pipelines.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")
             if spec.kind == "model" and not spec.model:
                 raise ValueError(f"pipelines.{name}: kind model needs a model name")
         return self

@@ -7,6 +7,7 @@ A job is one route applied to one version of one completed series. Its life::
       |  fail (attempts   |   lease expires (the worker died): claimable again
       +--- left, backoff) |
                           +--fail, no attempts left--> dead --retry (operator)--> queued
+                          +--outside every pipeline's domain--> not applicable
 
 * A worker *claims* the most urgent due job and holds it with a *lease* it renews (heartbeat)
   while it works. A worker that dies stops renewing; once the lease expires another worker
@@ -61,6 +62,9 @@ class JobState(str, Enum):
     RUNNING = "running"
     DONE = "done"
     DEAD = "dead"
+    #: The series is outside the domain of every pipeline the route names (the input gate):
+    #: not a failure, never retried; ``last_error`` holds the reasons.
+    NOT_APPLICABLE = "not applicable"
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,21 @@ class JobQueue:
             WHERE id = ? AND lease_owner = ? AND state = 'running'
             """,
             (now, now, job_id, owner),
+        )
+        if cursor.rowcount != 1:
+            raise LeaseLost(f"job {job_id} is no longer leased to {owner}")
+
+    @staticmethod
+    def mark_not_applicable(db: sqlite3.Connection, job_id: int, owner: str, reasons: str, now: float) -> None:
+        """End a job whose series no pipeline of its route may analyse (inside the caller's
+        transaction, which may queue a report saying so)."""
+        cursor = db.execute(
+            """
+            UPDATE jobs SET state = 'not applicable', lease_owner = NULL, lease_expires = NULL, updated_at = ?,
+                finished_at = ?, last_error = ?
+            WHERE id = ? AND lease_owner = ? AND state = 'running'
+            """,
+            (now, now, reasons[:2000], job_id, owner),
         )
         if cursor.rowcount != 1:
             raise LeaseLost(f"job {job_id} is no longer leased to {owner}")

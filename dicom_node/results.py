@@ -388,6 +388,53 @@ def build_report(
     )
 
 
+#: "Not analysed": what the node says to a PACS when no pipeline of a route may analyse a series.
+NOT_ANALYSED = hd.sr.CodedConcept("NOT_ANALYSED", "99DCMNODE", "Not analysed by AI")
+
+
+def build_declined_report(source: SeriesVolume, declined: Sequence[tuple[str, str]], job_key: str,
+                          settings: ResultSettings) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 report that measures nothing and says why: one TEXT item per declining model
+    ("ct-organs 2.0.0: <reasons>") under Qualitative Evaluations, and "Finding: not analysed"
+    is never confused with "absent". It references every instance of the series, so a viewer
+    shows it with the series the AI looked at and declined."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derive_uid(f"device:{settings.device_name}", "observer"),
+            name=settings.device_name,
+            manufacturer_name=MANUFACTURER,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_PROCEDURES.get(source.volume.modality, _IMAGING_PROCEDURE),
+        imaging_measurements=[hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, "declined"), identifier="not analysed"))],
+    )
+    report[0].ContentSequence = [item for item in report[0].ContentSequence
+                                 if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
+    container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = [
+        hd.sr.TextContentItem(name=NOT_ANALYSED, value=f"not analysed by {model}: {reasons}"[:1024],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for model, reasons in declined
+    ]
+    report[0].ContentSequence.append(container)
+    names = ", ".join(model.split()[0] for model, _ in declined)
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(source.datasets),
+        content=report,
+        series_instance_uid=derive_uid(job_key, "declined-series"),
+        series_number=settings.sr_series_number,
+        sop_instance_uid=derive_uid(job_key, "declined"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"AI not analysed ({names})"[:64],
+    )
+
+
 def segmentation_variants(encodings: Sequence[SegmentationEncoding]) -> list[SegmentationEncoding]:
     """The encodings to build for a peer, preferred first, always ending with plain BINARY so a
     peer that refuses the others at association still gets a SEG."""
@@ -396,6 +443,7 @@ def segmentation_variants(encodings: Sequence[SegmentationEncoding]) -> list[Seg
 
 
 __all__ = [
-    "EmptyFrames", "ResultSettings", "SegmentationEncoding", "build_report", "build_segmentation", "derive_uid",
+    "NOT_ANALYSED", "EmptyFrames", "ResultSettings", "SegmentationEncoding", "build_declined_report", "build_report",
+    "build_segmentation", "derive_uid",
     "present_labels", "segmentation_variants",
 ]

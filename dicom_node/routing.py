@@ -100,17 +100,20 @@ def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: 
 
 def _route_one(db: sqlite3.Connection, series: sqlite3.Row, config: NodeConfig, now: float) -> list[NewJob]:
     jobs = []
-    for route in config.routes:
-        if not matches(route, series):
-            continue
+    matched = [route for route in config.routes if matches(route, series)]
+    if not matched:
+        log.info("Series %s v%d (%s, %d instance(s)) matched none of the routes (%s): stored, not analysed",
+                 series["series_uid"], series["version"], series["modality"] or "no modality", series["instance_count"],
+                 ", ".join(route.name for route in config.routes) or "none configured")
+    for route in matched:
         if route.forward:
             _forward(db, route.name, route.forward, series, now)
-        if route.pipeline is None:
+        if not route.pipeline_names:
             continue
         job = NewJob(
             key=job_key(route.name, series["series_uid"], series["version"]),
             route=route.name,
-            pipeline=route.pipeline,
+            pipeline=",".join(route.pipeline_names),  # tried in order by the worker's gate
             series_uid=series["series_uid"],
             study_uid=series["study_uid"],
             series_version=series["version"],

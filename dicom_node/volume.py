@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom import dcmread
@@ -33,6 +33,9 @@ from pydicom.pixels import get_decoder
 from ai.types import Volume
 
 from .errors import VolumeError
+
+if TYPE_CHECKING:
+    from ai.trust.gate import SeriesFacts
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +268,38 @@ def _assemble(frames: list[_Frame], datasets: list[Dataset], modality: str) -> S
 
 def frames_position(frame: _Frame, normal: np.ndarray) -> float:
     return float(np.dot(frame.position, normal))
+
+
+def series_facts(source: SeriesVolume) -> SeriesFacts:
+    """What the series' attributes say, for the input gate (ai/trust/gate.py): read from its
+    first instance (and any per-frame functional group of an enhanced one, where it says more)."""
+    from ai.trust.gate import SeriesFacts
+
+    ds = source.datasets[0]
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return None if value in (None, "") else str(value).strip() or None
+
+    thickness = ds.get("SliceThickness")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    has_rescale = "RescaleSlope" in ds and "RescaleIntercept" in ds
+    if shared and not has_rescale:
+        transform = shared[0].get("PixelValueTransformationSequence")
+        has_rescale = bool(transform) and "RescaleSlope" in transform[0] and "RescaleIntercept" in transform[0]
+    if thickness in (None, "") and shared:
+        measures = shared[0].get("PixelMeasuresSequence")
+        thickness = measures[0].get("SliceThickness") if measures else None
+    agent = text("ContrastBolusAgent")
+    if agent is None and "ContrastBolusAgentSequence" in ds and ds.ContrastBolusAgentSequence:
+        agent = str(ds.ContrastBolusAgentSequence[0].get("CodeMeaning", "contrast agent"))
+    image_type = ds.get("ImageType") or ()
+    return SeriesFacts(
+        modality=str(ds.get("Modality", "")),
+        body_part_examined=text("BodyPartExamined"),
+        slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
+        contrast_agent=agent,
+        image_type=tuple(str(v) for v in (image_type if isinstance(image_type, (list, tuple)) else [image_type])),
+        has_rescale=has_rescale,
+        manufacturer=text("Manufacturer"),
+    )

@@ -26,8 +26,12 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
+from ai.trust.domain import Domain
+from ai.trust.gate import GateDecision
+from ai.trust.gate import check as gate_check
 from ai.types import Findings, Volume
 
+from .audit import AuditLog
 from .config import NodeConfig, PipelineSpec
 from .errors import NodeError, VolumeError
 from .index import Index
@@ -37,21 +41,38 @@ from .results import (
     EmptyFrames,
     ResultSettings,
     SegmentationEncoding,
+    build_declined_report,
     build_report,
     build_segmentation,
     segmentation_variants,
 )
-from .volume import load_series
+from .volume import load_series, series_facts
 
 log = logging.getLogger(__name__)
 
 
 class Pipeline(Protocol):
+    name: str
+    version: str
+    domain: Domain
+
     def run(self, volume: Volume) -> Findings: ...
 
 
 class PermanentJobError(NodeError):
     """Retrying the job cannot help (the series is not a volume, the pipeline does not exist)."""
+
+
+class NotApplicable(NodeError):
+    """No pipeline of the job's route may analyse the series: each one's gate decision."""
+
+    def __init__(self, declined: list[tuple[str, str, GateDecision]], source: Any = None) -> None:
+        self.declined = declined  # (pipeline name, "model version", decision)
+        self.source = source  # the SeriesVolume, for the report that says so
+        super().__init__(self.reasons())
+
+    def reasons(self) -> str:
+        return " | ".join(f"{name} ({model}): {decision.summary()}" for name, model, decision in self.declined)
 
 
 def build_pipeline(spec: PipelineSpec) -> Pipeline:
@@ -91,8 +112,9 @@ class Worker:
     """Claims and runs jobs until stopped (or, in burst mode, until the queue is empty)."""
 
     def __init__(self, config: NodeConfig, index: Index | None = None, owner: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, audit: AuditLog | None = None) -> None:
         self.config = config
+        self._audit = audit  # opened on first use: most jobs write nothing there
         self.index = index or Index(config.index.path, synchronous="NORMAL")
         self.jobs = JobQueue(self.index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
         self.outbox = Outbox(self.index)
@@ -125,7 +147,11 @@ class Worker:
             raise PermanentJobError(f"series {job.series_uid}: {exc}") from exc
         timings["load"] = time.perf_counter() - started
         started = time.perf_counter()
-        findings = self.pipeline(job.pipeline).run(source.volume)
+        pipeline, decision = self.choose_pipeline(job, source)
+        timings["gate"] = time.perf_counter() - started
+        started = time.perf_counter()
+        findings = pipeline.run(source.volume)
+        findings.extra["gate"] = {"notes": list(decision.notes), "measures": decision.measures}
         timings["pipeline"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -154,6 +180,22 @@ class Worker:
         outcome.files["sr-binary"] = folder / "sr-binary.dcm"
         timings["encode"] = time.perf_counter() - started
         return outcome
+
+    def choose_pipeline(self, job: Job, source: Any) -> tuple[Pipeline, GateDecision]:
+        """The first of the job's pipelines whose domain the series is in (NotApplicable when
+        none is: every pipeline's reasons)."""
+        facts = series_facts(source)
+        declined: list[tuple[str, str, GateDecision]] = []
+        for name in job.pipeline.split(","):
+            pipeline = self.pipeline(name)
+            decision = gate_check(pipeline.domain, facts, source.volume)
+            if decision.applicable:
+                if declined:
+                    log.info("Job %d: %s declined the series (%s); %s takes it", job.id, declined[-1][0],
+                             declined[-1][2].summary(), name)
+                return pipeline, decision
+            declined.append((name, f"{pipeline.name} {pipeline.version}", decision))
+        raise NotApplicable(declined, source)
 
     def _peer_encodings(self, name: str) -> list[str]:
         try:
@@ -216,6 +258,8 @@ class Worker:
         except LeaseLost as exc:
             log.warning("%s; another worker will finish it", exc)
             return False
+        except NotApplicable as exc:
+            return self._not_applicable(job, exc)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never fatal
             permanent = isinstance(exc, PermanentJobError)
             message = f"{type(exc).__name__}: {exc}"
@@ -233,6 +277,48 @@ class Worker:
         log.info("Job %d done: %d measurements; results to %s (%s)", job.id, len(outcome.findings.measurements),
                  ", ".join(job.destinations) or "nobody", timings)
         return True
+
+    def _not_applicable(self, job: Job, exc: NotApplicable) -> bool:
+        """End the job ``not applicable`` (not failed, not retried), with the reasons in the
+        job row, the log and the audit trail."""
+        reasons = exc.reasons()
+        try:
+            rows = self._declined_report(job, exc)
+            now = self.clock()
+            with self.index.transaction() as db:
+                for obj, peer, candidates in rows:
+                    Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
+                JobQueue.mark_not_applicable(db, job.id, self.owner, reasons, now)
+        except (LeaseLost, NodeError, OSError) as inner:
+            log.error("Job %d is not applicable (%s) and could not be recorded: %s", job.id, reasons, inner)
+            return False
+        if self._audit is None:
+            self._audit = AuditLog(self.config.audit.path)
+        self._audit.write("job_not_applicable", job=job.id, route=job.route, series_uid=job.series_uid,
+                         series_version=job.series_version,
+                         pipelines=[{"pipeline": name, "model": model, "reasons": list(decision.reasons),
+                                     "measures": decision.measures} for name, model, decision in exc.declined])
+        log.warning("Job %d not applicable: %s", job.id, reasons)
+        return True
+
+    def _declined_report(self, job: Job, exc: NotApplicable) -> list[tuple[str, str, list[Candidate]]]:
+        """The "not analysed, because ..." SR for each destination (route ``on_not_applicable:
+        report``, the default): a radiologist sees that the AI looked and declined."""
+        route = next((r for r in self.config.routes if r.name == job.route), None)
+        if route is None or route.on_not_applicable != "report" or not job.destinations or exc.source is None:
+            return []
+        from pydicom.filereader import read_file_meta_info
+
+        sr = build_declined_report(exc.source, [(model, decision.summary()) for _, model, decision in exc.declined],
+                                   job.key, self.settings)
+        folder = results_folder(self.config.results.path, job.key)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "sr-declined.dcm"
+        _write_atomically(sr, path)
+        meta = read_file_meta_info(path)
+        candidate = Candidate("binary", str(path), str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
+                              str(meta.MediaStorageSOPInstanceUID))
+        return [("sr", name, [candidate]) for name in job.destinations]
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -256,6 +342,8 @@ class Worker:
 
     def close(self) -> None:
         self.index.close()
+        if self._audit is not None:
+            self._audit.close()
 
 
 def worker_main(config: NodeConfig, stop: Any) -> None:

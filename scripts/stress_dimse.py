@@ -95,6 +95,10 @@ def main() -> int:
             if args.differential:
                 differ = stress.compare(results[True], results[False])
                 print(f"listener fast vs pynetdicom paths: {len(differ)} associations with other statuses")
+                for line in differ[:10]:
+                    number = int(line.split(":")[0].split()[1])
+                    print(f"    {line} (sender {plans[number].sender}, max PDU {plans[number].max_pdu}, "
+                          f"{plans[number].mode})")
                 ok &= not differ
         if args.only in (None, "sender"):
             plans = stress.make_plans(pool, args.associations, seed + 1, tuple(args.instances), flaws=False)

@@ -108,3 +108,15 @@ def test_classical_baseline_finds_each_phantom_lung_nodule_and_nothing_else(seed
         hit = [m for m in found
                if np.linalg.norm(np.asarray(m.centroid_patient) - np.asarray(lesion.center)) < max(lesion.semi_axes)]
         assert hit, f"nodule at {lesion.center} not found"
+
+
+@pytest.mark.parametrize("change", [{"NODULE_MAX_ELONGATION": 0.5}, {"NODULE_MIN_LUNG_SHELL": 1.01},
+                                    {"NODULE_MIN_PEAK_HU": 500.0}])
+def test_each_nodule_rule_of_the_baseline_moves_what_it_finds(change: dict[str, float]) -> None:
+    """The candidate rules (roundness, lung all around, a solid core) keep the phantom's nodules;
+    moved past them, the nodules go (the real scans' side: tests/test_real_scans.py)."""
+    phantom = make_phantom(5, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(3, 3))
+    found = [m for m in ClassicalCTPipeline().run(phantom.volume).measurements if m.lesion_index is not None]
+    moved = type("Moved", (ClassicalCTPipeline,), change)()
+    assert len(found) == 3
+    assert [m for m in moved.run(phantom.volume).measurements if m.lesion_index is not None] == []

@@ -117,3 +117,69 @@ def test_cli_jobs_lists_and_retries_a_dead_job(config: NodeConfig, series: list[
     burst = subprocess.run([*cli, "worker", "--burst"], capture_output=True, text=True, timeout=120)
     assert burst.returncode == 0 and "0 job(s) done" in burst.stdout  # the file is still missing: dead again
     assert JobQueue(Index(config.index.path)).list()[0]["state"] == "dead"
+
+
+def _declining_config(make_config: Callable[..., NodeConfig], tmp_path: Path, policy: str) -> NodeConfig:
+    """A route whose only pipeline (ct-organs, phantoms only) will decline a 10 mm series."""
+    return make_config(
+        peers=PEERS,
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": ["organs", "baseline"],
+                 "destinations": ["sender"], "on_not_applicable": policy}],
+        pipelines={"organs": {"kind": "model", "model": "ct-organs", "device": "cpu"}, "baseline": {"kind": "classical"}},
+        results={"path": str(tmp_path / "results")},
+    )
+
+
+@pytest.mark.parametrize("policy", ["report", "silent"])
+def test_a_series_outside_every_domain_ends_not_applicable(make_config: Callable[..., NodeConfig], tmp_path: Path,
+                                                           policy: str) -> None:
+    """10 mm slices: both pipelines decline. The job ends "not applicable" (not failed, not
+    retried) with each pipeline's reasons, in the job row, the audit trail and, by default,
+    an SR to the destinations that says the AI looked and declined."""
+    from dicom_node.audit import read_audit
+
+    from .test_results import dciodvfy_errors
+
+    config = _declining_config(make_config, tmp_path, policy)
+    phantom = make_phantom(4, shape=(12, 96, 96), spacing=(10.0, 3.0, 3.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    files = write_volume_series(phantom.volume, tmp_path / "thick", seed=4)
+    worker = Worker(config)
+    index_series(worker.index, files)
+    route_completed(worker.index, config, now=1000)
+    assert worker.run(Event(), burst=True) == 1
+    [job] = worker.jobs.list()
+    assert job["state"] == "not applicable" and job["attempts"] == 1
+    assert "organs (ct-organs 2.0.0): slices 10 mm thick" in job["last_error"]
+    assert "baseline (ct-classical-baseline 2.0.0): slices 10 mm thick" in job["last_error"]
+    assert worker.run(Event(), burst=True) == 0  # not retried
+    [record] = [r for r in read_audit(config.audit.path) if r["event"] == "job_not_applicable"]
+    assert [p["pipeline"] for p in record["pipelines"]] == ["organs", "baseline"]
+    deliveries = Outbox(worker.index).list()
+    worker.close()
+    if policy == "silent":
+        assert deliveries == []
+        return
+    assert [(d["object"], d["peer"]) for d in deliveries] == [("sr", "pacs")]
+    path = Path(json.loads(deliveries[0]["candidates"])[0]["path"])
+    sr = dcmread(path)
+    assert str(sr.SeriesDescription) == "AI not analysed (ct-organs, ct-classical-baseline)"
+    texts = [str(item.TextValue) for item in sr.ContentSequence[-1].ContentSequence]
+    assert texts[0].startswith("not analysed by ct-organs 2.0.0: slices 10 mm thick")
+    assert len(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence) == 12
+    assert dciodvfy_errors(sr, path) == []
+
+
+def test_jobs_shows_why_a_job_was_not_applicable(make_config: Callable[..., NodeConfig], tmp_path: Path) -> None:
+    config = _declining_config(make_config, tmp_path, "silent")
+    phantom = make_phantom(4, shape=(12, 96, 96), spacing=(10.0, 3.0, 3.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    worker = Worker(config)
+    index_series(worker.index, write_volume_series(phantom.volume, tmp_path / "thick", seed=4))
+    route_completed(worker.index, config, now=1000)
+    worker.run(Event(), burst=True)
+    worker.close()
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    shown = subprocess.run([sys.executable, "-m", "dicom_node.cli", "jobs", "--config", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "not applicable" in shown.stdout and "slices 10 mm thick" in shown.stdout

@@ -322,7 +322,15 @@ def start_receivers(work: Path, storescp: str, seed: int) -> Receivers:
 
         def on_store(event: object, out: Path = out) -> int:
             uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[attr-defined]
-            (out / f"{uid}.bin").write_bytes(bytes(event.encoded_dataset(include_meta=False)))  # type: ignore[attr-defined]
+            spooled = getattr(event, "dataset_path", None)  # pynetdicom's chunked receive (a node in this process set it)
+            if spooled is not None:
+                with open(spooled, "rb") as fp:
+                    read_preamble(fp, False)
+                    _read_file_meta_info(fp)
+                    data = fp.read()
+            else:
+                data = bytes(event.encoded_dataset(include_meta=False))  # type: ignore[attr-defined]
+            (out / f"{uid}.bin").write_bytes(data)
             return SUCCESS
 
         ae = AE(ae_title="PYNETDICOM")
