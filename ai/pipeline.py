@@ -23,6 +23,7 @@ from .postprocess import components, postprocess
 from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
 from .registry import ModelCard, load_model
 from .trust.domain import Domain, TrainingData
+from .trust.output_check import check_structures, structure_confidence
 from .types import Findings, LabelInfo, Volume
 
 
@@ -91,24 +92,46 @@ class SegmentationPipeline:
         lesion_probabilities = {info.value: region.paste(probabilities[info.value].astype(np.float16), grid_shape, fill=0)
                                 for info in infos if info.lesion}
         labels = probabilities.argmax(axis=0).astype(np.uint8)
+        winning = probabilities.max(axis=0).astype(np.float16)  # for each structure's confidence
         del probabilities
         release_free_memory()
         labels = self.post_process(labels, grid_spacing)
+        confidence = structure_confidence(labels, winning, infos)
+        del winning
         full = region.paste(labels, grid_shape)
         del labels
         label_map = resample_labels(full, volume.shape)
         del full
         started = timings.mark("postprocess", started)
+        label_map, verdicts = check_structures(label_map, volume, infos, confidence, self.card.data.output_checks)
+        withheld = {v.name: str(v.withheld) for v in verdicts if v.withheld}
+        by_value = {info.value: info.name for info in infos}
+        trusted = []
+        for rule in self.card.data.classification:
+            host = rule.host_label
+            host_confidence = None if host is None else confidence.get(host)
+            if host is not None and (host_confidence is None or host_confidence < rule.host_min_confidence
+                                     or by_value[host] in withheld):
+                # Neither "present" nor "absent": a lesion of an organ the model cannot stand behind.
+                reason = f"its host, the {by_value[host]}, is not reported with confidence {rule.host_min_confidence:.2f} or more"
+                withheld[rule.name] = reason
+                if (label_map == rule.label).any():
+                    withheld.setdefault(by_value[rule.label], reason)
+                    label_map = np.where(label_map == rule.label, 0, label_map).astype(label_map.dtype)
+                continue
+            trusted.append(rule)
+        started = timings.mark("output check", started)
         measurements = measure_all(label_map, volume, infos, probability_score(lesion_probabilities, volume.shape))
         scores: dict[str, float] = {}
         decided: dict[str, bool] = {}
-        for rule in self.card.data.classification:
+        for rule in trusted:
             lesions = [m.score or 0.0 for m in measurements if m.label == rule.label and m.lesion_index is not None]
             scores[rule.name] = max(lesions, default=0.0)
             decided[rule.name] = scores[rule.name] >= rule.threshold
         timings.mark("measure", started)
         return Findings(label_map, infos, tuple(measurements), scores, decided, self.card.name, self.card.version,
-                        extra={"timings": timings.stages, "device": str(self.device)})
+                        extra={"timings": timings.stages, "device": str(self.device), "withheld": withheld,
+                               "confidence": {by_value[v]: round(c, 3) for v, c in confidence.items()}})
 
 
 BASELINE_LABELS = (

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .trust.domain import Domain
+from .trust.output_check import StructureRule
 from .types import LabelInfo
 
 BUILTIN_MODELS = Path(__file__).parent / "models"
@@ -70,6 +71,9 @@ class ClassificationSpec(_Strict):
     name: str
     label: int
     threshold: float = Field(ge=0.0, le=1.0)
+    #: The finding stands only when this organ is reported with at least this confidence.
+    host_label: int | None = None
+    host_min_confidence: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class ModelCardData(_Strict):
@@ -90,6 +94,8 @@ class ModelCardData(_Strict):
     labels: list[LabelSpec] = Field(min_length=1)
     #: What the model may be run on (ai/trust/domain.py); the gate holds every series against it.
     domain: Domain
+    #: Per structure name: confidence and plausibility rules (ai/trust/output_check.py).
+    output_checks: dict[str, StructureRule] = {}
 
 
 @dataclass(frozen=True)

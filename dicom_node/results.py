@@ -306,8 +306,21 @@ def _qualitative_evaluations(findings: Findings) -> hd.sr.ContainerContentItem:
     if not items and not findings.measurements:
         items.append(hd.sr.CodeContentItem(name=codes.DCM.Finding, value=_ABSENT,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    withheld: dict[str, str] = findings.extra.get("withheld", {})
+    for name, value in sorted(findings.extra.get("confidence", {}).items()):
+        if name not in withheld:
+            items.append(hd.sr.TextContentItem(name=STRUCTURE_CONFIDENCE, value=f"{name}: {value:.2f}",
+                                               relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    for name, why in sorted(withheld.items()):
+        items.append(hd.sr.TextContentItem(name=WITHHELD, value=f"{name}: {why}"[:1024],
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     container.ContentSequence = items
     return container
+
+
+#: Per structure the model's confidence (mean winning-class probability), and what was withheld.
+STRUCTURE_CONFIDENCE = hd.sr.CodedConcept("STRUCT_CONF", "99DCMNODE", "Structure confidence (mean maximum probability)")
+WITHHELD = hd.sr.CodedConcept("WITHHELD", "99DCMNODE", "Withheld from this report")
 
 
 def _referenced_uids(group: Any) -> set[str]:

@@ -120,3 +120,46 @@ def test_each_nodule_rule_of_the_baseline_moves_what_it_finds(change: dict[str, 
     moved = type("Moved", (ClassicalCTPipeline,), change)()
     assert len(found) == 3
     assert [m for m in moved.run(phantom.volume).measurements if m.lesion_index is not None] == []
+
+
+def test_every_structure_is_reported_with_its_confidence(results: list) -> None:
+    """In domain nothing is withheld, and each structure carries its confidence (over the card's
+    thresholds: its output_checks)."""
+    for _, findings in results:
+        assert findings.extra["withheld"] == {}
+        assert set(findings.extra["confidence"]) >= {"lungs", "liver", "spleen", "kidneys", "bone"}
+        assert all(0.8 <= value <= 1.0 for name, value in findings.extra["confidence"].items() if "lesion" not in name
+                   and "nodule" not in name)
+
+
+def test_a_finding_needs_a_confident_host(pipeline: SegmentationPipeline, results: list) -> None:
+    """Moved past the liver's confidence, the host threshold withholds "liver lesion present"
+    with the reason; the lesion's own score is unchanged."""
+    phantom, findings = results[0]
+    card = pipeline.card
+    strict = type(card)(card.data.model_copy(update={"classification": [
+        c.model_copy(update={"host_min_confidence": 0.999}) if c.label == LIVER_LESION else c
+        for c in card.data.classification]}), card.folder)
+    moved = SegmentationPipeline(strict, device="cpu")
+    moved._model = pipeline.model
+    again = moved.run(phantom.volume)
+    assert findings.findings["liver lesion present"] is True
+    assert "liver lesion present" not in again.findings and "liver lesion present" not in again.scores
+    assert again.extra["withheld"]["liver lesion present"].startswith("its host, the liver, is not reported")
+    assert again.extra["withheld"]["liver lesion"] == again.extra["withheld"]["liver lesion present"]
+    assert not (again.label_map == LIVER_LESION).any()  # no segment either: not "present", not "absent"
+    assert again.findings["lung nodule present"] is True
+
+
+def test_a_structure_under_its_confidence_is_withheld(pipeline: SegmentationPipeline, results: list) -> None:
+    from ai.trust.output_check import StructureRule
+
+    phantom, _ = results[0]
+    card = pipeline.card
+    checks = {**card.data.output_checks, "spleen": StructureRule(min_confidence=0.999)}
+    moved = SegmentationPipeline(type(card)(card.data.model_copy(update={"output_checks": checks}), card.folder), device="cpu")
+    moved._model = pipeline.model
+    findings = moved.run(phantom.volume)
+    assert "under 1.00" in findings.extra["withheld"]["spleen"]
+    assert not (findings.label_map == 3).any()
+    assert not [m for m in findings.measurements if m.name == "spleen"]

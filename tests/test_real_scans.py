@@ -159,3 +159,15 @@ def test_the_nodule_core_threshold_moves_the_real_claims(change: dict[str, objec
     moved = type("Moved", (ClassicalCTPipeline,), change)()
     findings = moved.run(real_scans.nifti_volume("ct_abdomen_3mm.nii.gz"))
     assert [m for m in findings.measurements if m.lesion_index is not None], "partial-volume lung is a 'nodule' again"
+
+
+def test_past_the_gate_ct_organs_would_still_withhold_every_structure(organs: SegmentationPipeline) -> None:
+    """Defence in depth: run ungated on the real abdomen, each structure's confidence falls under
+    the card's calibrated threshold and nothing, no lesion either, would be reported."""
+    findings = organs.run(real_scans.nifti_volume("ct_abdomen_3mm.nii.gz"))
+    withheld = findings.extra["withheld"]
+    assert {"lungs", "liver", "spleen", "kidneys", "bone"} <= set(withheld), withheld
+    assert all("confidence" in why for name, why in withheld.items() if name in ("lungs", "liver", "spleen", "kidneys", "bone"))
+    assert findings.findings == {}  # neither present nor absent: the hosts are withheld
+    assert not [m for m in findings.measurements if m.voxel_count]
+    assert not findings.label_map.any()

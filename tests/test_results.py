@@ -222,3 +222,18 @@ def test_every_seg_frame_lies_on_the_source_image_it_references(layout: str, tmp
     for number, info in enumerate(present_labels(findings), start=1):
         expected[findings.label_map == info.value] = number
     assert np.array_equal(pixels, expected)
+
+
+def test_the_report_carries_each_structure_confidence_and_what_was_withheld(source: SeriesVolume, findings: Findings,
+                                                                           tmp_path: Path) -> None:
+    import dataclasses
+
+    told = dataclasses.replace(findings, extra={"confidence": {"lungs": 0.991, "liver": 0.97, "spleen": 0.62},
+                                                "withheld": {"spleen": "confidence 0.62 under 0.80"}})
+    seg = build_segmentation(source, told, "job-c", ResultSettings())
+    sr = build_report(source, told, seg, "job-c", ResultSettings())
+    assert dciodvfy_errors(sr, tmp_path / "sr.dcm") == []
+    items = [(str(i.ConceptNameCodeSequence[0].CodeValue), str(i.TextValue)) for i in sr.ContentSequence[-1].ContentSequence
+             if i.ValueType == "TEXT"]
+    assert items == [("STRUCT_CONF", "liver: 0.97"), ("STRUCT_CONF", "lungs: 0.99"),
+                     ("WITHHELD", "spleen: confidence 0.62 under 0.80")]
