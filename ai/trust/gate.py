@@ -25,6 +25,7 @@ from scipy import ndimage
 from ..types import Volume
 from .domain import Domain
 from .features import feature_distance, intensity_features
+from .features import sample as features_sample
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def check(domain: Domain, facts: SeriesFacts, volume: Volume) -> GateDecision:
         reasons.append(f"Modality {modality or '(none)'} is not {'/'.join(domain.modality)}")
     if volume.voxels.size == 0:
         return GateDecision(False, (*reasons, "the series holds no voxels"), seconds=time.perf_counter() - started)
-    sample = np.asarray(volume.voxels[::2, ::2, ::2], dtype=np.float32)
+    sample, sample_spacing = features_sample(volume)
     if "CT" in [m.upper() for m in domain.modality]:
         darkest = float(np.percentile(sample, 0.5))
         measures["air_hu"] = round(darkest, 1)
@@ -119,7 +120,7 @@ def check(domain: Domain, facts: SeriesFacts, volume: Volume) -> GateDecision:
     part = (facts.body_part_examined or "").strip().upper()
     if part and domain.body_regions and part not in [r.upper() for r in domain.body_regions]:
         reasons.append(f"Body Part Examined {part} is not one of {', '.join(domain.body_regions)}")
-    width = _body_width_mm(sample, float(volume.spacing[2]) * 2)
+    width = _body_width_mm(sample, float(sample_spacing[2]))
     measures["body_width_mm"] = round(width, 1)
     low, high = domain.body_width_mm
     if not low <= width <= high:
