@@ -355,27 +355,8 @@ def build_report(
         if measurement.lesion_index is not None and measurement.voxel_count:
             groups.append(_lesion_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
 
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derive_uid(f"device:{settings.device_name}", "observer"),
-            name=settings.device_name,
-            manufacturer_name=MANUFACTURER,
-            model_name=f"{findings.model_name} {findings.model_version}"[:64],
-        ),
-    )
-    modality = source.volume.modality
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=_PROCEDURES.get(modality, _IMAGING_PROCEDURE),
-        imaging_measurements=groups or [hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, "nothing"), identifier="nothing found"))],
-    )
-    if not groups:
-        # Nothing found: TID 1500 then holds Qualitative Evaluations only (highdicom insists on
-        # an Imaging Measurements container, so the placeholder goes again).
-        report[0].ContentSequence = [item for item in report[0].ContentSequence
-                                     if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
+    report = _measurement_report(source, settings, f"{findings.model_name} {findings.model_version}", groups,
+                                 derive_uid(job_key, "nothing"), "nothing found")
     evaluations = _qualitative_evaluations(findings)
     if evaluations.ContentSequence:
         report[0].ContentSequence.append(evaluations)
@@ -388,16 +369,48 @@ def build_report(
         evidence.append(seg)
     if not evidence:  # nothing found: the report is about the whole source series
         evidence = list(source.datasets)
+    return _report_object(evidence, report, settings, derive_uid(job_key, "sr-series"), derive_uid(job_key, "sr"),
+                          f"AI measurements ({findings.model_name} v{findings.model_version})")
+
+
+def _measurement_report(source: SeriesVolume, settings: ResultSettings, model: str | None, groups: list[object],
+                        placeholder_uid: str, placeholder: str) -> hd.sr.MeasurementReport:
+    """TID 1500 observed by this node (as the device running ``model``). Without measurement
+    groups it holds Qualitative Evaluations only (highdicom insists on an Imaging Measurements
+    container, so a placeholder is built and removed again)."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derive_uid(f"device:{settings.device_name}", "observer"),
+            name=settings.device_name,
+            manufacturer_name=MANUFACTURER,
+            model_name=model[:64] if model else None,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_PROCEDURES.get(source.volume.modality, _IMAGING_PROCEDURE),
+        imaging_measurements=groups or [hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=placeholder_uid, identifier=placeholder))],
+    )
+    if not groups:
+        report[0].ContentSequence = [item for item in report[0].ContentSequence
+                                     if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
+    return report
+
+
+def _report_object(evidence: list[Dataset], report: hd.sr.MeasurementReport, settings: ResultSettings,
+                   series_uid: str, sop_uid: str, description: str) -> hd.sr.Comprehensive3DSR:
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=derive_uid(job_key, "sr-series"),
+        series_instance_uid=series_uid,
         series_number=settings.sr_series_number,
-        sop_instance_uid=derive_uid(job_key, "sr"),
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=f"AI measurements ({findings.model_name} v{findings.model_version})"[:64],
+        series_description=description[:64],
     )
 
 
@@ -411,22 +424,7 @@ def build_declined_report(source: SeriesVolume, declined: Sequence[tuple[str, st
     ("ct-organs 2.0.0: <reasons>") under Qualitative Evaluations, and "Finding: not analysed"
     is never confused with "absent". It references every instance of the series, so a viewer
     shows it with the series the AI looked at and declined."""
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derive_uid(f"device:{settings.device_name}", "observer"),
-            name=settings.device_name,
-            manufacturer_name=MANUFACTURER,
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=_PROCEDURES.get(source.volume.modality, _IMAGING_PROCEDURE),
-        imaging_measurements=[hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, "declined"), identifier="not analysed"))],
-    )
-    report[0].ContentSequence = [item for item in report[0].ContentSequence
-                                 if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
+    report = _measurement_report(source, settings, None, [], derive_uid(job_key, "declined"), "not analysed")
     container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     container.ContentSequence = [
         hd.sr.TextContentItem(name=NOT_ANALYSED, value=f"not analysed by {model}: {reasons}"[:1024],
@@ -435,17 +433,8 @@ def build_declined_report(source: SeriesVolume, declined: Sequence[tuple[str, st
     ]
     report[0].ContentSequence.append(container)
     names = ", ".join(model.split()[0] for model, _ in declined)
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(source.datasets),
-        content=report,
-        series_instance_uid=derive_uid(job_key, "declined-series"),
-        series_number=settings.sr_series_number,
-        sop_instance_uid=derive_uid(job_key, "declined"),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=f"AI not analysed ({names})"[:64],
-    )
+    return _report_object(list(source.datasets), report, settings, derive_uid(job_key, "declined-series"),
+                          derive_uid(job_key, "declined"), f"AI not analysed ({names})")
 
 
 def segmentation_variants(encodings: Sequence[SegmentationEncoding]) -> list[SegmentationEncoding]:

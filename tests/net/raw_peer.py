@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import dimse_messages, dimse_primitives
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
@@ -43,12 +42,9 @@ class ReleaseRequested(PeerClosed):
 
 def command_bytes(message: str, **values: Any) -> bytes:
     """A command set encoded by pynetdicom and pydicom (Implicit VR LE, group length first)."""
-    primitive = getattr(dimse_primitives, "_".join(message.split("_")[:2]))()
-    for key, value in values.items():
-        setattr(primitive, key, value)
-    msg = getattr(dimse_messages, message)()
-    msg.primitive_to_message(primitive)
-    return bytes(encode(msg.command_set, True, True))
+    from .test_store_messages import command_set_of
+
+    return bytes(encode(command_set_of(message, **values), True, True))
 
 
 def store_request(message_id: int, sop_class: str, sop_instance: str, priority: int | None = 2) -> bytes:

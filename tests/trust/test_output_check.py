@@ -36,32 +36,20 @@ def test_a_plausible_confident_structure_is_reported() -> None:
     assert [(v.name, v.withheld) for v in verdicts] == [("lungs", None), ("liver", None)]
 
 
-@pytest.mark.parametrize(("rule", "why"), [
-    (StructureRule(min_confidence=0.7), "confidence 0.60 under 0.70"),
-    (StructureRule(max_components=0 + 1, component_ml=0.1), None),
+@pytest.mark.parametrize(("structure", "value", "rule", "words"), [
+    ("liver", 2, StructureRule(min_confidence=0.7), "confidence 0.60 under 0.70"),
+    ("liver", 2, StructureRule(max_components=1, component_ml=0.1), None),
+    ("lungs", 1, StructureRule(min_confidence=0.96), "confidence 0.95 under 0.96"),
+    ("lungs", 1, StructureRule(max_components=1), "2 separate parts of at least 5 mL, where there are at most 1"),
+    ("lungs", 1, StructureRule(above="liver", min_confidence=0.5), None),
 ])
-def test_liver_rules(rule: StructureRule, why: str | None) -> None:
+def test_each_rule_moves_the_verdict(structure: str, value: int, rule: StructureRule, words: str | None) -> None:
     label_map, volume, probability = _scene()
     out, verdicts = check_structures(label_map, volume, LABELS, structure_confidence(label_map, probability, LABELS),
-                                     {"liver": rule})
-    liver = next(v for v in verdicts if v.name == "liver")
-    assert liver.withheld == why
-    assert bool((out == 2).any()) is (why is None)
-
-
-@pytest.mark.parametrize(("rule", "words"), [
-    (StructureRule(min_confidence=0.96), "confidence 0.95 under 0.96"),
-    (StructureRule(max_components=1), "2 separate parts of at least 5 mL, where there are at most 1"),
-    (StructureRule(above="liver", min_confidence=0.5), None),
-])
-def test_each_lung_rule_moves_the_verdict(rule: StructureRule, words: str | None) -> None:
-    label_map, volume, probability = _scene()
-    out, verdicts = check_structures(label_map, volume, LABELS, structure_confidence(label_map, probability, LABELS),
-                                     {"lungs": rule})
-    lungs = next(v for v in verdicts if v.name == "lungs")
-    assert lungs.withheld == words
-    assert bool((out == 1).any()) is (words is None)
-    assert (label_map == 1).any()  # the input is never changed
+                                     {structure: rule})
+    assert next(v for v in verdicts if v.name == structure).withheld == words
+    assert bool((out == value).any()) is (words is None)
+    assert (label_map == value).any()  # the input is never changed
 
 
 def test_lungs_below_the_liver_are_not_lungs() -> None:
