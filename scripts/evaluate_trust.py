@@ -86,7 +86,8 @@ def main() -> int:
                 continue
             findings = pipeline.run(volume)  # type: ignore[arg-type]
             text, lesions = reported(findings, truth)
-            print(f"| {name} | {label} | in ({decision.seconds:.2f} s) | {text} | {lesions} | - |")
+            withheld = "; ".join(f"{k}: {v}" for k, v in findings.extra.get("withheld", {}).items()) or "-"
+            print(f"| {name} | {label} | in ({decision.seconds:.2f} s) | {text} | {lesions} | {withheld} |")
     if not args.no_timing:
         phantom = make_phantom(7100, shape=(300, 512, 512), spacing=(1.25, 0.8, 0.8))
         facts = SeriesFacts("CT", "CHEST", 1.25, "iodine (phantom)")
