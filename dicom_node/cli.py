@@ -210,7 +210,10 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
     colours = {"done": "green", "dead": "red", "running": "yellow", "queued": "", "delivered": "green", "pending": "yellow",
                "not applicable": "cyan"}
     for job in jobs:
-        table.add_row(str(job["id"]), job["route"], job["pipeline"], f"{job['series_uid']} v{job['series_version']}",
+        tried = job["pipeline"]
+        ran = job.get("ran_pipeline") or ""
+        shown = tried if not ran or ran == tried else f"{tried} -> {ran}"
+        table.add_row(str(job["id"]), job["route"], shown, f"{job['series_uid']} v{job['series_version']}",
                       f"[{colours.get(job['state'], 'red')}]{job['state']}[/]" if colours.get(job["state"], "red") else job["state"],
                       f"{job['attempts']}/{job['max_attempts']}", _when(job["created_at"]), _when(job["finished_at"]),
                       job["last_error"])

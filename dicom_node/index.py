@@ -187,12 +187,19 @@ class Index:
                     raise
                 time.sleep(0.0002)
 
-    def create_tables(self, schema: str) -> None:
-        """Create the tables a later stage keeps in this database (jobs, outbox), if missing."""
+    def create_tables(self, schema: str, added_columns: dict[str, dict[str, str]] | None = None) -> None:
+        """Create the tables a later stage keeps in this database (jobs, outbox), if missing, and
+        add the columns a later release gave them (``{table: {column: definition}}``) to a
+        database an earlier release made."""
         with self.transaction() as db:
             for statement in schema.strip().split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for table, columns in (added_columns or {}).items():
+                present = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                for column, definition in columns.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner TEXT,
     lease_expires REAL,
     last_error TEXT NOT NULL DEFAULT '',
+    ran_pipeline TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL
@@ -121,7 +122,8 @@ class JobQueue:
         self.index = index
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
-        index.create_tables(_SCHEMA)
+        # ran_pipeline: which of a route's pipelines ran (a route may list several; the gate picks).
+        index.create_tables(_SCHEMA, {"jobs": {"ran_pipeline": "TEXT NOT NULL DEFAULT ''"}})
 
     # -- producing -------------------------------------------------------------------------
 
@@ -182,15 +184,16 @@ class JobQueue:
                 raise LeaseLost(f"job {job_id} is no longer leased to {owner}")
 
     @staticmethod
-    def mark_done(db: sqlite3.Connection, job_id: int, owner: str, now: float) -> None:
-        """Finish a job inside the caller's transaction (the one that queues its deliveries)."""
+    def mark_done(db: sqlite3.Connection, job_id: int, owner: str, now: float, ran_pipeline: str = "") -> None:
+        """Finish a job inside the caller's transaction (the one that queues its deliveries);
+        ``ran_pipeline``: which of the route's pipelines ran."""
         cursor = db.execute(
             """
             UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires = NULL, updated_at = ?, finished_at = ?,
-                last_error = ''
+                last_error = '', ran_pipeline = ?
             WHERE id = ? AND lease_owner = ? AND state = 'running'
             """,
-            (now, now, job_id, owner),
+            (now, now, ran_pipeline, job_id, owner),
         )
         if cursor.rowcount != 1:
             raise LeaseLost(f"job {job_id} is no longer leased to {owner}")

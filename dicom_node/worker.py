@@ -92,6 +92,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
 @dataclass
 class JobOutcome:
     findings: Findings
+    pipeline: str  # the name (in the configuration) of the pipeline that ran
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -147,7 +148,7 @@ class Worker:
             raise PermanentJobError(f"series {job.series_uid}: {exc}") from exc
         timings["load"] = time.perf_counter() - started
         started = time.perf_counter()
-        pipeline, decision = self.choose_pipeline(job, source)
+        chosen, pipeline, decision = self.choose_pipeline(job, source)
         timings["gate"] = time.perf_counter() - started
         started = time.perf_counter()
         findings = pipeline.run(source.volume)
@@ -160,7 +161,7 @@ class Worker:
         wanted: list[SegmentationEncoding] = []
         for name in job.destinations:
             wanted.extend(SegmentationEncoding(e) for e in self._peer_encodings(name))
-        outcome = JobOutcome(findings, timings=timings)
+        outcome = JobOutcome(findings, chosen, timings=timings)
         binary_seg = None
         for encoding in segmentation_variants(wanted):
             seg = build_segmentation(source, findings, job.key, self.settings, encoding)
@@ -181,9 +182,9 @@ class Worker:
         timings["encode"] = time.perf_counter() - started
         return outcome
 
-    def choose_pipeline(self, job: Job, source: Any) -> tuple[Pipeline, GateDecision]:
-        """The first of the job's pipelines whose domain the series is in (NotApplicable when
-        none is: every pipeline's reasons)."""
+    def choose_pipeline(self, job: Job, source: Any) -> tuple[str, Pipeline, GateDecision]:
+        """The first of the job's pipelines whose domain the series is in, with its name
+        (NotApplicable when none is: every pipeline's reasons)."""
         facts = series_facts(source)
         declined: list[tuple[str, str, GateDecision]] = []
         for name in job.pipeline.split(","):
@@ -193,7 +194,7 @@ class Worker:
                 if declined:
                     log.info("Job %d: %s declined the series (%s); %s takes it", job.id, declined[-1][0],
                              declined[-1][2].summary(), name)
-                return pipeline, decision
+                return name, pipeline, decision
             declined.append((name, f"{pipeline.name} {pipeline.version}", decision))
         raise NotApplicable(declined, source)
 
@@ -254,7 +255,7 @@ class Worker:
             with self.index.transaction() as db:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
-                JobQueue.mark_done(db, job.id, self.owner, now)
+                JobQueue.mark_done(db, job.id, self.owner, now, outcome.pipeline)
         except LeaseLost as exc:
             log.warning("%s; another worker will finish it", exc)
             return False

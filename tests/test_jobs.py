@@ -106,3 +106,30 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(queue: JobQueue) -> No
     assert queue.claim("w", now=now, lease_seconds=30) is None
     assert queue.counts() == {"dead": 1}
     assert "lease expired" in queue.list()[0]["last_error"]
+
+
+def test_a_database_from_before_ran_pipeline_gets_the_column(tmp_path: Path) -> None:
+    """An index made by an earlier release (no ran_pipeline column) is migrated in place; its
+    jobs keep their rows and read an empty ran_pipeline."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, route TEXT NOT NULL, "
+                "pipeline TEXT NOT NULL, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL, series_version INTEGER NOT NULL, "
+                "calling_ae TEXT NOT NULL DEFAULT '', destinations TEXT NOT NULL, priority INTEGER NOT NULL, "
+                "state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL, "
+                "not_before REAL NOT NULL, lease_owner TEXT, lease_expires REAL, last_error TEXT NOT NULL DEFAULT '', "
+                "created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL)")
+    old.execute("INSERT INTO jobs (key, route, pipeline, series_uid, study_uid, series_version, destinations, priority, "
+                "state, max_attempts, not_before, created_at, updated_at) "
+                "VALUES ('k', 'r', 'p', 's', 'st', 1, '[]', 0, 'done', 3, 0, 0, 0)")
+    old.commit()
+    old.close()
+    index = Index(path)
+    try:
+        queue = JobQueue(index)
+        [row] = queue.list()
+        assert (row["key"], row["ran_pipeline"]) == ("k", "")
+    finally:
+        index.close()

@@ -121,7 +121,7 @@ def test_real_scans_through_the_node_with_the_shipped_configuration(tmp_path: Pa
         node.stop()
     assert len(jobs) == 1, jobs  # the MR matched no route: no job at all
     [job] = jobs
-    assert job["state"] == "done", job["last_error"]
+    assert (job["state"], job["ran_pipeline"]) == ("done", "ct-baseline"), job["last_error"]
     log = (tmp_path / "node" / "node.log").read_text()
     assert "ct-organs declined the series" in log and "ct-baseline takes it" in log
     assert "matched none of the routes (ct-default): stored, not analysed" in log

@@ -183,3 +183,17 @@ def test_jobs_shows_why_a_job_was_not_applicable(make_config: Callable[..., Node
                            text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "not applicable" in shown.stdout and "slices 10 mm thick" in shown.stdout
+
+
+def test_the_job_records_which_pipeline_of_a_list_ran(make_config: Callable[..., NodeConfig], tmp_path: Path) -> None:
+    """A route's list is tried in order; a 3 mm phantom is ct-organs' own domain, the job row
+    says so (and jobs shows "organs,baseline -> organs")."""
+    config = _declining_config(make_config, tmp_path, "report")
+    phantom = make_phantom(6, shape=(60, 128, 128), spacing=(3.0, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    worker = Worker(config)
+    index_series(worker.index, write_volume_series(phantom.volume, tmp_path / "thin", seed=6))
+    route_completed(worker.index, config, now=1000)
+    assert worker.run(Event(), burst=True) == 1
+    [job] = worker.jobs.list()
+    worker.close()
+    assert (job["state"], job["pipeline"], job["ran_pipeline"]) == ("done", "organs,baseline", "organs")
