@@ -105,6 +105,16 @@ def _write_atomically(ds: Dataset, path: Path) -> None:
     os.replace(part, path)
 
 
+def file_candidate(variant: str, path: Path, meta: Dataset | None = None) -> Candidate:
+    """The outbox candidate for a result file, from its File Meta (read here unless given)."""
+    if meta is None:
+        from pydicom.filereader import read_file_meta_info
+
+        meta = read_file_meta_info(path)
+    return Candidate(variant, str(path), str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
+                     str(meta.MediaStorageSOPInstanceUID))
+
+
 def results_folder(root: Path, key: str) -> Path:
     return root / hashlib.sha256(key.encode()).hexdigest()[:24]
 
@@ -211,9 +221,7 @@ class Worker:
         metas = {key: read_file_meta_info(path) for key, path in outcome.files.items()}  # once per file, not per peer
 
         def candidate(variant: str, key: str) -> Candidate:
-            meta = metas[key]
-            return Candidate(variant, str(outcome.files[key]), str(meta.MediaStorageSOPClassUID),
-                             str(meta.TransferSyntaxUID), str(meta.MediaStorageSOPInstanceUID))
+            return file_candidate(variant, outcome.files[key], metas[key])
 
         rows = []
         for name in job.destinations:
@@ -308,17 +316,13 @@ class Worker:
         route = next((r for r in self.config.routes if r.name == job.route), None)
         if route is None or route.on_not_applicable != "report" or not job.destinations or exc.source is None:
             return []
-        from pydicom.filereader import read_file_meta_info
-
         sr = build_declined_report(exc.source, [(model, decision.summary()) for _, model, decision in exc.declined],
                                    job.key, self.settings)
         folder = results_folder(self.config.results.path, job.key)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "sr-declined.dcm"
         _write_atomically(sr, path)
-        meta = read_file_meta_info(path)
-        candidate = Candidate("binary", str(path), str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
-                              str(meta.MediaStorageSOPInstanceUID))
+        candidate = file_candidate("binary", path)
         return [("sr", name, [candidate]) for name in job.destinations]
 
     # -- the loop ------------------------------------------------------------------------

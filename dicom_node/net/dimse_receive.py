@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+from io import BytesIO
 from typing import Any
 
 from pydicom.uid import UID
@@ -58,11 +59,7 @@ def message_parts(pdvs: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
 
 def receive_primitive(self: Any, primitive: P_DATA) -> None:
     """``DIMSEServiceProvider.receive_primitive``, one message's PDVs at a time."""
-    pdvs = primitive.presentation_data_value_list
-    if len(pdvs) < 2:
-        _receive_message_part(self, primitive)
-        return
-    parts = message_parts(pdvs)
+    parts = message_parts(primitive.presentation_data_value_list)
     if len(parts) == 1:
         _receive_message_part(self, primitive)
         return
@@ -103,8 +100,6 @@ def _receive_message_part(self: Any, primitive: P_DATA) -> bool:
 
 def _reset(self: Any, message: Any) -> None:
     """What pynetdicom does once a message is handed on: ready for the next one (issue #41)."""
-    from io import BytesIO
-
     message.encoded_command_set = BytesIO()
     message.data_set = BytesIO()
     message._data_set_file = None

@@ -27,7 +27,6 @@ from pynetdicom import dul as _dul
 from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 
-_original_read_pdu_data = _dul.DULServiceProvider._read_pdu_data
 _PDU_TYPES = frozenset(range(1, 8))
 _P_DATA_TF = 0x04
 _PDU_NAMES = {1: "A-ASSOCIATE-RQ", 2: "A-ASSOCIATE-AC", 3: "A-ASSOCIATE-RJ", 4: "P-DATA-TF", 5: "A-RELEASE-RQ",
