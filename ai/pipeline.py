@@ -24,7 +24,7 @@ from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
 from .registry import ModelCard, load_model
 from .trust.domain import Domain, TrainingData
 from .trust.output_check import check_structures, structure_confidence
-from .types import Findings, LabelInfo, Volume
+from .types import UNCERTAINTY_STEPS, Findings, LabelInfo, Volume
 
 
 @dataclass
@@ -40,13 +40,16 @@ class Timings:
 class SegmentationPipeline:
     """A segmentation model from its card; the model loads on first use, on the chosen device."""
 
-    def __init__(self, card: ModelCard, device: str = "auto") -> None:
+    def __init__(self, card: ModelCard, device: str = "auto", uncertainty: bool = False) -> None:
         if card.data.task != "segmentation":
             raise ValueError(f"{card.name} is a {card.data.task} model, not a segmentation model")
         self.card = card
         self.name, self.version = card.name, card.version
         self.domain = card.data.domain
         self.device = select_device(device)
+        #: Also return the per-voxel uncertainty (``Findings.uncertainty``): for the
+        #: Parametric Map a reader sees; off by default (one byte per input voxel).
+        self.uncertainty = uncertainty
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
@@ -101,6 +104,7 @@ class SegmentationPipeline:
         labels = self.post_process(labels, grid_spacing)
         started = timings.mark("postprocess", started)
         confidence = structure_confidence(labels, winning, infos)
+        uncertainty = self.uncertainty_map(winning, region, grid_shape, volume.shape) if self.uncertainty else None
         del winning
         labels, verdicts = check_structures(labels, model_grid, infos, confidence, self.card.data.output_checks)
         withheld = {v.name: str(v.withheld) for v in verdicts if v.withheld}
@@ -135,7 +139,19 @@ class SegmentationPipeline:
         timings.mark("measure", started)
         return Findings(label_map, infos, tuple(measurements), scores, decided, self.card.name, self.card.version,
                         extra={"timings": timings.stages, "device": str(self.device), "withheld": withheld,
-                               "confidence": {by_value[v]: round(c, 3) for v, c in confidence.items()}})
+                               "confidence": {by_value[v]: round(c, 3) for v, c in confidence.items()}},
+                        uncertainty=uncertainty)
+
+    @staticmethod
+    def uncertainty_map(winning: np.ndarray, region: Crop, grid_shape: tuple[int, int, int],
+                        shape: tuple[int, int, int]) -> np.ndarray:
+        """1 - the winning class's probability, quantised to uint8 and brought to the input's
+        grid the way the label map is (nearest neighbour: each voxel gets the uncertainty of
+        the model voxel whose label it got). Outside the body crop the model did not run and
+        the voxel is background by the crop's HU rule: uncertainty 0."""
+        steps = np.rint((1.0 - winning.astype(np.float32)) * UNCERTAINTY_STEPS)
+        quantised = np.clip(steps, 0, UNCERTAINTY_STEPS).astype(np.uint8)
+        return resample_labels(region.paste(quantised, grid_shape, fill=0), shape)
 
 
 BASELINE_LABELS = (

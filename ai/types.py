@@ -92,6 +92,10 @@ class Measurement:
     score: float | None = None  # the model's probability for this lesion, if it gives one
 
 
+#: uint8 steps of ``Findings.uncertainty`` (0.004 each): finer than any threshold a reader uses.
+UNCERTAINTY_STEPS = 250
+
+
 @dataclass(frozen=True)
 class Findings:
     """What a pipeline found in one Volume."""
@@ -105,6 +109,10 @@ class Findings:
     model_version: str
     algorithm_family: str = "Artificial Intelligence"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Per voxel, how unsure the model was: 1 - the probability of the class it chose, as
+    #: uint8 steps of 1/UNCERTAINTY_STEPS on the label map's grid (None: not asked for, or a
+    #: pipeline without probabilities, such as the classical baseline).
+    uncertainty: np.ndarray | None = None
 
     def label(self, value: int) -> LabelInfo:
         for info in self.labels:

@@ -235,6 +235,10 @@ class ResultsSection(_Section):
     sr_series_number: int = Field(9002, ge=1)
     #: keep: one SEG frame per source frame and segment; omit: drop frames with no voxel.
     empty_frames: Literal["keep", "omit"] = "keep"
+    #: Also send the model's per-voxel uncertainty as a Parametric Map (dicom_node/uncertainty_map.py):
+    #: 4 bytes per source voxel (315 MB for 512 x 512 x 300), so off unless a site wants it.
+    uncertainty_map: bool = False
+    map_series_number: int = Field(9003, ge=1)
 
 
 class JobsSection(_Section):

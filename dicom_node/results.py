@@ -90,6 +90,7 @@ class ResultSettings:
 
     seg_series_number: int = 9001
     sr_series_number: int = 9002
+    map_series_number: int = 9003
     device_name: str = "AI_NODE"
     empty_frames: EmptyFrames = EmptyFrames.KEEP
 
@@ -115,22 +116,26 @@ def present_labels(findings: Findings) -> list[LabelInfo]:
     return [info for info in sorted(findings.labels, key=lambda i: i.value) if info.value in values]
 
 
+def source_frame_order(source: SeriesVolume, array: np.ndarray) -> tuple[np.ndarray, list[Dataset]]:
+    """A (k, j, i) array on the source's grid with its frames in the order highdicom pairs them
+    with ``source_images``, and those images (a multi-frame source: its frame order)."""
+    if source.frames[0].frame_number is None:
+        return array, list(source.datasets)
+    numbers = [f.frame_number or 0 for f in source.frames]
+    total = int(source.datasets[0].get("NumberOfFrames", len(numbers)))
+    if len(source.datasets) != 1 or sorted(numbers) != list(range(1, total + 1)):
+        raise ValueError("a multi-frame source must be one instance whose every frame is in the volume")
+    ordered = np.empty_like(array)
+    ordered[np.asarray(numbers) - 1] = array
+    return ordered, list(source.datasets)
+
+
 def _segment_label_map(source: SeriesVolume, findings: Findings, labels: list[LabelInfo]) -> tuple[np.ndarray, list[Dataset]]:
     """The label map as segment numbers, frames in the order of ``source_images``."""
     lut = np.zeros(256, dtype=np.uint8)
     for number, info in enumerate(labels, start=1):
         lut[info.value] = number
-    segments = lut[findings.label_map]
-    if source.frames[0].frame_number is None:
-        return segments, list(source.datasets)
-    # One multi-frame source: highdicom wants the SEG frames in the source's frame order.
-    numbers = [f.frame_number or 0 for f in source.frames]
-    total = int(source.datasets[0].get("NumberOfFrames", len(numbers)))
-    if len(source.datasets) != 1 or sorted(numbers) != list(range(1, total + 1)):
-        raise ValueError("a multi-frame source must be one instance whose every frame is in the volume")
-    ordered = np.empty_like(segments)
-    ordered[np.asarray(numbers) - 1] = segments
-    return ordered, list(source.datasets)
+    return source_frame_order(source, lut[findings.label_map])
 
 
 def build_segmentation(

@@ -46,6 +46,7 @@ from .results import (
     build_segmentation,
     segmentation_variants,
 )
+from .uncertainty_map import build_uncertainty_map
 from .volume import load_series, series_facts
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,9 @@ class NotApplicable(NodeError):
         return " | ".join(f"{name} ({model}): {decision.summary()}" for name, model, decision in self.declined)
 
 
-def build_pipeline(spec: PipelineSpec) -> Pipeline:
-    """A pipeline object from its configuration (the model loads on first use)."""
+def build_pipeline(spec: PipelineSpec, uncertainty: bool = False) -> Pipeline:
+    """A pipeline object from its configuration (the model loads on first use); with
+    ``uncertainty``, a model pipeline also gives its per-voxel uncertainty."""
     from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline
     from ai.registry import ModelCardError, ModelRegistry
 
@@ -86,7 +88,7 @@ def build_pipeline(spec: PipelineSpec) -> Pipeline:
         card = ModelRegistry().get(str(spec.model))
     except (KeyError, ModelCardError) as exc:
         raise PermanentJobError(f"model {spec.model!r}: {exc}") from exc
-    return SegmentationPipeline(card, device=spec.device)
+    return SegmentationPipeline(card, device=spec.device, uncertainty=uncertainty)
 
 
 @dataclass
@@ -132,15 +134,18 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
         self._pipelines: dict[str, Pipeline] = {}
-        self.settings = ResultSettings(config.results.seg_series_number, config.results.sr_series_number,
-                                       config.node.ae_title, EmptyFrames(config.results.empty_frames))
+        self.settings = ResultSettings(seg_series_number=config.results.seg_series_number,
+                                       sr_series_number=config.results.sr_series_number,
+                                       map_series_number=config.results.map_series_number,
+                                       device_name=config.node.ae_title,
+                                       empty_frames=EmptyFrames(config.results.empty_frames))
 
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:
             spec = self.config.pipelines.get(name)
             if spec is None:
                 raise PermanentJobError(f"no pipeline named {name!r} in the configuration")
-            self._pipelines[name] = build_pipeline(spec)
+            self._pipelines[name] = build_pipeline(spec, uncertainty=self.config.results.uncertainty_map)
         return self._pipelines[name]
 
     # -- one job -------------------------------------------------------------------------
@@ -189,6 +194,11 @@ class Worker:
         sr = build_report(source, findings, binary_seg, job.key, self.settings)
         _write_atomically(sr, folder / "sr-binary.dcm")
         outcome.files["sr-binary"] = folder / "sr-binary.dcm"
+        uncertainty = build_uncertainty_map(source, findings, job.key, self.settings) \
+            if self.config.results.uncertainty_map else None
+        if uncertainty is not None:
+            _write_atomically(uncertainty, folder / "uncertainty.dcm")
+            outcome.files["uncertainty"] = folder / "uncertainty.dcm"
         timings["encode"] = time.perf_counter() - started
         return outcome
 
@@ -232,6 +242,8 @@ class Worker:
             if "seg-binary" not in outcome.files:  # nothing found: the SR alone says so
                 sr_candidates = [candidate("binary", "sr-binary")]
             rows.append(("sr", name, sr_candidates))
+            if "uncertainty" in outcome.files:
+                rows.append(("uncertainty", name, [candidate("binary", "uncertainty")]))
         return rows
 
     def run_job(self, job: Job) -> bool:

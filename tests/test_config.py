@@ -19,6 +19,8 @@ def test_shipped_config_is_valid_and_documented_keys_exist() -> None:
     assert config.completion.study_stable_seconds == 30
     pacs = config.peer("pacs")
     assert (pacs.ae_title, pacs.host, pacs.port, pacs.send, pacs.receive) == ("ORTHANC", "127.0.0.1", 4242, True, True)
+    # The uncertainty map is 4 bytes per voxel: a site asks for it, it is not sent by default.
+    assert config.results.uncertainty_map is False and config.results.map_series_number == 9003
 
 
 def test_issue_example_parses() -> None:

@@ -163,3 +163,32 @@ def test_a_structure_under_its_confidence_is_withheld(pipeline: SegmentationPipe
     assert "under 1.00" in findings.extra["withheld"]["spleen"]
     assert not (findings.label_map == 3).any()
     assert not [m for m in findings.measurements if m.name == "spleen"]
+
+
+def test_per_voxel_uncertainty_agrees_with_the_structure_confidence(pipeline: SegmentationPipeline, results: list) -> None:
+    """Asked for, the uncertainty (1 - winning probability) lies on the input grid, is 0 where
+    the model did not run (air outside the body crop), is higher on organ borders than inside,
+    and its complement averaged over a structure is that structure's reported confidence."""
+    from scipy import ndimage
+
+    from ai.types import UNCERTAINTY_STEPS
+
+    phantom, findings = results[0]
+    assert findings.uncertainty is None  # not asked for: no extra full-size array
+    asking = SegmentationPipeline(pipeline.card, device="cpu", uncertainty=True)
+    asking._model = pipeline.model
+    again = asking.run(phantom.volume)
+    u = again.uncertainty
+    assert u is not None and u.dtype == np.uint8 and u.shape == phantom.volume.shape
+    assert np.array_equal(again.label_map, findings.label_map)
+    values = u.astype(np.float32) / UNCERTAINTY_STEPS
+    assert values.max() <= 1 - 1 / pipeline.card.classes + 0.01
+    assert values[phantom.volume.voxels < -900].mean() < 0.01
+    for name in ("lungs", "liver", "spleen", "bone"):
+        value = next(i.value for i in again.labels if i.name == name)
+        mask = again.label_map == value
+        assert abs((1 - values[mask]).mean() - again.extra["confidence"][name]) < 0.01, name
+    liver = again.label_map == 2
+    border = liver & ~ndimage.binary_erosion(liver, iterations=2)
+    core = ndimage.binary_erosion(liver, iterations=4)
+    assert values[border].mean() > 3 * values[core].mean()

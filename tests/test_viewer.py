@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,22 +52,39 @@ class Study:
     seconds: float
 
 
+@dataclass
+class Stack:
+    """Two phantom studies analysed by one node: the first by the classical baseline (SEG, SR),
+    the second by ct-organs with the uncertainty map asked for (SEG, SR, Parametric Map)."""
+
+    classical: Study
+    organs: Study
+
+
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
-    """Orthanc (DICOMweb) sends a phantom CT with lung nodules to a node (classical baseline);
-    the SEG and SR come back to Orthanc, which OHIF reads."""
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Orthanc (DICOMweb) sends each phantom CT to a node; the results come back to Orthanc,
+    which OHIF reads. Routes pick the pipeline by series description."""
     started = time.perf_counter()
     tmp = tmp_path_factory.mktemp("viewer")
     dist = fetch_ohif()
-    phantom = make_phantom(5, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 3))
-    files = write_volume_series(phantom.volume, tmp / "series", seed=5)
+    phantoms = {
+        "classical": make_phantom(5, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 3)),
+        "organs": make_phantom(8, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(1, 1), lung_nodules=(0, 0)),
+    }
+    files = {name: write_volume_series(phantom.volume, tmp / name, seed=5 if name == "classical" else 8,
+                                       description=f"Synthetic CT phantom ({name})")
+             for name, phantom in phantoms.items()}
     orthanc_port = free_port()
     config = parse_config(config_dict(
         tmp,
         peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port}],
-        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["sender"]}],
-        pipelines={"baseline": {"kind": "classical"}},
-        results={"path": str(tmp / "results")},
+        routes=[{"name": "ct", "match": {"modality": "CT", "series_description": "classical"}, "pipeline": "baseline",
+                 "destinations": ["sender"]},
+                {"name": "organs", "match": {"modality": "CT", "series_description": "organs"}, "pipeline": "organs",
+                 "destinations": ["sender"]}],
+        pipelines={"baseline": {"kind": "classical"}, "organs": {"kind": "model", "model": "ct-organs", "device": "cpu"}},
+        results={"path": str(tmp / "results"), "uncertainty_map": True},
         jobs={"workers": 1, "poll_seconds": 0.2},
         delivery={"interval_seconds": 0.2},
         completion={"series_stable_seconds": 2, "study_stable_seconds": 3, "sweep_interval_seconds": 0.2},
@@ -76,23 +94,37 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
     orthanc, viewer = start_viewer_stack(tmp / "orthanc", dist, dicom_port=orthanc_port,
                                          modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
     try:
-        for path in files:
-            orthanc.upload(path)
-        source = load_series(files)
-        study_uid = str(source.datasets[0].StudyInstanceUID)
-        orthanc.call("POST", "/modalities/ainode/store", {"Resources": [orthanc.study_id(study_uid)], "Synchronous": True})
-        wait_for(lambda: {"SEG", "SR"} <= {s["MainDicomTags"].get("Modality") for s in orthanc.series_of_study(study_uid)},
-                 120, "SEG and SR in Orthanc")
+        studies = {}
+        for name, paths in files.items():
+            for path in paths:
+                orthanc.upload(path)
+            source = load_series(paths)
+            study_uid = str(source.datasets[0].StudyInstanceUID)
+            orthanc.call("POST", "/modalities/ainode/store", {"Resources": [orthanc.study_id(study_uid)], "Synchronous": True})
+            studies[name] = (source, study_uid)
+        wait_for(lambda: {"SEG", "SR"} <= {s["MainDicomTags"].get("Modality") for s in orthanc.series_of_study(studies["classical"][1])},
+                 120, "SEG and SR of the classical study in Orthanc")
+        # SEG, SR and the Parametric Map beside the source series.
+        wait_for(lambda: len(orthanc.series_of_study(studies["organs"][1])) >= 4, 120, "ct-organs' three results in Orthanc")
         node.stop()
-        yield Study(phantom, source, orthanc, viewer, study_uid, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        yield Stack(*(Study(phantoms[name], studies[name][0], orthanc, viewer, studies[name][1], seconds)
+                      for name in ("classical", "organs")))
     finally:
         node.stop()
         viewer.stop()
         orthanc.stop()
 
 
-@pytest.fixture
-def page(study: Study) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def study(stack: Stack) -> Study:
+    return stack.classical
+
+
+@contextmanager
+def viewer_page(study: Study) -> Iterator[Any]:
+    """OHIF on ``study`` in headless Chromium; console errors and requests leaving 127.0.0.1
+    are collected on the page (``problems``, ``outside``)."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
@@ -111,6 +143,12 @@ def page(study: Study) -> Iterator[Any]:
         page.get_by_text("Skip all").click(timeout=60_000)  # the first-visit tour blocks every click
         yield page
         browser.close()
+
+
+@pytest.fixture
+def page(study: Study) -> Iterator[Any]:
+    with viewer_page(study) as opened:
+        yield opened
 
 
 def open_series(page: Any, modality: str) -> None:
@@ -230,3 +268,84 @@ def test_sr_opens_without_errors_and_draws_the_lesions(study: Study, page: Any) 
     assert page.outside == [], f"requests left 127.0.0.1: {page.outside[:5]}"
 
 
+
+
+def test_the_uncertainty_map_opens_over_its_ct_with_our_values(stack: Stack) -> None:
+    """OHIF opens ct-organs' Parametric Map as an overlay on its CT: the values it loaded are
+    ours (x100, OHIF's display scale) voxel for voxel, found through world coordinates, and the
+    overlay colours the uncertain voxels while the sure ones show the CT's grey."""
+    import io
+
+    import pydicom
+    from scipy import ndimage
+
+    study = stack.organs
+    results = [s for s in study.orthanc.series_of_study(study.study_uid) if s["MainDicomTags"].get("SeriesNumber") == "9003"]
+    assert len(results) == 1, "the Parametric Map is in Orthanc"
+    stored = pydicom.dcmread(io.BytesIO(study.orthanc.instance_file(results[0]["Instances"][0])))
+    assert stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"
+    expected = _expected_uncertainty(stored, study.source)
+    with viewer_page(study) as page:
+        open_series(page, "PMAP")
+        wait_for(lambda: page.evaluate("""() => {
+            const ds = window.services.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'PMAP');
+            return ds && ds.isLoaded && !!window.cornerstone.cache.getVolume(ds.displaySetInstanceUID);
+        }"""), 60, "the Parametric Map loaded as a volume")
+        rng = np.random.default_rng(0)
+        uncertain = np.argwhere(expected >= 0.2)
+        sure = np.argwhere(expected == 0)
+        points = np.concatenate([uncertain[rng.choice(len(uncertain), 300, replace=False)],
+                                 sure[rng.choice(len(sure), 300, replace=False)]])
+        world = study.source.volume.index_to_patient(points.astype(float)).tolist()
+        loaded = np.asarray(page.evaluate("""(world) => {
+            const ds = window.services.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'PMAP');
+            const volume = window.cornerstone.cache.getVolume(ds.displaySetInstanceUID);
+            const data = volume.voxelManager.getCompleteScalarDataArray();
+            const [nx, ny] = volume.dimensions;
+            return world.map(w => { const [i, j, k] = volume.imageData.worldToIndex(w).map(Math.round);
+                                    return data[i + nx * (j + ny * k)]; });
+        }""", world))
+        want = expected[tuple(points.T)] * 100
+        assert np.abs(loaded - want).max() < 0.01, f"OHIF's values differ from ours: {np.abs(loaded - want).max():.3f}"
+        # What the reader sees, on the slice the viewport shows.
+        time.sleep(1.5)
+        k = _slice_of_focal_point(page, study.source)
+        shot = ARTIFACTS / "uncertainty-map.png"
+        page.screenshot(path=str(shot))
+        image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        on_slice = expected[k]
+        strong = np.argwhere(ndimage.grey_erosion(on_slice, size=3) >= 0.3)
+        calm = np.argwhere(ndimage.binary_erosion(on_slice == 0, iterations=4) & (study.phantom.labels[k] > 0))
+        assert len(strong) >= 20 and len(calm) >= 100, (len(strong), len(calm))
+
+        def spread(points_ji: np.ndarray) -> np.ndarray:
+            xy = np.rint(screen_points(page, study.source, k, points_ji)).astype(int)
+            rgb = image[xy[:, 1], xy[:, 0]]
+            return rgb.max(axis=1) - rgb.min(axis=1)  # 0 for grey, large for a colour
+
+        strong_spread, calm_spread = spread(strong), spread(calm)
+        print(f"\nuncertainty overlay on slice {k}: colour spread {np.median(strong_spread):.0f} where uncertain "
+              f"(>= 0.3), {np.median(calm_spread):.0f} where sure; screenshot {shot}")
+        assert (strong_spread > 40).mean() > 0.8
+        assert (calm_spread < 12).mean() > 0.95
+        assert page.problems == [], page.problems
+        assert page.outside == [], f"requests left 127.0.0.1: {page.outside[:5]}"
+
+
+def _expected_uncertainty(stored: Any, source: SeriesVolume) -> np.ndarray:
+    """The map Orthanc holds, as a (k, j, i) array on the source's grid (its frames put back on
+    the slices they reference)."""
+    slice_of = {frame.sop_instance_uid: k for k, frame in enumerate(source.frames)}
+    out = np.full(source.volume.shape, np.nan, dtype=np.float32)
+    for n, group in enumerate(stored.PerFrameFunctionalGroupsSequence):
+        out[slice_of[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]] = stored.pixel_array[n]
+    assert not np.isnan(out).any()
+    return out
+
+
+def _slice_of_focal_point(page: Any, source: SeriesVolume) -> int:
+    """The source slice the (volume) viewport shows: its camera's focal point on the slice axis."""
+    focal = np.asarray(page.evaluate("() => window.cornerstone.getEnabledElements()[0].viewport.getCamera().focalPoint"))
+    volume = source.volume
+    ijk = np.linalg.solve(np.asarray(volume.direction) * np.asarray(volume.spacing[::-1]), focal - np.asarray(volume.origin))
+    return int(round(ijk[2]))

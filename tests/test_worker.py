@@ -197,3 +197,32 @@ def test_the_job_records_which_pipeline_of_a_list_ran(make_config: Callable[...,
     [job] = worker.jobs.list()
     worker.close()
     assert (job["state"], job["pipeline"], job["ran_pipeline"]) == ("done", "organs,baseline", "organs")
+
+
+@pytest.mark.parametrize("pipeline", ["organs", "baseline"])
+def test_the_uncertainty_map_goes_out_when_asked_and_the_model_has_one(make_config: Callable[..., NodeConfig],
+                                                                      tmp_path: Path, pipeline: str) -> None:
+    """results.uncertainty_map: a model's run adds a Parametric Map for every destination; the
+    classical baseline has no probabilities, so nothing is sent in its name."""
+    config = make_config(
+        peers=PEERS,
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": pipeline, "destinations": ["sender", "viewer"]}],
+        pipelines={"organs": {"kind": "model", "model": "ct-organs", "device": "cpu"}, "baseline": {"kind": "classical"}},
+        results={"path": str(tmp_path / "results"), "uncertainty_map": True, "map_series_number": 9103},
+    )
+    phantom = make_phantom(6, shape=(60, 128, 128), spacing=(3.0, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    worker = Worker(config)
+    index_series(worker.index, write_volume_series(phantom.volume, tmp_path / "thin", seed=6))
+    route_completed(worker.index, config, now=1000)
+    assert worker.run(Event(), burst=True) == 1
+    rows = {(d["object"], d["peer"]): json.loads(d["candidates"]) for d in Outbox(worker.index).list()}
+    worker.close()
+    maps = {key: value for key, value in rows.items() if key[0] == "uncertainty"}
+    if pipeline == "baseline":
+        assert maps == {} and ("seg", "pacs") in rows
+        return
+    assert set(maps) == {("uncertainty", "pacs"), ("uncertainty", "viewer")}
+    [candidate] = maps[("uncertainty", "pacs")]
+    assert candidate["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.30"
+    pm = dcmread(candidate["path"])
+    assert pm.SeriesNumber == 9103 and str(pm.SeriesDescription) == "AI uncertainty (ct-organs v2.0.0)"
