@@ -104,7 +104,11 @@ class SegmentationPipeline:
         labels = self.post_process(labels, grid_spacing)
         started = timings.mark("postprocess", started)
         confidence = structure_confidence(labels, winning, infos)
-        uncertainty = self.uncertainty_map(winning, region, grid_shape, volume.shape) if self.uncertainty else None
+        uncertainty = None
+        if self.uncertainty:
+            started = timings.mark("output check", started)
+            uncertainty = self.uncertainty_map(winning, region, grid_shape, volume.shape)
+            started = timings.mark("uncertainty map", started)
         del winning
         labels, verdicts = check_structures(labels, model_grid, infos, confidence, self.card.data.output_checks)
         withheld = {v.name: str(v.withheld) for v in verdicts if v.withheld}

@@ -1,8 +1,9 @@
 """Model cards and the model registry.
 
 A model is a folder with ``card.yaml`` (validated here: a bad card names the key and the rule)
-and its weights. Loaders are chosen by the card's ``format``; ``torchscript`` is built in, and
-other formats (ONNX, ...) plug in by adding a loader to ``LOADERS`` without touching callers.
+and its weights. Loaders are chosen by the card's ``format``: ``torchscript`` is built in,
+``onnx`` runs on onnxruntime (an optional extra); another format plugs in by adding a loader to
+``LOADERS`` without touching callers.
 """
 
 from __future__ import annotations
@@ -152,9 +153,24 @@ def _load_torchscript(card: ModelCard, device: torch.device) -> Callable[[torch.
     return model  # type: ignore[no-any-return]
 
 
+def _load_onnx(card: ModelCard, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    from .onnx_runtime import OnnxModel, OnnxRuntimeMissing
+
+    try:
+        return OnnxModel(card.weights_path, device)
+    except OnnxRuntimeMissing as exc:
+        raise ModelCardError(f"{card.folder / 'card.yaml'}: {exc}") from None
+
+
 #: format -> loader(card, device) returning a callable from an input batch to logits.
 LOADERS: dict[str, Callable[[ModelCard, torch.device], Callable[[torch.Tensor], torch.Tensor]]] = {
     "torchscript": _load_torchscript,
+    "onnx": _load_onnx,
+}
+
+#: format -> (module it needs, how to install it): checked when the node starts.
+FORMAT_REQUIREMENTS: dict[str, tuple[str, str]] = {
+    "onnx": ("onnxruntime", "pip install 'dicom-node[onnx]'"),
 }
 
 

@@ -58,6 +58,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     from .service import Node, Supervisor
 
     _setup_logging(args.verbose)
+    _check_pipelines(config)
     workers = config.node.worker_count(os.cpu_count())
     node: Node | Supervisor = Node(config, log_pdus=args.verbose) if workers == 1 else Supervisor(config, workers, log_pdus=args.verbose)
     stop = threading.Event()
@@ -234,6 +235,7 @@ def cmd_worker(config: NodeConfig, args: argparse.Namespace) -> int:
     from .worker import Worker
 
     _setup_logging(args.verbose)
+    _check_pipelines(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -253,28 +255,73 @@ def cmd_demo(config: NodeConfig, args: argparse.Namespace) -> int:
     return run_demo(args, err)
 
 
-def cmd_models(config: NodeConfig, args: argparse.Namespace) -> int:
+def _optional_config(path: Path | None) -> NodeConfig | None:
+    """The configuration when there is one (``models`` works without it)."""
+    import os
+
+    if path is None and not resolve_config_path(None, os.environ).exists():
+        return None
+    return load_config(path, missing_hint=_MISSING_HINT)
+
+
+def cmd_models(config: NodeConfig | None, args: argparse.Namespace) -> int:
     from ai.registry import ModelCardError, ModelRegistry
 
+    from .pipelines import describe
+
+    config = _optional_config(args.config)
     try:
         cards = ModelRegistry(list(args.models_dir or [])).cards()
     except ModelCardError as exc:
         return _fail(EXIT_USAGE, str(exc))
+    pipelines = [describe(name, spec) for name, spec in config.pipelines.items()] if config else []
+    checks: dict[str, str] = {}
+    if args.check:
+        from .model_check import check_pipeline
+
+        for name, spec in (config.pipelines.items() if config else []):
+            checks[name] = check_pipeline(name, spec)
+        for row in pipelines:
+            row["check"] = checks[row["pipeline"]]
     if args.json:
-        json.dump([{"name": c.name, "version": c.version, "task": c.data.task, "modality": c.data.modality,
-                    "format": c.data.format, "weights": str(c.weights_path), "weights_present": c.weights_path.exists(),
-                    "labels": [l.name for l in c.data.labels], "limitations": c.data.limitations.strip()} for c in cards],
+        json.dump({"pipelines": pipelines,
+                   "installed": [{"name": c.name, "version": c.version, "task": c.data.task, "modality": c.data.modality,
+                                  "format": c.data.format, "weights": str(c.weights_path),
+                                  "weights_present": c.weights_path.exists(), "labels": [l.name for l in c.data.labels],
+                                  "limitations": c.data.limitations.strip()} for c in cards]},
                   sys.stdout, indent=2)
         print()
-        return EXIT_OK
-    table = Table(title="Installed models")
-    for column in ("name", "version", "task", "modality", "labels", "weights"):
-        table.add_column(column)
-    for card in cards:
-        table.add_row(card.name, card.version, card.data.task, card.data.modality, ", ".join(l.name for l in card.data.labels),
-                      card.data.format if card.weights_path.exists() else f"[red]missing {card.data.weights}[/]")
-    (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
+    else:
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+        if config is not None:
+            table = Table(title="Configured pipelines")
+            for column in ("pipeline", "kind", "model", "format", "labels", "source", *(["check"] if args.check else [])):
+                table.add_column(column)
+            for row in pipelines:
+                model = f"{row['model']} {row['version']}".strip() if "error" not in row else f"[red]{row['error']}[/]"
+                table.add_row(row["pipeline"], row["kind"], model, row["format"], ", ".join(row["labels"]), row["source"],
+                              *([row["check"]] if args.check else []))
+            console.print(table)
+        table = Table(title="Installed models")
+        for column in ("name", "version", "task", "modality", "labels", "weights"):
+            table.add_column(column)
+        for card in cards:
+            table.add_row(card.name, card.version, card.data.task, card.data.modality, ", ".join(l.name for l in card.data.labels),
+                          card.data.format if card.weights_path.exists() else f"[red]missing {card.data.weights}[/]")
+        console.print(table)
+    failed = [name for name, outcome in checks.items() if not outcome.startswith("ok")]
+    if failed:
+        return _fail(EXIT_FAILED, f"pipeline(s) failed the check: {', '.join(failed)}")
     return EXIT_OK
+
+
+def _check_pipelines(config: NodeConfig) -> None:
+    """Refuse to start with a pipeline that cannot run (bad card, missing weights or extra)."""
+    from .pipelines import pipeline_problems
+
+    problems = pipeline_problems(config)
+    if problems:
+        raise ConfigError("a configured pipeline cannot run:\n  " + "\n  ".join(problems))
 
 
 def cmd_init(config: NodeConfig | None, args: argparse.Namespace) -> int:
@@ -362,9 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=300.0)
     demo.set_defaults(func=cmd_demo, needs_config=False)
 
-    models = sub.add_parser("models", help="the AI models installed, from their model cards")
+    models = sub.add_parser("models", help="the configured pipelines and the installed models, from their model cards")
     models.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--check", action="store_true",
+                        help="load every configured pipeline and run it on a small phantom CT (exit 1 if one fails)")
     models.set_defaults(func=cmd_models, needs_config=False)
     return parser
 

@@ -219,13 +219,35 @@ class Route(_Section):
         return [self.pipeline] if isinstance(self.pipeline, str) else list(self.pipeline)
 
 
-class PipelineSpec(_Section):
-    """``model``: a model from the registry (ai/models, or ``models_path``); ``classical``: the
-    non-learned CT baseline. ``device``: auto (CUDA when present), cpu or cuda[:N]."""
+class LabelCodes(_Section):
+    """SNOMED CT (or other) codes of a label, as (code value, scheme, meaning)."""
 
-    kind: Literal["model", "classical"] = "model"
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+
+
+class PipelineSpec(_Section):
+    """``model``: a model card, by name from the registry (``model: ct-organs``, ai/models) or
+    as a folder anywhere (``path: DIR`` holding card.yaml and the weights; the card's ``format``
+    says torchscript or onnx); ``classical``: the non-learned CT baseline; ``command``: an
+    external program or container under mercure's module contract. ``device``: auto (CUDA when
+    present), cpu or cuda[:N]."""
+
+    kind: Literal["model", "classical", "command"] = "model"
     model: str | None = None
+    path: Path | None = None
     device: str = "auto"
+    # kind command (dicom_node/command_pipeline.py): the program and its arguments ({in} and
+    # {out} become the work folders), how long it may run, what it is called in the results,
+    # its domain (dicom_node's gate holds every series against it: at least the modality),
+    # SNOMED codes for its label names, and settings handed over in task.json.
+    command: list[str] = []
+    timeout_seconds: float = Field(600.0, gt=0)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str = "unknown"
+    domain: dict[str, Any] | None = None
+    codes: dict[str, LabelCodes] = {}
+    settings: dict[str, Any] = {}
 
 
 class ResultsSection(_Section):
@@ -307,8 +329,11 @@ class NodeConfig(_Section):
         for name, spec in self.pipelines.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")
-            if spec.kind == "model" and not spec.model:
-                raise ValueError(f"pipelines.{name}: kind model needs a model name")
+            if spec.kind == "command" and (not spec.command or spec.domain is None):
+                raise ValueError(f"pipelines.{name}: kind command needs a command and a domain (at least its modality)")
+            if spec.kind == "model" and (spec.model is None) == (spec.path is None):
+                raise ValueError(f"pipelines.{name}: kind model needs a model name (model:) or a card folder (path:), "
+                                 "one of the two")
         return self
 
     def peer(self, name: str) -> Peer:

@@ -22,21 +22,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ai.trust.domain import Domain
 from ai.trust.gate import GateDecision
 from ai.trust.gate import check as gate_check
-from ai.types import Findings, Volume
+from ai.types import Findings
 
 from .audit import AuditLog
-from .config import NodeConfig, PipelineSpec
+from .config import NodeConfig
 from .errors import NodeError, VolumeError
 from .index import Index
 from .jobs import Job, JobQueue, LeaseLost
+from .command_pipeline import CommandOutputError, CommandPipeline
 from .outbox import Candidate, Outbox
+from .pipelines import Pipeline, PipelineError, build_pipeline
 from .results import (
     EmptyFrames,
     ResultSettings,
@@ -50,14 +51,6 @@ from .uncertainty_map import build_uncertainty_map
 from .volume import load_series, series_facts
 
 log = logging.getLogger(__name__)
-
-
-class Pipeline(Protocol):
-    name: str
-    version: str
-    domain: Domain
-
-    def run(self, volume: Volume) -> Findings: ...
 
 
 class PermanentJobError(NodeError):
@@ -76,24 +69,9 @@ class NotApplicable(NodeError):
         return " | ".join(f"{name} ({model}): {decision.summary()}" for name, model, decision in self.declined)
 
 
-def build_pipeline(spec: PipelineSpec, uncertainty: bool = False) -> Pipeline:
-    """A pipeline object from its configuration (the model loads on first use); with
-    ``uncertainty``, a model pipeline also gives its per-voxel uncertainty."""
-    from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline
-    from ai.registry import ModelCardError, ModelRegistry
-
-    if spec.kind == "classical":
-        return ClassicalCTPipeline()
-    try:
-        card = ModelRegistry().get(str(spec.model))
-    except (KeyError, ModelCardError) as exc:
-        raise PermanentJobError(f"model {spec.model!r}: {exc}") from exc
-    return SegmentationPipeline(card, device=spec.device, uncertainty=uncertainty)
-
-
 @dataclass
 class JobOutcome:
-    findings: Findings
+    findings: Findings | None  # None: a command module's own DICOM results (files) only
     pipeline: str  # the name (in the configuration) of the pipeline that ran
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -145,7 +123,11 @@ class Worker:
             spec = self.config.pipelines.get(name)
             if spec is None:
                 raise PermanentJobError(f"no pipeline named {name!r} in the configuration")
-            self._pipelines[name] = build_pipeline(spec, uncertainty=self.config.results.uncertainty_map)
+            try:
+                self._pipelines[name] = build_pipeline(spec, uncertainty=self.config.results.uncertainty_map, name=name,
+                                                       work_root=Path(self.config.results.path) / "work")
+            except PipelineError as exc:
+                raise PermanentJobError(f"pipeline {name!r}: {exc}") from exc
         return self._pipelines[name]
 
     # -- one job -------------------------------------------------------------------------
@@ -166,17 +148,32 @@ class Worker:
         chosen, pipeline, decision = self.choose_pipeline(job, source)
         timings["gate"] = time.perf_counter() - started
         started = time.perf_counter()
-        findings = pipeline.run(source.volume)
-        findings.extra["gate"] = {"notes": list(decision.notes), "measures": decision.measures}
+        folder = results_folder(self.config.results.path, job.key)
+        module_files: list[Path] = []
+        findings: Findings | None
+        if isinstance(pipeline, CommandPipeline):
+            try:
+                output = pipeline.run_series(source, files, job.key, keep=folder)
+            except CommandOutputError as exc:
+                raise PermanentJobError(str(exc)) from exc
+            findings, module_files = output.findings, output.dicom
+        else:
+            findings = pipeline.run(source.volume)
+        if findings is not None:
+            findings.extra["gate"] = {"notes": list(decision.notes), "measures": decision.measures}
         timings["pipeline"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        folder = results_folder(self.config.results.path, job.key)
         folder.mkdir(parents=True, exist_ok=True)
+        outcome = JobOutcome(findings, chosen, timings=timings)
+        for path in module_files:  # a module's own DICOM results, as it wrote them (module-N.dcm)
+            outcome.files[path.stem] = path
+        if findings is None:
+            timings["encode"] = time.perf_counter() - started
+            return outcome
         wanted: list[SegmentationEncoding] = []
         for name in job.destinations:
             wanted.extend(SegmentationEncoding(e) for e in self._peer_encodings(name))
-        outcome = JobOutcome(findings, chosen, timings=timings)
         binary_seg = None
         for encoding in segmentation_variants(wanted):
             seg = build_segmentation(source, findings, job.key, self.settings, encoding)
@@ -235,6 +232,10 @@ class Worker:
 
         rows = []
         for name in job.destinations:
+            for key in sorted(k for k in outcome.files if k.startswith("module-")):
+                rows.append((str(metas[key].MediaStorageSOPInstanceUID), name, [candidate("original", key)]))
+            if "sr-binary" not in outcome.files:  # a module's own results only
+                continue
             variants = [e.value for e in segmentation_variants([SegmentationEncoding(e) for e in self._peer_encodings(name)])]
             if "seg-binary" in outcome.files:
                 rows.append(("seg", name, [candidate(v, f"seg-{v}") for v in variants]))
@@ -295,7 +296,8 @@ class Worker:
             stop_beat.set()
             heart.join()
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in outcome.timings.items())
-        log.info("Job %d done: %d measurements; results to %s (%s)", job.id, len(outcome.findings.measurements),
+        log.info("Job %d done: %d measurements, %d result files; results to %s (%s)", job.id,
+                 len(outcome.findings.measurements) if outcome.findings else 0, len(outcome.files),
                  ", ".join(job.destinations) or "nobody", timings)
         return True
 

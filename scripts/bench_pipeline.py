@@ -9,7 +9,7 @@ and sends SEG + SR back; the figure is seconds from "series complete" to both in
 reported against the raw volume size (512 x 512 x 300 x 2 bytes). Runs on CUDA when torch sees
 one (mixed precision), else on the CPU.
 
-    .venv/bin/python scripts/bench_pipeline.py [--slices 300] [--device auto] [--no-e2e]
+    .venv/bin/python scripts/bench_pipeline.py [--slices 300] [--device auto] [--no-e2e] [--uncertainty-map] [--onnx]
 """
 
 from __future__ import annotations
@@ -100,6 +100,10 @@ def main() -> int:
     parser.add_argument("--model", default="ct-organs")
     parser.add_argument("--no-e2e", dest="e2e", action="store_false",
                         help="skip the end-to-end run through Orthanc and a node")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also run the model exported to ONNX (scripts/export_onnx.py) on the same volume")
+    parser.add_argument("--uncertainty-map", action="store_true",
+                        help="also compute and encode the per-voxel uncertainty Parametric Map")
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # internal: write the series and exit
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -119,7 +123,7 @@ def main() -> int:
         baseline_rss = peak_rss_mb()
         print(f"{len(files)} files written to {root}; raw volume {raw_mb:.0f} MB; RSS before analysis {baseline_rss:.0f} MB")
 
-        pipeline = SegmentationPipeline(ModelRegistry().get(args.model), device=args.device)
+        pipeline = SegmentationPipeline(ModelRegistry().get(args.model), device=args.device, uncertainty=args.uncertainty_map)
         _ = pipeline.model  # load once, as the worker does at start-up
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -150,6 +154,30 @@ def main() -> int:
         frames = seg.NumberOfFrames if seg is not None else 0
         print(f"encode SEG ({frames} frames, BINARY, empty frames kept) {seg_seconds:5.2f} s; SR {sr_seconds:5.2f} s; "
               f"together {seg_seconds + sr_seconds:.2f} s (target < 2 s)")
+        if args.onnx:
+            from ai.registry import ModelCard
+            from scripts.export_onnx import export
+
+            onnx = SegmentationPipeline(ModelCard.from_folder(export(args.model)), device=args.device)
+            started = time.perf_counter()
+            _ = onnx.model
+            load_seconds = time.perf_counter() - started
+            other = onnx.run(series.volume)
+            equal = float((other.label_map == findings.label_map).mean())
+            stages = ", ".join(f"{k} {v:.2f} s" for k, v in other.extra["timings"].items())
+            print(f"ONNX ({', '.join(onnx.model.providers)}): session {load_seconds:.2f} s; {stages}; "
+                  f"total {sum(other.extra['timings'].values()):.2f} s against TorchScript "
+                  f"{sum(findings.extra['timings'].values()):.2f} s; label maps {100 * equal:.3f} % equal; "
+                  f"peak RSS above the start now {peak_rss_mb() - baseline_rss:.0f} MB")
+        if args.uncertainty_map:
+            from dicom_node.uncertainty_map import build_uncertainty_map
+
+            started = time.perf_counter()
+            pm = build_uncertainty_map(series, findings, "bench", settings)
+            pm_seconds = time.perf_counter() - started
+            size = len(pm.FloatPixelData) / 2**20 if pm is not None else 0.0
+            print(f"encode uncertainty Parametric Map {pm_seconds:5.2f} s ({size:.0f} MB of float pixel data); "
+                  f"peak RSS above the RSS before the analysis now {peak_rss_mb() - baseline_rss:.0f} MB")
         if args.e2e:
             end_to_end(files, args.model, root)
         return 0

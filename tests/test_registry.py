@@ -44,9 +44,9 @@ def test_unknown_format_and_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelCardError, match="weights: .* does not exist"):
         load_model(card, torch.device("cpu"))
     data = yaml.safe_load((folder / "card.yaml").read_text())
-    data["format"] = "onnx"
+    data["format"] = "tensorflow-savedmodel"
     (folder / "card.yaml").write_text(yaml.safe_dump(data))
-    with pytest.raises(ModelCardError, match="no loader for 'onnx'"):
+    with pytest.raises(ModelCardError, match="no loader for 'tensorflow-savedmodel'"):
         load_model(ModelCard.from_folder(folder), torch.device("cpu"))
 
 
@@ -54,5 +54,10 @@ def test_models_command_lists_the_shipped_model(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(Path(__file__).parents[1] / "config" / "node.yaml"),
                              "models", "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    [model] = [m for m in json.loads(result.stdout) if m["name"] == "ct-organs"]
+    listed = json.loads(result.stdout)
+    [model] = [m for m in listed["installed"] if m["name"] == "ct-organs"]
     assert model["weights_present"] is True and model["task"] == "segmentation"
+    # The shipped configuration's pipelines, with where each comes from.
+    pipelines = {row["pipeline"]: row for row in listed["pipelines"]}
+    assert pipelines["ct-organs"]["source"].endswith("ai/models/ct-organs")
+    assert pipelines["ct-baseline"]["kind"] == "classical"
