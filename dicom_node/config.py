@@ -229,11 +229,12 @@ class LabelCodes(_Section):
 class PipelineSpec(_Section):
     """``model``: a model card, by name from the registry (``model: ct-organs``, ai/models) or
     as a folder anywhere (``path: DIR`` holding card.yaml and the weights; the card's ``format``
-    says torchscript or onnx); ``classical``: the non-learned CT baseline; ``command``: an
-    external program or container under mercure's module contract. ``device``: auto (CUDA when
+    says torchscript or onnx); ``monai-bundle``: a MONAI bundle folder (``path:``) run by its
+    own configuration; ``classical``: the non-learned CT baseline; ``command``: an external
+    program or container under mercure's module contract. ``device``: auto (CUDA when
     present), cpu or cuda[:N]."""
 
-    kind: Literal["model", "classical", "command"] = "model"
+    kind: Literal["model", "classical", "command", "monai-bundle"] = "model"
     model: str | None = None
     path: Path | None = None
     device: str = "auto"
@@ -329,6 +330,9 @@ class NodeConfig(_Section):
         for name, spec in self.pipelines.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")
+            if spec.kind == "monai-bundle" and (spec.path is None or spec.domain is None):
+                raise ValueError(f"pipelines.{name}: kind monai-bundle needs the bundle folder (path:) and a domain "
+                                 "(at least its modality)")
             if spec.kind == "command" and (not spec.command or spec.domain is None):
                 raise ValueError(f"pipelines.{name}: kind command needs a command and a domain (at least its modality)")
             if spec.kind == "model" and (spec.model is None) == (spec.path is None):

@@ -55,6 +55,15 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
 
     if spec.kind == "classical":
         return ClassicalCTPipeline()
+    if spec.kind == "monai-bundle":
+        from ai.monai_bundle import BundleError, MonaiBundlePipeline
+        from ai.trust.domain import Domain
+
+        try:
+            return MonaiBundlePipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), label_codes(spec),
+                                       device=spec.device)  # type: ignore[return-value]
+        except (BundleError, ValueError, RuntimeError) as exc:
+            raise PipelineError(f"pipelines.{name}: {exc}") from None
     if spec.kind == "command":
         from .command_pipeline import CommandPipeline
 
@@ -77,6 +86,9 @@ def pipeline_problems(config: NodeConfig) -> list[str]:
         if spec.kind == "command":
             problems.extend(_command_problems(name, spec))
             continue
+        if spec.kind == "monai-bundle":
+            problems.extend(_bundle_problems(name, spec))
+            continue
         if spec.kind != "model":
             continue
         try:
@@ -96,6 +108,24 @@ def pipeline_problems(config: NodeConfig) -> list[str]:
         if not card.weights_path.exists():
             problems.append(f"{where}: weights {card.weights_path} do not exist")
     return problems
+
+
+def label_codes(spec: PipelineSpec) -> dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]:
+    """The pipeline's ``codes:`` as label name -> (category, type)."""
+    return {label: (tuple(c.category), tuple(c.type)) for label, c in spec.codes.items()}  # type: ignore[misc]
+
+
+def _bundle_problems(name: str, spec: PipelineSpec) -> list[str]:
+    if importlib.util.find_spec("monai") is None:
+        return [f"pipelines.{name}: kind monai-bundle needs the Python package monai: pip install 'dicom-node[monai]'"]
+    try:
+        pipeline = build_pipeline(spec, name=name)
+        pipeline.weights()  # type: ignore[attr-defined]
+    except PipelineError as exc:
+        return [str(exc)]
+    except ValueError as exc:  # BundleError: no weights
+        return [f"pipelines.{name}: {exc}"]
+    return []
 
 
 def _command_problems(name: str, spec: PipelineSpec) -> list[str]:
@@ -122,6 +152,14 @@ def describe(name: str, spec: PipelineSpec) -> dict[str, Any]:
         return {"pipeline": name, "kind": "classical", "model": ClassicalCTPipeline.name,
                 "version": ClassicalCTPipeline.version, "format": "rules",
                 "labels": [info.name for info in BASELINE_LABELS], "source": "ai/pipeline.py (built in)"}
+    if spec.kind == "monai-bundle":
+        try:
+            bundle = build_pipeline(spec, name=name)
+        except PipelineError as exc:
+            return {"pipeline": name, "kind": spec.kind, "model": "", "version": "", "format": "monai-bundle",
+                    "labels": [], "source": str(spec.path), "error": str(exc)}
+        return {"pipeline": name, "kind": spec.kind, "model": bundle.name, "version": bundle.version, "format": "monai-bundle",
+                "labels": [info.name for info in bundle.labels], "source": str(spec.path)}  # type: ignore[attr-defined]
     if spec.kind == "command":
         return {"pipeline": name, "kind": "command", "model": spec.name or name, "version": spec.version,
                 "format": "command", "labels": sorted(spec.codes), "source": " ".join(spec.command)}
