@@ -230,11 +230,11 @@ class PipelineSpec(_Section):
     """``model``: a model card, by name from the registry (``model: ct-organs``, ai/models) or
     as a folder anywhere (``path: DIR`` holding card.yaml and the weights; the card's ``format``
     says torchscript or onnx); ``monai-bundle``: a MONAI bundle folder (``path:``) run by its
-    own configuration; ``classical``: the non-learned CT baseline; ``command``: an external
+    own configuration; ``nnunet``: a trained nnU-Net v2 model folder (``path:``); ``classical``: the non-learned CT baseline; ``command``: an external
     program or container under mercure's module contract. ``device``: auto (CUDA when
     present), cpu or cuda[:N]."""
 
-    kind: Literal["model", "classical", "command", "monai-bundle"] = "model"
+    kind: Literal["model", "classical", "command", "monai-bundle", "nnunet"] = "model"
     model: str | None = None
     path: Path | None = None
     device: str = "auto"
@@ -249,6 +249,12 @@ class PipelineSpec(_Section):
     domain: dict[str, Any] | None = None
     codes: dict[str, LabelCodes] = {}
     settings: dict[str, Any] = {}
+    # kind nnunet (ai/nnunet_model.py): which folds and checkpoint of the model folder, test-time
+    # mirroring (nnU-Net's default), and whether the series goes in as it is or as RAS+.
+    folds: list[int | str] = [0]
+    checkpoint: str = "checkpoint_final.pth"
+    mirroring: bool = True
+    orientation: Literal["as-is", "ras"] = "as-is"
 
 
 class ResultsSection(_Section):
@@ -330,8 +336,8 @@ class NodeConfig(_Section):
         for name, spec in self.pipelines.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")
-            if spec.kind == "monai-bundle" and (spec.path is None or spec.domain is None):
-                raise ValueError(f"pipelines.{name}: kind monai-bundle needs the bundle folder (path:) and a domain "
+            if spec.kind in ("monai-bundle", "nnunet") and (spec.path is None or spec.domain is None):
+                raise ValueError(f"pipelines.{name}: kind {spec.kind} needs the model folder (path:) and a domain "
                                  "(at least its modality)")
             if spec.kind == "command" and (not spec.command or spec.domain is None):
                 raise ValueError(f"pipelines.{name}: kind command needs a command and a domain (at least its modality)")

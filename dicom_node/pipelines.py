@@ -64,6 +64,17 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
                                        device=spec.device)  # type: ignore[return-value]
         except (BundleError, ValueError, RuntimeError) as exc:
             raise PipelineError(f"pipelines.{name}: {exc}") from None
+    if spec.kind == "nnunet":
+        from ai.nnunet_model import NnUNetModelError, NnUNetPipeline
+        from ai.trust.domain import Domain
+
+        try:
+            return NnUNetPipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), label_codes(spec),
+                                  folds=tuple(spec.folds), checkpoint=spec.checkpoint, device=spec.device,
+                                  mirroring=spec.mirroring, orientation=spec.orientation, name=spec.name,
+                                  version=None if spec.version == "unknown" else spec.version)  # type: ignore[return-value]
+        except (NnUNetModelError, ValueError, RuntimeError, OSError) as exc:
+            raise PipelineError(f"pipelines.{name}: {exc}") from None
     if spec.kind == "command":
         from .command_pipeline import CommandPipeline
 
@@ -88,6 +99,15 @@ def pipeline_problems(config: NodeConfig) -> list[str]:
             continue
         if spec.kind == "monai-bundle":
             problems.extend(_bundle_problems(name, spec))
+            continue
+        if spec.kind == "nnunet":
+            if importlib.util.find_spec("nnunetv2") is None:
+                problems.append(f"pipelines.{name}: kind nnunet needs the Python package nnunetv2: pip install 'dicom-node[nnunet]'")
+                continue
+            try:
+                build_pipeline(spec, name=name)
+            except PipelineError as exc:
+                problems.append(str(exc))
             continue
         if spec.kind != "model":
             continue
@@ -152,6 +172,14 @@ def describe(name: str, spec: PipelineSpec) -> dict[str, Any]:
         return {"pipeline": name, "kind": "classical", "model": ClassicalCTPipeline.name,
                 "version": ClassicalCTPipeline.version, "format": "rules",
                 "labels": [info.name for info in BASELINE_LABELS], "source": "ai/pipeline.py (built in)"}
+    if spec.kind == "nnunet":
+        try:
+            model = build_pipeline(spec, name=name)
+        except PipelineError as exc:
+            return {"pipeline": name, "kind": spec.kind, "model": "", "version": "", "format": "nnunet",
+                    "labels": [], "source": str(spec.path), "error": str(exc)}
+        return {"pipeline": name, "kind": spec.kind, "model": model.name, "version": model.version, "format": "nnunet",
+                "labels": [info.name for info in model.labels], "source": str(spec.path)}  # type: ignore[attr-defined]
     if spec.kind == "monai-bundle":
         try:
             bundle = build_pipeline(spec, name=name)
