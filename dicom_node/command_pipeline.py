@@ -245,16 +245,24 @@ def nifti_on_grid(path: Path, source: SeriesVolume, tolerance: float = 0.05) -> 
     mapping = np.linalg.inv(image.affine) @ lps_to_ras @ to_lps
     rounded = np.round(mapping[:3, :3])
     if np.abs(mapping[:3, :3] - rounded).max() > tolerance or np.abs(np.abs(rounded).sum(axis=0) - 1).max() > 0 \
+            or np.abs(np.abs(rounded).sum(axis=1) - 1).max() > 0 \
             or np.abs(mapping[:3, 3] - np.round(mapping[:3, 3])).max() > tolerance:
         raise CommandOutputError(f"{path.name}: the label map is not on the series' voxel grid (resample it onto the input)")
+    # ``rounded`` is a signed permutation: series axis a runs along NIfTI axis p(a), forwards or
+    # backwards from offset[p(a)]. Transposes and strided slices, no index arrays (at 512 x 512 x
+    # 300 an index grid would take gigabytes).
     shape_ijk = volume.shape[::-1]
-    corners = np.array([[i, j, k, 1] for i in (0, shape_ijk[0] - 1) for j in (0, shape_ijk[1] - 1) for k in (0, shape_ijk[2] - 1)])
-    mapped = np.round(corners @ mapping.T)[:, :3].astype(int)
-    if mapped.min() < 0 or (mapped.max(axis=0) >= np.asarray(data.shape)).any():
-        raise CommandOutputError(f"{path.name}: the label map (shape {data.shape}) does not cover the series")
-    ii, jj, kk = np.meshgrid(*(np.arange(n) for n in shape_ijk), indexing="ij")
-    index = np.stack([ii, jj, kk, np.ones_like(ii)], axis=-1) @ np.round(mapping).T
-    values = data[index[..., 0].astype(int), index[..., 1].astype(int), index[..., 2].astype(int)]  # (i, j, k)
+    offset = np.round(mapping[:3, 3]).astype(int)
+    axes = [int(np.flatnonzero(rounded[:, a])[0]) for a in range(3)]
+    signs = [int(rounded[axes[a], a]) for a in range(3)]
+    regions = []
+    for a in range(3):
+        p, n = axes[a], shape_ijk[a]
+        first, last = int(offset[p]), int(offset[p]) + signs[a] * (n - 1)
+        if min(first, last) < 0 or max(first, last) >= data.shape[p]:
+            raise CommandOutputError(f"{path.name}: the label map (shape {data.shape}) does not cover the series")
+        regions.append(slice(first, last + 1) if signs[a] > 0 else slice(first, last - 1 if last > 0 else None, -1))
+    values = np.transpose(data, axes)[tuple(regions)]  # (i, j, k)
     if values.min() < 0 or values.max() > 255:
         raise CommandOutputError(f"{path.name}: label values must lie in 0-255")
     return np.ascontiguousarray(values.transpose(2, 1, 0)).astype(np.uint8)

@@ -7,7 +7,7 @@ result is an ordinary trained model folder (dataset.json, plans.json, fold_0/che
 under the git-ignored .cache/models/nnunet/, rebuilt only when this script changes. NOT FOR
 CLINICAL USE: a couple of minutes of CPU training on phantoms.
 
-    .venv/bin/python scripts/build_nnunet_model.py [--iterations 12]
+    .venv/bin/python scripts/build_nnunet_model.py [--iterations 8]
 
 Prints the model folder. nnU-Net reads its folders from environment variables when it is
 imported, so the training runs in this process after setting them (call it as a program).
@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,12 +71,14 @@ def write_dataset(raw: Path, cases: int) -> None:
                                                   "description": "dicom-node synthetic CT phantoms; NOT FOR CLINICAL USE"}))
 
 
-def build(root: Path = ROOT, cases: int = 6, iterations: int = 12) -> Path:
+def build(root: Path = ROOT, cases: int = 5, iterations: int = 8) -> Path:
     digest = hashlib.sha256(Path(__file__).read_bytes() + f"{cases}:{iterations}".encode()).hexdigest()
     folder = model_folder(root)
     if (root / STAMP).exists() and (root / STAMP).read_text().strip() == digest and \
             (folder / "fold_0" / "checkpoint_final.pth").exists():
         return folder
+    for stale in ("raw", "preprocessed", "results"):  # a rebuild starts from nothing
+        shutil.rmtree(root / stale, ignore_errors=True)
     os.environ.update({"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
                        "nnUNet_results": str(root / "results"), "nnUNet_compile": "false",
                        # Training: augmentation in this process (no worker processes on a 2-core machine).
@@ -106,8 +109,8 @@ def build(root: Path = ROOT, cases: int = 6, iterations: int = 12) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=12)
-    parser.add_argument("--cases", type=int, default=6)
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--cases", type=int, default=5)
     args = parser.parse_args()
     print(build(iterations=args.iterations, cases=args.cases))
     return 0

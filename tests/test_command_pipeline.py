@@ -143,3 +143,28 @@ def test_the_worker_turns_module_output_into_deliveries(make_config: Callable[..
     else:  # the same output again would not help: dead at once
         assert job["state"] == "dead" and job["attempts"] == 1 and "not a DICOM file" in job["last_error"]
     assert not (tmp_path / "results" / "work").exists() or list((tmp_path / "results" / "work").iterdir()) == []
+
+
+def test_a_label_map_on_the_series_grid_in_any_axis_order_and_nothing_else(series: tuple[list[Path], SeriesVolume],
+                                                                          tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from ai.monai_bundle import ras_affine
+    from dicom_node.command_pipeline import nifti_on_grid
+
+    _, source = series
+    labels = (np.arange(np.prod(source.volume.shape)) % 7).reshape(source.volume.shape).astype(np.uint8)
+    affine = ras_affine(source.volume)  # for an (i, j, k) array
+    swap = np.eye(4)[[2, 1, 0, 3]]  # the same voxels stored as a (k, j, i) array
+    cases = {"ijk.nii": (labels.transpose(2, 1, 0), affine), "kji.nii": (labels, affine @ swap)}
+    for name, (array, matrix) in cases.items():
+        nib.save(nib.Nifti1Image(array, matrix), tmp_path / name)
+        assert np.array_equal(nifti_on_grid(tmp_path / name, source), labels), name
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, 0] * 0.5  # half a voxel along i
+    nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0), shifted), tmp_path / "shifted.nii")
+    with pytest.raises(CommandOutputError, match="not on the series' voxel grid"):
+        nifti_on_grid(tmp_path / "shifted.nii", source)
+    nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0)[:, :, :-2], affine), tmp_path / "short.nii")
+    with pytest.raises(CommandOutputError, match="does not cover the series"):
+        nifti_on_grid(tmp_path / "short.nii", source)
