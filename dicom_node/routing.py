@@ -9,7 +9,8 @@ routed again once complete.
 
 A route's ``forward`` peers get the series' instances unchanged, through the outbox (the
 sender's retries and backoff, one association per series and peer): at version 1 every
-instance, at a later version only those that arrived (new or changed) since the one before.
+instance, at a later version only those that arrived (new or changed) since the one before. A
+peer that does not accept the stored transfer syntax gets them decompressed (transcode.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .config import NodeConfig, Peer, Route
 from .index import Index
 from .jobs import JobQueue, NewJob, job_key
 from .outbox import Candidate, Outbox, forward_key
+from .transcode import UNCOMPRESSED_VARIANTS
 
 #: The outbox variant name of an instance forwarded as it was received.
 ORIGINAL = "original"
@@ -91,8 +93,11 @@ def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: 
     key = forward_key(route_name, series["series_uid"], series["version"])
     for peer in peers:
         for row in rows:
-            candidate = Candidate(ORIGINAL, row["path"], row["sop_class_uid"], row["transfer_syntax_uid"], row["sop_instance_uid"])
-            Outbox.add(db, 0, key, row["sop_instance_uid"], peer, [candidate], now)
+            candidates = [Candidate(ORIGINAL, row["path"], row["sop_class_uid"], row["transfer_syntax_uid"], row["sop_instance_uid"])]
+            # Uncompressed alternatives for a peer that does not take the stored syntax (transcode.py).
+            candidates += [Candidate(variant, row["path"], row["sop_class_uid"], str(syntax), row["sop_instance_uid"])
+                           for variant, syntax in UNCOMPRESSED_VARIANTS.items()]
+            Outbox.add(db, 0, key, row["sop_instance_uid"], peer, candidates, now)
     if rows:
         log.info("Series %s v%d -> route %s forwards %d instance(s) to %s", series["series_uid"], series["version"],
                  route_name, len(rows), ", ".join(peers))

@@ -22,6 +22,7 @@ from .config import NodeConfig
 from .errors import ConfigError, IndexError_, PeerError
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
 from .scu import associate
+from .transcode import UNCOMPRESSED_VARIANTS, TranscodeError, for_sending
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,13 @@ class Sender:
                 candidate = chosen[delivery.id]
                 reason = ""
                 try:
-                    status = assoc.send_c_store(candidate.path) if assoc.is_established else None
-                except (OSError, ValueError, RuntimeError) as exc:
-                    status, reason = None, f"send failed: {exc}"
+                    payload = for_sending(candidate.path, candidate.transfer_syntax_uid) \
+                        if candidate.variant in UNCOMPRESSED_VARIANTS else candidate.path
+                    status = assoc.send_c_store(payload) if assoc.is_established else None
+                except TranscodeError as exc:
+                    status, reason = None, str(exc)
+                except Exception as exc:  # noqa: BLE001 - one instance that cannot go must not stop the others
+                    status, reason = None, f"send failed: {type(exc).__name__}: {exc}"
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code in _SUCCESS:
                     self.outbox.delivered(delivery.id, candidate.variant, self.clock())

@@ -154,3 +154,57 @@ def test_a_series_is_forwarded_to_a_real_peer_byte_for_byte(tmp_path: Path, make
         wait_for(lambda: '"forwarded"' in (tmp_path / "audit.jsonl").read_text(), 10, "the forward in the audit log")
     finally:
         archive.stop()
+
+
+def test_a_peer_that_takes_only_uncompressed_gets_the_series_decoded(tmp_path: Path, make_config: Callable[..., NodeConfig],
+                                                                    start_node: Callable[[NodeConfig], Node]) -> None:
+    """RLE Lossless instances forwarded to a pynetdicom SCP that accepts only Implicit VR Little
+    Endian arrive decoded, pixel for pixel, instead of retrying until dead-lettered."""
+    import json
+
+    import numpy as np
+    from pydicom import dcmread
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    from dicom_node.outbox import Outbox
+    from dicom_node.synthetic import write_ct_series
+
+    from .peers import wait_for
+    from .test_scp import send
+
+    received: list = []
+
+    def on_store(event: object) -> int:
+        received.append((event.dataset, event.context.transfer_syntax))  # type: ignore[attr-defined]
+        return 0x0000
+
+    scp = AE(ae_title="PLAIN")
+    scp.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        peers = [{"name": "scu", "ae_title": "TEST_SCU", "host": "127.0.0.1", "port": 1, "receive": False},
+                 {"name": "plain", "ae_title": "PLAIN", "host": "127.0.0.1", "port": server.server_address[1], "send": False}]
+        config = make_config(peers=peers, routes=[{"name": "to-plain", "forward": ["plain"]}], delivery={"interval_seconds": 0.2})
+        node = start_node(config)
+        files = write_ct_series(tmp_path / "series", 6, 32, 32, seed=8)
+        originals = {}
+        for path in files:
+            ds = dcmread(path)
+            pixels = ds.pixel_array.copy()
+            ds.compress(RLELossless, generate_instance_uid=False)
+            originals[str(ds.SOPInstanceUID)] = pixels
+            ds.save_as(path, enforce_file_format=True)
+        assert send(node.port, files) == [0] * 6
+        wait_for(lambda: len(received) == 6, 30, "6 decoded instances at the plain peer")
+        for ds, syntax in received:
+            assert syntax == ImplicitVRLittleEndian
+            assert np.array_equal(ds.pixel_array, originals[str(ds.SOPInstanceUID)])
+        rows = wait_for(lambda: [r for r in Outbox(node.index).list() if r["state"] == "delivered"] or None, 10,
+                        "the deliveries marked delivered")
+        assert {row["delivered_variant"] for row in rows} == {"implicit-le"}
+        assert all([c["variant"] for c in json.loads(row["candidates"])] == ["original", "explicit-le", "implicit-le"]
+                   for row in rows)
+    finally:
+        server.shutdown()
