@@ -40,16 +40,9 @@ def _fail(code: int, message: str) -> int:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        # "skipped: maximum number of running instances reached" is the sender still busy
-        # with a large delivery when its next tick comes: expected, not a problem.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
-        logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module
+    from .logs import setup_logging
+
+    setup_logging(verbose)
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:

@@ -109,6 +109,8 @@ def _read_header(path: Path, fast: bool) -> InstanceHeader:
                     raise InvalidInstanceError("Rows present but Pixel Data missing (truncated file?)")
         except InvalidInstanceError:
             raise
+        except RecursionError:  # pydicom parses nested sequences recursively
+            raise InvalidInstanceError("sequences nested too deeply to read") from None
         # pydicom raises OSError for a file that ends inside a sequence; the file itself is open
         # and was just written, so here it means a short dataset, not a failing disk.
         except (InvalidDicomError, EOFError, OSError, struct.error, zlib.error, ValueError, KeyError, AttributeError) as exc:

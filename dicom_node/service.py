@@ -39,6 +39,8 @@ from .sender import Sender, SenderScheduler
 from .store import InstanceStore
 from .worker import worker_main
 
+from .logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 
@@ -205,11 +207,7 @@ def _worker_main(config: NodeConfig, ready: Any, stop: StopFlag, log_pdus: bool,
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=logging.DEBUG if log_pdus else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    if not log_pdus:
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    setup_logging(log_pdus, with_pid=True)
     try:
         node = Node(config, standalone=False, log_pdus=log_pdus, channel=channel)
         node.start()

@@ -100,8 +100,7 @@ def _read_pdu_data(self: Any) -> None:
     try:
         header = self.socket.recv(6)
     except (OSError, TimeoutError) as exc:
-        _dul.LOGGER.error("Connection closed before the entire PDU was received")
-        _dul.LOGGER.exception(exc)
+        _dul.LOGGER.error("Connection from %s closed before the entire PDU was received: %s", peer_name(assoc), exc)
         self.event_queue.put("Evt17")
         return
     if len(header) != 6:
@@ -157,10 +156,16 @@ def _read_pdu_data(self: Any) -> None:
         body = bytes(body[:pdu_length])  # malformed items: pynetdicom's decoder says what is wrong
     try:
         pdu, event = self._decode_pdu(header + body)
+        if header[0] == 0x01:
+            # What the state machine's AE-6 does next, here, where a failure is one log line and an
+            # A-ABORT: there it kills the DUL thread with a traceback (an even presentation
+            # context ID decodes but cannot become a primitive; found by tests/net/fuzz.py).
+            pdu.to_primitive()
         self.event_queue.put(event)
-    except Exception as exc:
-        _dul.LOGGER.error("Unable to decode the received PDU data")
-        _dul.LOGGER.exception(exc)
+    except Exception as exc:  # a malformed PDU: one line naming it and the peer, then Evt19 (abort)
+        _dul.LOGGER.error("Unable to decode a %s PDU (%d bytes) from %s: %s: %s; aborting the association",
+                          _PDU_NAMES.get(header[0], f"0x{header[0]:02X}"), len(body), peer_name(assoc),
+                          type(exc).__name__, exc)
         self.event_queue.put("Evt19")
         return
     self._recv_pdu.put(pdu)

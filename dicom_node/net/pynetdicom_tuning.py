@@ -59,7 +59,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import set_uid
 
-from . import dimse_receive, p_data, reactor_handover, store_messages
+from . import acceptor_wait, dimse_receive, p_data, reactor_handover, store_messages
 from .store_messages import encode_command_set
 
 log = logging.getLogger(__name__)
@@ -349,9 +349,12 @@ def install() -> bool:
 
 def install_fixes() -> None:
     """What every process that makes associations needs, fast paths or not (idempotent): the
-    exact send/reactor hand-over, the PDU reader that refuses over-long announced lengths, and
-    DIMSE reception that answers or aborts every request it cannot serve (``dimse_receive``)."""
+    exact send/reactor hand-over, the PDU reader that refuses over-long announced lengths,
+    DIMSE reception that answers or aborts every request it cannot serve (``dimse_receive``),
+    and an acceptor that stops waiting for a request from a connection already gone
+    (``acceptor_wait``)."""
     with _fixes_lock:
+        acceptor_wait.install()
         reactor_handover.install()
         p_data.install()
         dimse_receive.install()

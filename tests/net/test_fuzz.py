@@ -1,0 +1,76 @@
+"""Bounded, seeded fuzzing of the listener (tests/net/fuzz.py): 400 hostile connections
+against a node of two listener processes. Afterwards the node is up, answers a C-ECHO within a
+second and stores an honest instance, its memory grew by less than a bound, nothing was
+written outside its folders, and no bad input left a traceback in its log.
+``scripts/fuzz_listener.py`` runs the same for longer and reports."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+
+from dicom_node.synthetic import write_ct_series
+
+from ..conftest import config_dict
+from ..peers import start_node
+from ..test_scp import send
+from .fuzz import cases, run_case
+from .test_p_data import _tree_rss_mb
+
+pytestmark = pytest.mark.slow
+
+SEED, COUNT = 20261130, 400
+
+
+def _echo_seconds(port: int) -> float:
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    started = time.monotonic()
+    assoc = ae.associate("127.0.0.1", port, ae_title="AI_NODE")
+    assert assoc.is_established, "the node refused or did not answer an honest association"
+    assert int(assoc.send_c_echo().Status) == 0
+    assoc.release()
+    return time.monotonic() - started
+
+
+def test_the_listener_survives_hostile_connections(tmp_path: Path) -> None:
+    config = config_dict(tmp_path / "node")
+    config["node"]["workers"] = 2
+    peer = start_node(tmp_path / "node", config)
+    try:
+        _echo_seconds(peer.port)
+        _echo_seconds(peer.port)
+        before = _tree_rss_mb(peer.proc.pid)
+        outcomes: collections.Counter[str] = collections.Counter()
+        started = time.monotonic()
+        for case in cases(SEED, COUNT):
+            outcome = run_case(peer.port, case)
+            outcomes[f"{case.kind}: {outcome}"] += 1
+            assert peer.proc.poll() is None, f"the node exited after case {case.number} ({case.kind}: {case.what})"
+        seconds = time.monotonic() - started
+        grown = _tree_rss_mb(peer.proc.pid) - before
+        echo = _echo_seconds(peer.port)
+        files = write_ct_series(tmp_path / "honest", 1, 16, 16)
+        assert send(peer.port, files) == [0]
+        print(f"\n{COUNT} hostile connections (seed {SEED}) in {seconds:.1f} s; node memory +{grown:.0f} MB; "
+              f"C-ECHO after: {echo * 1000:.0f} ms")
+        for outcome, count in sorted(outcomes.items()):
+            print(f"  {count:4d}  {outcome}")
+        assert echo < 1.0
+        assert grown < 150
+    finally:
+        peer.stop()
+    node_dir = tmp_path / "node"
+    allowed = {"storage", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "audit.jsonl", "node.log", "node.yaml"}
+    assert {p.name for p in node_dir.iterdir()} <= allowed, sorted(p.name for p in node_dir.iterdir())
+    storage = (node_dir / "storage").resolve()
+    assert all(p.resolve().is_relative_to(storage) and p.name not in (".", "..") for p in storage.rglob("*"))
+    assert not Path("/tmp/fuzz-escape.dcm").exists()
+    log = (node_dir / "node.log").read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000: log.index("Traceback") + 3000]
