@@ -172,22 +172,14 @@ def describe(name: str, spec: PipelineSpec) -> dict[str, Any]:
         return {"pipeline": name, "kind": "classical", "model": ClassicalCTPipeline.name,
                 "version": ClassicalCTPipeline.version, "format": "rules",
                 "labels": [info.name for info in BASELINE_LABELS], "source": "ai/pipeline.py (built in)"}
-    if spec.kind == "nnunet":
+    if spec.kind in ("nnunet", "monai-bundle"):  # the labels are in the model folder: read them
         try:
             model = build_pipeline(spec, name=name)
         except PipelineError as exc:
-            return {"pipeline": name, "kind": spec.kind, "model": "", "version": "", "format": "nnunet",
+            return {"pipeline": name, "kind": spec.kind, "model": "", "version": "", "format": spec.kind,
                     "labels": [], "source": str(spec.path), "error": str(exc)}
-        return {"pipeline": name, "kind": spec.kind, "model": model.name, "version": model.version, "format": "nnunet",
+        return {"pipeline": name, "kind": spec.kind, "model": model.name, "version": model.version, "format": spec.kind,
                 "labels": [info.name for info in model.labels], "source": str(spec.path)}  # type: ignore[attr-defined]
-    if spec.kind == "monai-bundle":
-        try:
-            bundle = build_pipeline(spec, name=name)
-        except PipelineError as exc:
-            return {"pipeline": name, "kind": spec.kind, "model": "", "version": "", "format": "monai-bundle",
-                    "labels": [], "source": str(spec.path), "error": str(exc)}
-        return {"pipeline": name, "kind": spec.kind, "model": bundle.name, "version": bundle.version, "format": "monai-bundle",
-                "labels": [info.name for info in bundle.labels], "source": str(spec.path)}  # type: ignore[attr-defined]
     if spec.kind == "command":
         return {"pipeline": name, "kind": "command", "model": spec.name or name, "version": spec.version,
                 "format": "command", "labels": sorted(spec.codes), "source": " ".join(spec.command)}

@@ -23,7 +23,7 @@ from ai.phantom import SPLEEN, make_phantom
 from ai.trust.domain import Domain
 from dicom_node.config import NodeConfig
 from dicom_node.outbox import Outbox
-from dicom_node.pipelines import pipeline_problems
+from dicom_node.pipelines import describe, pipeline_problems
 from dicom_node.routing import route_completed
 from dicom_node.synthetic import write_volume_series
 from dicom_node.volume import SeriesVolume, load_series
@@ -106,6 +106,9 @@ def test_start_up_names_a_missing_monai_and_a_bundle_without_weights(make_config
     })
     problems = pipeline_problems(config)
     assert len(problems) == 1 and "pipelines.no-weights" in problems[0] and "no model.pt or model.ts" in problems[0]
+    row = describe("spleen", config.pipelines["spleen"])
+    assert (row["kind"], row["model"], row["labels"], row["source"]) == ("monai-bundle", "phantom_spleen_ct_segmentation",
+                                                                         ["spleen"], str(bundle))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else real(name, *a))
     assert all("pip install 'dicom-node[monai]'" in p for p in pipeline_problems(config))

@@ -25,7 +25,7 @@ from ai.trust.domain import Domain
 from ai.types import Volume
 from dicom_node.config import NodeConfig
 from dicom_node.outbox import Outbox
-from dicom_node.pipelines import pipeline_problems
+from dicom_node.pipelines import describe, pipeline_problems
 from dicom_node.routing import route_completed
 from dicom_node.synthetic import write_volume_series
 from dicom_node.volume import load_series
@@ -110,6 +110,9 @@ def test_a_folder_without_its_parts_is_named(model: Path, tmp_path: Path, make_c
                                     "fold-3": {"kind": "nnunet", "path": str(model), "folds": [3], "domain": {"modality": ["CT"]}}})
     problems = pipeline_problems(config)
     assert len(problems) == 1 and "pipelines.fold-3" in problems[0]
+    row = describe("ok", config.pipelines["ok"])
+    assert (row["kind"], row["model"], row["labels"]) == ("nnunet", "Dataset900_Phantom", ["liver", "spleen"])
+    assert "error" in describe("fold-3", config.pipelines["fold-3"])
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nnunetv2" else real(name, *a))
     assert all("pip install 'dicom-node[nnunet]'" in p for p in pipeline_problems(config))
