@@ -34,13 +34,11 @@ import torch
 from .inference import select_device
 from .measure import measure_all
 from .trust.domain import Domain
-from .types import Findings, LabelInfo, Volume
+from .types import Findings, LabelInfo, Volume, external_label
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'dicom-node[monai]'"
-GENERIC_CODE = ("85756007", "SCT", "Tissue")
-PALETTE = ((157, 108, 162), (221, 130, 101), (128, 174, 128), (241, 214, 145), (111, 184, 210), (255, 255, 0))
 #: Transforms that touch files: a bundle reads and writes images itself; here the node does.
 FILE_TRANSFORMS = ("LoadImage", "LoadImaged", "SaveImage", "SaveImaged")
 
@@ -65,14 +63,6 @@ def import_monai() -> Any:
         raise BundleError(f"a MONAI bundle needs MONAI, which is not installed: {INSTALL_HINT}") from exc
 
 
-def ras_affine(volume: Volume) -> np.ndarray:
-    """The 4x4 affine from (i, j, k) voxel indices to RAS millimetres (NIfTI's convention)."""
-    to_lps = np.eye(4)
-    to_lps[:3, :3] = np.asarray(volume.direction) * np.asarray(volume.spacing[::-1])
-    to_lps[:3, 3] = volume.origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ to_lps
-
-
 def bundle_labels(metadata: Mapping[str, Any], codes: Mapping[str, tuple[tuple[str, str, str], tuple[str, str, str]]]
                   ) -> tuple[LabelInfo, ...]:
     """LabelInfo for each non-background channel of the bundle's ``pred`` output."""
@@ -87,8 +77,7 @@ def bundle_labels(metadata: Mapping[str, Any], codes: Mapping[str, tuple[tuple[s
             continue
         if not 1 <= value <= 255:
             raise BundleError(f"metadata.json: channel {value} outside 1-255")
-        category, kind = codes.get(str(name), (GENERIC_CODE, GENERIC_CODE))
-        infos.append(LabelInfo(value, str(name), category, kind, PALETTE[number % len(PALETTE)]))
+        infos.append(external_label(value, str(name), number, dict(codes)))
     if not infos:
         raise BundleError("metadata.json: channel_def names no label besides the background")
     return tuple(infos)
@@ -162,7 +151,7 @@ class MonaiBundlePipeline:
 
         started = time.perf_counter()
         network, inferer, preprocessing, postprocessing = self.parts()
-        affine = torch.as_tensor(ras_affine(volume), dtype=torch.float64)
+        affine = torch.as_tensor(volume.ras_affine(), dtype=torch.float64)
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.voxels.transpose(2, 1, 0))), affine=affine,
                            meta={"original_channel_dim": "no_channel", "filename_or_obj": "dicom-node",
                                  "spatial_shape": np.asarray(volume.shape[::-1]), "original_affine": affine.numpy(),

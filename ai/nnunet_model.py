@@ -30,13 +30,10 @@ import numpy as np
 
 from .inference import select_device
 from .measure import measure_all
-from .monai_bundle import ras_affine
 from .trust.domain import Domain
-from .types import Findings, LabelInfo, Volume
+from .types import Findings, LabelInfo, Volume, external_label
 
 INSTALL_HINT = "pip install 'dicom-node[nnunet]'"
-GENERIC_CODE = ("85756007", "SCT", "Tissue")
-PALETTE = ((221, 130, 101), (157, 108, 162), (128, 174, 128), (185, 102, 83), (241, 214, 145), (111, 184, 210))
 
 Codes = Mapping[str, tuple[tuple[str, str, str], tuple[str, str, str]]]
 
@@ -58,8 +55,7 @@ def dataset_labels(dataset: Mapping[str, Any], codes: Codes) -> tuple[LabelInfo,
             continue
         if not 1 <= int(value) <= 255:
             raise NnUNetModelError(f"dataset.json: label {name!r} = {value} outside 1-255")
-        category, kind = codes.get(str(name), (GENERIC_CODE, GENERIC_CODE))
-        infos.append(LabelInfo(int(value), str(name), category, kind, PALETTE[number % len(PALETTE)]))
+        infos.append(external_label(int(value), str(name), number, dict(codes)))
     return tuple(sorted(infos, key=lambda info: info.value))
 
 
@@ -68,7 +64,7 @@ def to_ras(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float], np.n
     order; nibabel's orientation transform from the series' (i, j, k) to RAS+)."""
     import nibabel.orientations as orientations
 
-    affine = ras_affine(volume)
+    affine = volume.ras_affine()
     transform = orientations.io_orientation(affine)
     ras = orientations.apply_orientation(volume.voxels.transpose(2, 1, 0), transform)  # (x, y, z) in RAS+
     spacing_ijk = np.asarray(volume.spacing[::-1])

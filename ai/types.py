@@ -51,6 +51,14 @@ class Volume:
         ijk_mm = kji[..., ::-1] * np.asarray(self.spacing[::-1])
         return np.asarray(self.origin) + ijk_mm @ np.asarray(self.direction).T
 
+    def ras_affine(self) -> np.ndarray:
+        """The 4x4 NIfTI-style affine from (i, j, k) voxel indices to RAS millimetres: what a
+        NIfTI of ``voxels.transpose(2, 1, 0)`` carries (NIfTI tools, MONAI, nnU-Net use it)."""
+        to_lps = np.eye(4)
+        to_lps[:3, :3] = np.asarray(self.direction) * np.asarray(self.spacing[::-1])
+        to_lps[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ to_lps
+
     def with_voxels(self, voxels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> Volume:
         """The same geometry (origin, direction) with other voxels, optionally another spacing."""
         return Volume(voxels, spacing or self.spacing, self.origin, self.direction, self.modality)
@@ -90,6 +98,25 @@ class Measurement:
     diameter_endpoints_kji: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     lesion_index: int | None = None  # 1, 2, ... for lesions; None for a whole-label measurement
     score: float | None = None  # the model's probability for this lesion, if it gives one
+
+
+Code = tuple[str, str, str]
+#: A label whose model names no codes: SNOMED CT "Tissue" as category and type (its name kept).
+GENERIC_CODE: Code = ("85756007", "SCT", "Tissue")
+#: Display colours for labels that come without one (distinct, readable over grey).
+LABEL_PALETTE = ((221, 130, 101), (157, 108, 162), (128, 174, 128), (185, 102, 83), (241, 214, 145), (111, 184, 210),
+                 (255, 255, 0), (216, 101, 79), (183, 156, 220), (144, 238, 144))
+
+
+def external_label(value: int, name: str, number: int, codes: dict[str, tuple[Code, Code]],
+                   category: Code | None = None, kind: Code | None = None,
+                   color: tuple[int, int, int] | None = None) -> LabelInfo:
+    """A label of a model we did not make (ONNX/MONAI/nnU-Net/module): its own codes and colour
+    where it gives them, else the pipeline's ``codes:`` entry for its name, else GENERIC_CODE;
+    ``number`` picks a palette colour."""
+    coded = codes.get(name)
+    return LabelInfo(value, name, category or (coded[0] if coded else GENERIC_CODE),
+                     kind or (coded[1] if coded else GENERIC_CODE), color or LABEL_PALETTE[number % len(LABEL_PALETTE)])
 
 
 #: uint8 steps of ``Findings.uncertainty`` (0.004 each): finer than any threshold a reader uses.

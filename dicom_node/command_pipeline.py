@@ -49,7 +49,7 @@ from pydicom.errors import InvalidDicomError
 
 from ai.measure import measure_all
 from ai.trust.domain import Domain
-from ai.types import Findings, LabelInfo
+from ai.types import Findings, LabelInfo, external_label
 
 from .config import PipelineSpec
 from .errors import NodeError
@@ -58,10 +58,6 @@ from .volume import SeriesVolume
 log = logging.getLogger(__name__)
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-GENERIC_CODE = ("85756007", "SCT", "Tissue")
-#: Colours for labels whose file gives none (distinct, readable over grey).
-PALETTE = ((221, 130, 101), (128, 174, 128), (157, 108, 162), (241, 214, 145), (111, 184, 210), (255, 255, 0),
-           (216, 101, 79), (183, 156, 220), (144, 238, 144), (250, 250, 225))
 STDERR_TAIL = 2000
 
 
@@ -209,13 +205,10 @@ class CommandPipeline:
             if not 1 <= value <= 255:
                 raise CommandOutputError(f"{self.name}: labels.json: label {value} outside 1-255")
             entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-            name = str(entry["name"])
-            coded = self.spec.codes.get(name)
-            category = tuple(entry.get("category") or (coded.category if coded else GENERIC_CODE))
-            kind = tuple(entry.get("type") or (coded.type if coded else GENERIC_CODE))
-            color = tuple(entry.get("color") or PALETTE[number % len(PALETTE)])
-            infos.append(LabelInfo(value, name, tuple(str(c) for c in category), tuple(str(c) for c in kind),  # type: ignore[arg-type]
-                                   tuple(int(c) for c in color)))  # type: ignore[arg-type]
+            own = {key: tuple(entry[key]) for key in ("category", "type", "color") if entry.get(key)}
+            infos.append(external_label(value, str(entry["name"]), number, self.spec.label_codes(),
+                                        category=own.get("category"), kind=own.get("type"),  # type: ignore[arg-type]
+                                        color=tuple(int(c) for c in own["color"]) if "color" in own else None))  # type: ignore[arg-type]
         unnamed = sorted(set(np.unique(label_map).tolist()) - {0} - {info.value for info in infos})
         if unnamed:
             raise CommandOutputError(f"{self.name}: the label map holds values {unnamed} that labels.json does not name")
@@ -237,12 +230,8 @@ def nifti_on_grid(path: Path, source: SeriesVolume, tolerance: float = 0.05) -> 
     if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.round(data)):
         raise CommandOutputError(f"{path.name}: a label map holds whole numbers")
     volume = source.volume
-    # (i, j, k, 1) of the series -> LPS -> RAS -> the NIfTI's voxel indices.
-    to_lps = np.eye(4)
-    to_lps[:3, :3] = np.asarray(volume.direction) * np.asarray(volume.spacing[::-1])
-    to_lps[:3, 3] = volume.origin
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    mapping = np.linalg.inv(image.affine) @ lps_to_ras @ to_lps
+    # (i, j, k, 1) of the series -> RAS -> the NIfTI's voxel indices.
+    mapping = np.linalg.inv(image.affine) @ volume.ras_affine()
     rounded = np.round(mapping[:3, :3])
     if np.abs(mapping[:3, :3] - rounded).max() > tolerance or np.abs(np.abs(rounded).sum(axis=0) - 1).max() > 0 \
             or np.abs(np.abs(rounded).sum(axis=1) - 1).max() > 0 \

@@ -256,6 +256,10 @@ class PipelineSpec(_Section):
     mirroring: bool = True
     orientation: Literal["as-is", "ras"] = "as-is"
 
+    def label_codes(self) -> dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]:
+        """``codes:`` as label name -> (category, type)."""
+        return {label: (tuple(c.category), tuple(c.type)) for label, c in self.codes.items()}  # type: ignore[misc]
+
 
 class ResultsSection(_Section):
     #: Result objects waiting for delivery (and kept after it, for audit and re-sends).

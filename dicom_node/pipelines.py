@@ -60,7 +60,7 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
         from ai.trust.domain import Domain
 
         try:
-            return MonaiBundlePipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), label_codes(spec),
+            return MonaiBundlePipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), spec.label_codes(),
                                        device=spec.device)  # type: ignore[return-value]
         except (BundleError, ValueError, RuntimeError) as exc:
             raise PipelineError(f"pipelines.{name}: {exc}") from None
@@ -69,7 +69,7 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
         from ai.trust.domain import Domain
 
         try:
-            return NnUNetPipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), label_codes(spec),
+            return NnUNetPipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), spec.label_codes(),
                                   folds=tuple(spec.folds), checkpoint=spec.checkpoint, device=spec.device,
                                   mirroring=spec.mirroring, orientation=spec.orientation, name=spec.name,
                                   version=None if spec.version == "unknown" else spec.version)  # type: ignore[return-value]
@@ -128,11 +128,6 @@ def pipeline_problems(config: NodeConfig) -> list[str]:
         if not card.weights_path.exists():
             problems.append(f"{where}: weights {card.weights_path} do not exist")
     return problems
-
-
-def label_codes(spec: PipelineSpec) -> dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]:
-    """The pipeline's ``codes:`` as label name -> (category, type)."""
-    return {label: (tuple(c.category), tuple(c.type)) for label, c in spec.codes.items()}  # type: ignore[misc]
 
 
 def _bundle_problems(name: str, spec: PipelineSpec) -> list[str]:

@@ -109,8 +109,6 @@ def train(folder: Path, steps: int, seed: int = 0) -> dict[str, float]:
     from monai.losses import DiceCELoss
     from monai.transforms import Compose
 
-    from ai.monai_bundle import ras_affine
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     parser = ConfigParser()
@@ -125,7 +123,7 @@ def train(folder: Path, steps: int, seed: int = 0) -> dict[str, float]:
     for number in range(6):
         phantom = make_phantom(2000 + number, shape=(96, 128, 128), spacing=(2.0, 2.0, 2.0), liver_lesions=(0, 0),
                                lung_nodules=(0, 0))
-        affine = torch.as_tensor(ras_affine(phantom.volume), dtype=torch.float64)
+        affine = torch.as_tensor(phantom.volume.ras_affine(), dtype=torch.float64)
         pair = {}
         for key, array in (("image", phantom.volume.voxels), ("label", (phantom.labels == SPLEEN).astype(np.float32))):
             tensor = MetaTensor(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 1, 0))), affine=affine,

@@ -49,7 +49,6 @@ def model_folder(root: Path = ROOT) -> Path:
 def write_dataset(raw: Path, cases: int) -> None:
     import nibabel as nib
 
-    from ai.monai_bundle import ras_affine
     from ai.phantom import LIVER, SPLEEN, make_phantom
 
     images, labels = raw / "imagesTr", raw / "labelsTr"
@@ -58,7 +57,7 @@ def write_dataset(raw: Path, cases: int) -> None:
     for number in range(cases):
         phantom = make_phantom(3000 + number, shape=(40, 96, 96), spacing=(3.0, 2.5, 2.5), liver_lesions=(0, 0),
                                lung_nodules=(0, 0))
-        affine = ras_affine(phantom.volume)
+        affine = phantom.volume.ras_affine()
         target = np.zeros(phantom.labels.shape, dtype=np.uint8)
         target[phantom.labels == LIVER] = 1
         target[phantom.labels == SPLEEN] = 2

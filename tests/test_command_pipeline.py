@@ -149,12 +149,11 @@ def test_a_label_map_on_the_series_grid_in_any_axis_order_and_nothing_else(serie
                                                                           tmp_path: Path) -> None:
     import nibabel as nib
 
-    from ai.monai_bundle import ras_affine
     from dicom_node.command_pipeline import nifti_on_grid
 
     _, source = series
     labels = (np.arange(np.prod(source.volume.shape)) % 7).reshape(source.volume.shape).astype(np.uint8)
-    affine = ras_affine(source.volume)  # for an (i, j, k) array
+    affine = source.volume.ras_affine()  # for an (i, j, k) array
     swap = np.eye(4)[[2, 1, 0, 3]]  # the same voxels stored as a (k, j, i) array
     cases = {"ijk.nii": (labels.transpose(2, 1, 0), affine), "kji.nii": (labels, affine @ swap)}
     for name, (array, matrix) in cases.items():

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from ai.monai_bundle import GENERIC_CODE, BundleError, MonaiBundlePipeline, bundle_labels, ras_affine
+from ai.monai_bundle import BundleError, MonaiBundlePipeline, bundle_labels
+from ai.types import GENERIC_CODE
 from ai.phantom import SPLEEN, make_phantom
 from ai.trust.domain import Domain
 from dicom_node.config import NodeConfig
@@ -59,7 +60,7 @@ def test_the_node_gives_what_monais_own_workflow_gives(bundle: Path, source: tup
     images = tmp_path / "data" / "imagesTs"
     images.mkdir(parents=True)
     voxels = np.ascontiguousarray(series.volume.voxels.transpose(2, 1, 0)).astype(np.float32)
-    nib.save(nib.Nifti1Image(voxels, ras_affine(series.volume)), images / "case.nii.gz")
+    nib.save(nib.Nifti1Image(voxels, series.volume.ras_affine()), images / "case.nii.gz")
     with warnings.catch_warnings():  # MONAI's notices (a bundle's config is code; deprecations)
         warnings.simplefilter("ignore")
         monai_run(config_file=str(bundle / "configs" / "inference.json"), meta_file=str(bundle / "configs" / "metadata.json"),

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from ai.monai_bundle import ras_affine
-from ai.nnunet_model import GENERIC_CODE, NnUNetModelError, NnUNetPipeline, dataset_labels, from_ras, to_ras
+from ai.nnunet_model import NnUNetModelError, NnUNetPipeline, dataset_labels, from_ras, to_ras
 from ai.phantom import LIVER, make_phantom
 from ai.trust.domain import Domain
-from ai.types import Volume
+from ai.types import GENERIC_CODE, Volume
 from dicom_node.config import NodeConfig
 from dicom_node.outbox import Outbox
 from dicom_node.pipelines import describe, pipeline_problems
@@ -62,7 +61,7 @@ def test_the_node_gives_what_nnunetv2_predict_gives(model: Path, series: tuple, 
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     voxels = np.ascontiguousarray(source.volume.voxels.transpose(2, 1, 0)).astype(np.float32)
-    nib.save(nib.Nifti1Image(voxels, ras_affine(source.volume)), inputs / "case_0000.nii.gz")
+    nib.save(nib.Nifti1Image(voxels, source.volume.ras_affine()), inputs / "case_0000.nii.gz")
     result = subprocess.run([str(BIN / "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(outputs),
                              "-m", str(model), "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu", "--disable_tta",
                              "-npp", "1", "-nps", "1"], capture_output=True, text=True, timeout=600)
@@ -84,7 +83,7 @@ def test_ras_orientation_is_nibabels_closest_canonical_and_comes_back() -> None:
     direction = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # a coronal series: rows along S
     volume = Volume(rng.normal(size=(5, 7, 9)).astype(np.float32), (3.0, 2.0, 1.5), (10.0, 20.0, 30.0), direction)
     image, spacing, transform = to_ras(volume)
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(volume.voxels.transpose(2, 1, 0), ras_affine(volume)))
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(volume.voxels.transpose(2, 1, 0), volume.ras_affine()))
     assert np.array_equal(image, np.asarray(canonical.dataobj).transpose(2, 1, 0))
     assert spacing == tuple(float(s) for s in canonical.header.get_zooms()[::-1])
     labels = (image > 0).astype(np.uint8)
