@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .rules import AllOf, AttributeCondition, Condition, ContextCondition, CountCondition, RuleError, TextTest, parse_condition
 
 #: Where the configuration comes from when no ``--config`` is given.
 CONFIG_ENV_VAR = "DICOM_NODE_CONFIG"
@@ -194,10 +195,32 @@ class RouteMatch(_Section):
         return value
 
 
+class StudyTrigger(_Section):
+    """When a ``trigger: study`` route acts on a study: once it has been quiet for
+    ``quiet_seconds`` (default: completion.study_stable_seconds) with every series complete, or,
+    with ``required_series`` (a condition each), as soon as each is met by a complete series of
+    the study; ``max_wait_seconds`` after the study (version) began, ``on_timeout`` says what
+    happens to a study still waiting: ``process`` what is there, or ``discard`` it (logged)."""
+
+    quiet_seconds: float | None = Field(None, gt=0)
+    required_series: list[Any] = []
+    max_wait_seconds: float | None = Field(None, gt=0)
+    on_timeout: Literal["process", "discard"] = "process"
+
+
 class Route(_Section):
-    """A completed series that matches goes to ``pipeline``, whose results go to
+    """A routing rule. A completed series that matches goes to ``pipeline``, whose results go to
     ``destinations`` (peer names; ``sender`` means the peer that sent the series, when it may
-    receive), and/or its instances are forwarded unchanged to the peers in ``forward``.
+    receive), and/or its instances are forwarded unchanged to the peers in ``forward``;
+    ``discard: true`` takes it and does nothing more (logged).
+
+    Rules are evaluated in the order written. ``on_match: continue`` (default) lets later rules
+    act on the same series too; ``stop`` ends the evaluation there (so does ``discard``). A
+    ``fallback: true`` rule acts only when no other rule of its trigger matched. The conditions
+    are ``match:`` (the short form: modality, body part, calling AE, description, count) and
+    ``when:`` (any attribute, the association, counts; all/any/not: rules.py), both must hold.
+    ``trigger: series`` acts per completed series; ``trigger: study`` waits for the study
+    (``study:``, StudyTrigger) and then acts on each of its complete series that match.
 
     ``pipeline`` may be a list: the first whose domain the series is in runs (the gate, ai/trust);
     when none is, the job ends ``not applicable`` and, with ``on_not_applicable: report``, the
@@ -205,11 +228,54 @@ class Route(_Section):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: RouteMatch = RouteMatch()
+    when: Any = None
+    trigger: Literal["series", "study"] = "series"
+    study: StudyTrigger = StudyTrigger()
+    on_match: Literal["continue", "stop"] = "continue"
+    fallback: bool = False
+    discard: bool = False
     pipeline: str | list[str] | None = None
     on_not_applicable: Literal["report", "silent"] = "report"
     destinations: list[str] = ["sender"]
     forward: list[str] = []
     priority: Literal["urgent", "routine"] = "routine"
+    _condition: Condition = PrivateAttr()
+    _required: tuple[Condition, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _parse_conditions(self) -> Route:
+        try:
+            parts: list[Condition] = list(match_conditions(self.match))
+            if self.when is not None:
+                parts.append(parse_condition(self.when, "when"))
+            self._condition = AllOf(tuple(parts))
+            self._required = tuple(parse_condition(c, f"study.required_series[{n}]")
+                                   for n, c in enumerate(self.study.required_series))
+        except RuleError as exc:
+            raise ValueError(f"route {self.name}: {exc}") from None
+        if self._required and self.study.max_wait_seconds is None:
+            raise ValueError(f"route {self.name}: study.required_series needs study.max_wait_seconds (how long to wait "
+                             "for them)")
+        if self.trigger == "series" and self.study != StudyTrigger():
+            raise ValueError(f"route {self.name}: study: applies to trigger: study only")
+        if self.discard and (self.pipeline is not None or self.forward):
+            raise ValueError(f"route {self.name}: discard takes the series and does nothing with it; no pipeline or "
+                             "forward beside it")
+        return self
+
+    @property
+    def condition(self) -> Condition:
+        """Everything the series must satisfy: ``match:`` and ``when:`` together."""
+        return self._condition
+
+    @property
+    def required_series(self) -> tuple[Condition, ...]:
+        return self._required
+
+    @property
+    def stops(self) -> bool:
+        """Whether a match ends the evaluation of later rules."""
+        return self.on_match == "stop" or self.discard
 
     @property
     def pipeline_names(self) -> list[str]:
@@ -217,6 +283,25 @@ class Route(_Section):
         if self.pipeline is None:
             return []
         return [self.pipeline] if isinstance(self.pipeline, str) else list(self.pipeline)
+
+
+def match_conditions(match: RouteMatch) -> list[Condition]:
+    """The short ``match:`` form as conditions (text compared in any case, as it always was)."""
+    from pydicom.tag import Tag
+
+    parts: list[Condition] = []
+    for key, keyword, tag in (("modality", "Modality", 0x00080060), ("body_part_examined", "BodyPartExamined", 0x00180015)):
+        values = getattr(match, key)
+        if values:
+            parts.append(AttributeCondition(Tag(tag), keyword, TextTest("one_of", list(values), ignore_case=True)))
+    if match.calling_ae:
+        parts.append(ContextCondition("calling_ae", TextTest("one_of", list(match.calling_ae), ignore_case=True)))
+    if match.series_description is not None:
+        parts.append(AttributeCondition(Tag(0x0008103E), "SeriesDescription",
+                                        TextTest("regex", match.series_description, ignore_case=True)))
+    if match.min_instances > 1:
+        parts.append(CountCondition("instances", match.min_instances, None))
+    return parts
 
 
 class LabelCodes(_Section):
@@ -323,8 +408,8 @@ class NodeConfig(_Section):
         peers = {p.name: p for p in self.peers}
         for number, route in enumerate(self.routes):
             where = f"routes[{number}] ({route.name})"
-            if route.pipeline is None and not route.forward:
-                raise ValueError(f"{where}: needs a pipeline, peers to forward to, or both")
+            if route.pipeline is None and not route.forward and not route.discard:
+                raise ValueError(f"{where}: needs a pipeline, peers to forward to, both, or discard: true")
             if isinstance(route.pipeline, list) and not route.pipeline:
                 raise ValueError(f"{where}: pipeline: an empty list (give one pipeline, a list, or none)")
             for name in route.pipeline_names:

@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS studies (
     version INTEGER NOT NULL DEFAULT 1,
     first_received_at REAL NOT NULL,
     last_received_at REAL NOT NULL,
-    completed_at REAL
+    completed_at REAL,
+    -- when the current version began (the first instance, or the one that re-opened the study)
+    version_started_at REAL NOT NULL DEFAULT 0,
+    routed_version INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
@@ -81,6 +84,16 @@ CREATE TABLE IF NOT EXISTS instances (
     receive_count INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+-- What each study rule (routes with trigger: study) decided for a study version.
+CREATE TABLE IF NOT EXISTS study_routes (
+    study_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    route TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    decided_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, version, route)
+);
 CREATE TABLE IF NOT EXISTS receipts (
     id INTEGER PRIMARY KEY,
     sop_instance_uid TEXT NOT NULL,
@@ -144,6 +157,12 @@ class Index:
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(series)")}
             if "routed_version" not in columns:  # an index written before routing existed
                 self._db.execute("ALTER TABLE series ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(studies)")}
+            if "routed_version" not in columns:  # an index written before study rules existed: its studies count as routed
+                self._db.execute("ALTER TABLE studies ADD COLUMN version_started_at REAL NOT NULL DEFAULT 0")
+                self._db.execute("ALTER TABLE studies ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("UPDATE studies SET routed_version = version, version_started_at = first_received_at")
+            self._db.execute("CREATE INDEX IF NOT EXISTS studies_unrouted ON studies(study_uid) WHERE routed_version < version")
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot open index {path}: {exc}") from exc
         self._lock = threading.RLock()
@@ -275,16 +294,17 @@ class Index:
         db.execute(
             """
             INSERT INTO studies(study_uid, patient_id, patient_name, study_date, study_description,
-                accession_number, state, version, first_received_at, last_received_at)
-            VALUES(?, ?, ?, ?, ?, ?, 'receiving', 1, ?, ?)
+                accession_number, state, version, first_received_at, last_received_at, version_started_at)
+            VALUES(?, ?, ?, ?, ?, ?, 'receiving', 1, ?, ?, ?)
             ON CONFLICT(study_uid) DO UPDATE SET
                 last_received_at = max(last_received_at, excluded.last_received_at),
+                version_started_at = CASE WHEN state = 'complete' THEN excluded.last_received_at ELSE version_started_at END,
                 version = CASE WHEN state = 'complete' THEN version + 1 ELSE version END,
                 state = 'receiving', completed_at = NULL
             """,
             (
                 header.study_instance_uid, header.patient_id, header.patient_name, header.study_date,
-                header.study_description, header.accession_number, now, now,
+                header.study_description, header.accession_number, now, now, now,
             ),
         )
 

@@ -1,13 +1,20 @@
-"""Routing: completed series -> jobs and forwards, by the ``routes`` of the configuration.
+"""Routing: completed series and studies -> jobs and forwards, by the ``routes`` of the configuration.
 
 Routing is a sweep over the index, like completion: every series whose completed version has
-not been routed yet is matched against each route, matching routes become jobs, and the
-series is marked routed at that version, all in one transaction. So a crash between
-"complete" and "queued" loses nothing (the next sweep routes it), and a series is never routed
-twice for the same version. A late instance re-opens the series at version + 1, which is
+not been routed yet is evaluated against the rules, the rules that act on it become jobs and
+forwards, and the series is marked routed at that version, all in one transaction. So a crash
+between "complete" and "queued" loses nothing (the next sweep routes it), and a series is never
+routed twice for the same version. A late instance re-opens the series at version + 1, which is
 routed again once complete.
 
-A route's ``forward`` peers get the series' instances unchanged, through the outbox (the
+Rules (config.Route, conditions in rules.py) are evaluated in the order written: ``on_match:
+stop`` (or ``discard``) ends the evaluation, ``continue`` lets later rules act too, and a
+``fallback`` rule acts only when no other rule of its trigger matched. ``trigger: study`` rules
+wait for the study (quiet time, or required series with a maximum wait) and keep their decision
+per study version in ``study_routes``; a study is marked routed at a version once every study
+rule has decided.
+
+A rule's ``forward`` peers get the series' instances unchanged, through the outbox (the
 sender's retries and backoff, one association per series and peer): at version 1 every
 instance, at a later version only those that arrived (new or changed) since the one before. A
 peer that does not accept the stored transfer syntax gets them decompressed (transcode.py).
@@ -16,15 +23,24 @@ peer that does not accept the stored transfer syntax gets them decompressed (tra
 from __future__ import annotations
 
 import logging
-import re
+import os
 import sqlite3
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from .config import NodeConfig, Peer, Route
 from .index import Index
 from .jobs import JobQueue, NewJob, job_key
 from .outbox import Candidate, Outbox, forward_key
+from .rules import SeriesFacts, Verdict
 from .transcode import UNCOMPRESSED_VARIANTS
 
 #: The outbox variant name of an instance forwarded as it was received.
@@ -33,21 +49,105 @@ ORIGINAL = "original"
 log = logging.getLogger(__name__)
 
 
-def matches(route: Route, series: Mapping[str, Any]) -> bool:
-    """Whether a series row (modality, body part, description, calling AE, count) fits ``route``."""
-    rule = route.match
+# -- what the rules see of a series ------------------------------------------------------------
 
-    def one_of(values: list[str], value: str) -> bool:
-        return not values or value.strip().upper() in {v.strip().upper() for v in values}
 
-    return (
-        one_of(rule.modality, str(series["modality"]))
-        and one_of(rule.body_part_examined, str(series["body_part_examined"]))
-        and one_of(rule.calling_ae, str(series["calling_ae"]))
-        and (rule.series_description is None
-             or re.search(rule.series_description, str(series["series_description"]), re.IGNORECASE) is not None)
-        and int(series["instance_count"]) >= rule.min_instances
-    )
+@lru_cache(maxsize=4096)
+def _header_at(path: str, mtime_ns: int, size: int) -> Dataset | None:
+    """One instance's header (no pixel data), cached per file version (study rules look at the
+    same series on every sweep while they wait); None, logged once, when it cannot be read."""
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+        log.warning("Routing: cannot read the header of %s (%s); rules see the index's attributes only", path, exc)
+        return None
+
+
+def read_rule_header(path: str | Path, fallback: Dataset) -> Dataset:
+    """The header rules evaluate: the file's, over ``fallback`` (the index's attributes), so an
+    unreadable file still matches on what the index knows."""
+    try:
+        stat = os.stat(path)
+        version = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = (-1, -1)
+    header = Dataset()
+    header.update(fallback)
+    found = _header_at(str(path), *version)
+    if found is not None:
+        header.update(found)
+    return header
+
+
+def series_facts(db: sqlite3.Connection, series: sqlite3.Row | dict, peers: Sequence[Peer]) -> SeriesFacts:
+    """The facts of an indexed series: a representative instance's header, the association, counts."""
+    first = db.execute(
+        "SELECT path, called_ae FROM instances WHERE series_uid = ? ORDER BY instance_number, sop_instance_uid LIMIT 1",
+        (series["series_uid"],),
+    ).fetchone()
+    known = Dataset()
+    for tag, vr, key in ((0x00080060, "CS", "modality"), (0x00180015, "CS", "body_part_examined"),
+                         (0x0008103E, "LO", "series_description"), (0x0020000E, "UI", "series_uid"),
+                         (0x0020000D, "UI", "study_uid")):
+        if series[key]:  # as the sender wrote them, valid or not: rules compare, they do not judge
+            known[tag] = DataElement(tag, vr, series[key], validation_mode=pydicom_config.IGNORE)
+    header = read_rule_header(first["path"], known) if first is not None else known
+    study = db.execute("SELECT count(*) AS n, count(DISTINCT series_uid) AS s FROM instances WHERE study_uid = ?",
+                       (series["study_uid"],)).fetchone()
+    instances = int(series["instance_count"])
+    return SeriesFacts(header=header, calling_ae=str(series["calling_ae"]),
+                       called_ae=str(first["called_ae"]) if first is not None else "",
+                       source_peer=source_peer(str(series["calling_ae"]), peers),
+                       instances=instances, slices=instances * _frames(header),
+                       study_instances=int(study["n"]), study_series=int(study["s"]))
+
+
+def source_peer(calling_ae: str, peers: Iterable[Peer]) -> str:
+    return next((p.name for p in peers if p.ae_title == calling_ae and p.send), "")
+
+
+def _frames(header: Dataset) -> int:
+    try:
+        return max(1, int(header.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+# -- evaluation in order -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One rule's answer for one series: whether its conditions hold, and whether it acts."""
+
+    route: Route
+    verdict: Verdict
+    acts: bool
+    #: Why a rule whose conditions hold does not act ('' otherwise).
+    note: str = ""
+
+
+def evaluate_rules(routes: Sequence[Route], facts: SeriesFacts) -> list[Evaluation]:
+    """Every rule's evaluation of ``facts``, in the order written: a stopping rule that acts ends
+    the evaluation for the rules after it; fallback rules act only when no other rule acted."""
+    results: dict[str, Evaluation] = {}
+    acted, stopped_by = False, ""
+    for route in [r for r in routes if not r.fallback] + [r for r in routes if r.fallback]:
+        verdict = route.condition.evaluate(facts)
+        note = ""
+        if stopped_by:
+            note = f"not reached: rule {stopped_by} matched and stops"
+        elif route.fallback and acted:
+            note = "fallback: another rule matched"
+        acts = verdict.holds and not note
+        if acts:
+            acted = True
+            stopped_by = route.name if route.stops else ""
+        results[route.name] = Evaluation(route, verdict, acts, note if verdict.holds else "")
+    return [results[r.name] for r in routes]
+
+
+# -- actions -----------------------------------------------------------------------------------
 
 
 def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer]) -> list[str]:
@@ -65,22 +165,6 @@ def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer]) -> li
         if name not in names:
             names.append(name)
     return names
-
-
-def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob]:
-    """Queue jobs for every completed, not yet routed series version; return what was queued."""
-    queued: list[NewJob] = []
-    with index.transaction() as db:
-        rows = db.execute(
-            "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
-        ).fetchall()
-        for series in rows:
-            queued.extend(_route_one(db, series, config, now))
-            db.execute("UPDATE series SET routed_version = ? WHERE series_uid = ?", (series["version"], series["series_uid"]))
-    for job in queued:
-        log.info("Series %s v%d -> route %s, pipeline %s, results to %s", job.series_uid, job.series_version, job.route,
-                 job.pipeline, ", ".join(job.destinations) or "nobody")
-    return queued
 
 
 def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: sqlite3.Row, now: float) -> None:
@@ -103,29 +187,159 @@ def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: 
                  route_name, len(rows), ", ".join(peers))
 
 
-def _route_one(db: sqlite3.Connection, series: sqlite3.Row, config: NodeConfig, now: float) -> list[NewJob]:
-    jobs = []
-    matched = [route for route in config.routes if matches(route, series)]
-    if not matched:
-        log.info("Series %s v%d (%s, %d instance(s)) matched none of the routes (%s): stored, not analysed",
-                 series["series_uid"], series["version"], series["modality"] or "no modality", series["instance_count"],
-                 ", ".join(route.name for route in config.routes) or "none configured")
-    for route in matched:
-        if route.forward:
+def _act(db: sqlite3.Connection, route: Route, series: sqlite3.Row, config: NodeConfig, now: float,
+         once: bool = False) -> NewJob | None:
+    """Do what ``route`` says with one series version: forward it, queue its analysis, or discard
+    it. ``once``: skip a forward already queued for this series version (a study rule firing
+    again for a re-opened study whose series did not change)."""
+    if route.discard:
+        log.info("Series %s v%d discarded by route %s: not analysed, not forwarded", series["series_uid"],
+                 series["version"], route.name)
+        return None
+    if route.forward:
+        key = forward_key(route.name, series["series_uid"], series["version"])
+        if not (once and db.execute("SELECT 1 FROM deliveries WHERE job_key = ? LIMIT 1", (key,)).fetchone()):
             _forward(db, route.name, route.forward, series, now)
-        if not route.pipeline_names:
-            continue
-        job = NewJob(
-            key=job_key(route.name, series["series_uid"], series["version"]),
-            route=route.name,
-            pipeline=",".join(route.pipeline_names),  # tried in order by the worker's gate
-            series_uid=series["series_uid"],
-            study_uid=series["study_uid"],
-            series_version=series["version"],
-            calling_ae=series["calling_ae"],
-            destinations=tuple(resolve_destinations(route, series["calling_ae"], config.peers)),
-            priority=route.priority,
-        )
-        if JobQueue.add(db, job, now, config.jobs.max_attempts):
+    if not route.pipeline_names:
+        return None
+    job = NewJob(
+        key=job_key(route.name, series["series_uid"], series["version"]),
+        route=route.name,
+        pipeline=",".join(route.pipeline_names),  # tried in order by the worker's gate
+        series_uid=series["series_uid"],
+        study_uid=series["study_uid"],
+        series_version=series["version"],
+        calling_ae=series["calling_ae"],
+        destinations=tuple(resolve_destinations(route, series["calling_ae"], config.peers)),
+        priority=route.priority,
+    )
+    return job if JobQueue.add(db, job, now, config.jobs.max_attempts) else None
+
+
+def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob]:
+    """Queue jobs for every completed, not yet routed series version and every study whose
+    study rules are ready; return what was queued."""
+    queued: list[NewJob] = []
+    series_rules = [r for r in config.routes if r.trigger == "series"]
+    with index.transaction() as db:
+        rows = db.execute(
+            "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
+        ).fetchall()
+        for series in rows:
+            queued.extend(_route_series(db, series, series_rules, config, now))
+            db.execute("UPDATE series SET routed_version = ? WHERE series_uid = ?", (series["version"], series["series_uid"]))
+        queued.extend(route_studies(db, config, now))
+    for job in queued:
+        log.info("Series %s v%d -> route %s, pipeline %s, results to %s", job.series_uid, job.series_version, job.route,
+                 job.pipeline, ", ".join(job.destinations) or "nobody")
+    return queued
+
+
+def _route_series(db: sqlite3.Connection, series: sqlite3.Row, rules: list[Route], config: NodeConfig,
+                  now: float) -> list[NewJob]:
+    if not rules:
+        return []
+    facts = series_facts(db, series, config.peers)
+    evaluations = evaluate_rules(rules, facts)
+    acting = [e for e in evaluations if e.acts]
+    if not acting:
+        reasons = "; ".join(f"{e.route.name}: {e.verdict.reason}" for e in evaluations)
+        log.info("Series %s v%d (%s, %d instance(s)) matched none of the rules, stored, not analysed (%s)",
+                 series["series_uid"], series["version"], series["modality"] or "no modality", series["instance_count"],
+                 reasons)
+    jobs = []
+    for evaluation in acting:
+        job = _act(db, evaluation.route, series, config, now)
+        if job is not None:
             jobs.append(job)
     return jobs
+
+
+# -- study rules -------------------------------------------------------------------------------
+
+
+def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> list[NewJob]:
+    """Decide the study rules of every study version not yet routed, in the caller's transaction.
+
+    A rule decides once per study version: ``fired`` (it acted on the study's matching complete
+    series), ``no-match``, ``discarded`` (its wait ran out with ``on_timeout: discard``),
+    ``not-reached`` (an earlier rule stopped) or ``not-needed`` (a fallback, another rule
+    fired). A rule still waiting holds back the rules after it only if it would stop them."""
+    rules = [r for r in config.routes if r.trigger == "study"]
+    if not rules:
+        db.execute("UPDATE studies SET routed_version = version WHERE routed_version < version")
+        return []
+    ordered = [r for r in rules if not r.fallback] + [r for r in rules if r.fallback]
+    queued: list[NewJob] = []
+    for study in db.execute("SELECT * FROM studies WHERE routed_version < version").fetchall():
+        decided = {r["route"]: r["outcome"] for r in db.execute(
+            "SELECT route, outcome FROM study_routes WHERE study_uid = ? AND version = ?", (study["study_uid"], study["version"]))}
+        series_rows = db.execute("SELECT * FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",
+                                 (study["study_uid"],)).fetchall()
+        complete = [s for s in series_rows if s["state"] == "complete"]
+        facts = [(row, series_facts(db, row, config.peers)) for row in complete]
+        for position, rule in enumerate(ordered):
+            if rule.name in decided:
+                continue
+            earlier = ordered[:position]
+            stopped = next((r.name for r in earlier if r.stops and decided.get(r.name) == "fired"), "")
+            fired = next((r.name for r in earlier if decided.get(r.name) == "fired"), "")
+            if not stopped and any(r.name not in decided and (r.stops or rule.fallback) for r in earlier):
+                continue  # an earlier rule has not decided, and its decision may settle this one
+            if stopped:
+                outcome, reason = "not-reached", f"rule {stopped} fired and stops"
+            elif rule.fallback and fired:
+                outcome, reason = "not-needed", f"rule {fired} fired"
+            else:
+                state, reason = _study_ready(rule, study, [f for _, f in facts], len(complete) == len(series_rows),
+                                             now, config.completion.study_stable_seconds)
+                if state == "wait":
+                    continue
+                if state == "discard":
+                    outcome = "discarded"
+                    log.warning("Study %s v%d: route %s discards it: %s", study["study_uid"], study["version"], rule.name, reason)
+                else:
+                    if state == "timeout":
+                        log.warning("Study %s v%d: route %s processes what is there: %s", study["study_uid"],
+                                    study["version"], rule.name, reason)
+                    matching = [(row, rule.condition.evaluate(f)) for row, f in facts]
+                    acting = [row for row, verdict in matching if verdict.holds]
+                    if not acting:
+                        outcome = "no-match"
+                        reason = "; ".join(f"series {row['series_uid']}: {v.reason}" for row, v in matching) or "no complete series"
+                    else:
+                        outcome = "fired"
+                        for row in acting:
+                            job = _act(db, rule, row, config, now, once=True)
+                            if job is not None:
+                                queued.append(job)
+                        log.info("Study %s v%d -> route %s on %d of its %d series (%s)", study["study_uid"],
+                                 study["version"], rule.name, len(acting), len(series_rows), reason)
+            decided[rule.name] = outcome
+            db.execute("INSERT INTO study_routes(study_uid, version, route, outcome, reason, decided_at) VALUES(?, ?, ?, ?, ?, ?)",
+                       (study["study_uid"], study["version"], rule.name, outcome, reason, now))
+        if all(r.name in decided for r in rules):
+            db.execute("UPDATE studies SET routed_version = ? WHERE study_uid = ?", (study["version"], study["study_uid"]))
+    return queued
+
+
+def _study_ready(rule: Route, study: sqlite3.Row, facts: list[SeriesFacts], all_complete: bool, now: float,
+                 default_quiet: float) -> tuple[str, str]:
+    """('ready' | 'wait' | 'timeout' | 'discard', why) for a study rule."""
+    waited = now - float(study["version_started_at"])
+    limit = rule.study.max_wait_seconds
+    if rule.required_series:
+        missing = [c.describe() for c in rule.required_series if not any(c.evaluate(f).holds for f in facts)]
+        if not missing:
+            return "ready", f"every required series is there ({len(rule.required_series)})"
+        why = f"waited {waited:.0f} s of {limit:.0f} s; missing a series with {' | '.join(missing)}"
+    else:
+        quiet = rule.study.quiet_seconds or default_quiet
+        if all_complete and now - float(study["last_received_at"]) >= quiet:
+            return "ready", f"quiet for {quiet:.0f} s"
+        why = f"waited {waited:.0f} s of {limit or 0:.0f} s for the study to be quiet {quiet:.0f} s"
+    if limit is not None and waited >= limit:
+        return ("timeout" if rule.study.on_timeout == "process" else "discard"), why
+    return "wait", why
+
+

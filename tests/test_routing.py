@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,9 @@ from dicom_node.errors import ConfigError
 from dicom_node.index import Index, Outcome, Receipt
 from dicom_node.instance import InstanceHeader
 from dicom_node.jobs import JobQueue
-from dicom_node.routing import matches, route_completed
+from dicom_node.outbox import Outbox
+from dicom_node.routing import route_completed
+from dicom_node.rules import SeriesFacts
 from dicom_node.service import Node
 
 PEERS = [
@@ -68,6 +72,7 @@ def test_a_completed_series_becomes_jobs_once_per_version(tmp_path: Path, config
 def test_return_to_sender_only_when_the_sender_may_receive(tmp_path: Path, config: NodeConfig) -> None:
     index = Index(tmp_path / "index.sqlite")
     JobQueue(index)
+    Outbox(index)
     store(index, header("2.1", "2.1.1"), "CT01", now=0)
     store(index, header("2.1", "2.1.2"), "CT01", now=0)
     index.complete_stable(100, 10, 30)
@@ -75,14 +80,19 @@ def test_return_to_sender_only_when_the_sender_may_receive(tmp_path: Path, confi
     assert [j.destinations for j in jobs] == [("viewer",)]
 
 
-def test_route_matching_rules(config: NodeConfig) -> None:
+def test_the_short_match_form_still_matches_as_it_did(config: NodeConfig) -> None:
+    from pydicom.dataset import Dataset
+
     chest, anything = config.routes
-    row = {"modality": "CT", "body_part_examined": "thorax", "calling_ae": "PACS", "series_description": "Abdomen 5mm",
-           "instance_count": 2}
-    assert matches(chest, row) and matches(anything, row)
-    assert not matches(chest, {**row, "instance_count": 1})
-    assert not matches(chest, {**row, "modality": "MR"})
-    assert not matches(anything, {**row, "series_description": "Chest"})
+    header = Dataset()
+    header.Modality, header.BodyPartExamined, header.SeriesDescription = "CT", "THORAX", "Abdomen 5mm"
+    facts = SeriesFacts(header, calling_ae="PACS", instances=2)
+    assert chest.condition.evaluate(facts).holds and anything.condition.evaluate(facts).holds
+    assert chest.condition.evaluate(SeriesFacts(header, calling_ae="PACS", instances=1)).reason == "instances is 1, wanted >= 2"
+    header.Modality = "MR"
+    assert chest.condition.evaluate(facts).reason == "Modality is 'MR', wanted: is one of CT (any case)"
+    header.Modality, header.SeriesDescription = "CT", "Chest"
+    assert not anything.condition.evaluate(facts).holds
 
 
 def test_routes_must_name_known_pipelines_and_receiving_peers(make_config: Callable[..., NodeConfig]) -> None:
@@ -97,11 +107,10 @@ def test_routes_must_name_known_pipelines_and_receiving_peers(make_config: Calla
 
 
 def test_forward_queues_each_instance_once_per_version(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
-    from dicom_node.outbox import Outbox
-
     config = make_config(peers=PEERS, routes=[{"name": "archive", "match": {"modality": "CT"}, "forward": ["pacs", "viewer"]}])
     index = Index(tmp_path / "index.sqlite")
     JobQueue(index)
+    Outbox(index)
     outbox = Outbox(index)
     store(index, header("3.1", "3.1.1"), "CT01", now=0)
     store(index, header("3.1", "3.1.2"), "CT01", now=0)
@@ -120,7 +129,7 @@ def test_forward_queues_each_instance_once_per_version(tmp_path: Path, make_conf
 
 
 def test_a_route_needs_a_pipeline_or_forward_peers_that_receive(make_config: Callable[..., NodeConfig]) -> None:
-    with pytest.raises(ConfigError, match="needs a pipeline, peers to forward to, or both"):
+    with pytest.raises(ConfigError, match="needs a pipeline, peers to forward to, both, or discard: true"):
         make_config(peers=PEERS, routes=[{"name": "r"}])
     with pytest.raises(ConfigError, match="forward peer 'nobody' is not a peer"):
         make_config(peers=PEERS, routes=[{"name": "r", "forward": ["nobody"]}])
@@ -208,3 +217,149 @@ def test_a_peer_that_takes_only_uncompressed_gets_the_series_decoded(tmp_path: P
                    for row in rows)
     finally:
         server.shutdown()
+
+
+# -- rules in order: continue, stop, fallback, discard ------------------------------------------
+
+RULES = [
+    {"name": "localizers", "when": {"attribute": "SeriesDescription", "regex": "scout|localizer", "ignore_case": True},
+     "discard": True},
+    {"name": "archive", "match": {"modality": "CT"}, "forward": ["pacs"]},
+    {"name": "chest", "when": {"all": [{"attribute": "BodyPartExamined", "one_of": ["CHEST", "THORAX"]},
+                                       {"instances": {"min": 2}}]},
+     "pipeline": "organs", "destinations": ["viewer"], "on_match": "stop"},
+    {"name": "abdomen", "match": {"modality": "CT"}, "pipeline": "organs", "destinations": ["viewer"]},
+    {"name": "everything-else", "fallback": True, "forward": ["viewer"]},
+]
+
+
+def routed(index: Index, config: NodeConfig, series: str, description: str, body_part: str, count: int,
+           modality: str = "CT") -> tuple[list[str], list[str]]:
+    """(routes that queued a job, routes that forwarded) for one new series."""
+    for n in range(count):
+        store(index, header(series, f"{series}.{n}", modality=modality, body_part=body_part, description=description), "PACS", 0)
+    index.complete_stable(100, 10, 30)
+    jobs = route_completed(index, config, now=100)
+    forwards = sorted({r["job_key"].split(":")[1] for r in Outbox(index).list() if f":{series}:" in r["job_key"]})
+    return [j.route for j in jobs], forwards
+
+
+def test_rules_act_in_order_until_one_stops_and_the_fallback_only_when_none_matched(
+        tmp_path: Path, make_config: Callable[..., NodeConfig], caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(peers=PEERS, routes=RULES, pipelines={"organs": {"kind": "classical"}})
+    index = Index(tmp_path / "index.sqlite")
+    JobQueue(index)
+    Outbox(index)
+    # chest: archive continues, chest stops before abdomen
+    assert routed(index, config, "5.1", "Thorax 1mm", "CHEST", 2) == (["chest"], ["archive"])
+    # one instance: chest's count fails, so abdomen (continue after archive) takes it
+    assert routed(index, config, "5.2", "Thorax 1mm", "CHEST", 1) == (["abdomen"], ["archive"])
+    # a localizer is discarded: nothing after it acts
+    caplog.set_level("INFO", logger="dicom_node.routing")
+    assert routed(index, config, "5.3", "Scout", "CHEST", 2) == ([], [])
+    assert "Series 5.3 v1 discarded by route localizers" in caplog.text
+    # MR: none of the CT rules; the fallback forwards it
+    assert routed(index, config, "5.4", "T1", "HEAD", 1, modality="MR") == ([], ["everything-else"])
+
+
+def test_a_fallback_alone_is_named_when_nothing_matches(tmp_path: Path, make_config: Callable[..., NodeConfig],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(peers=PEERS, routes=RULES[:4], pipelines={"organs": {"kind": "classical"}})
+    index = Index(tmp_path / "index.sqlite")
+    JobQueue(index)
+    Outbox(index)
+    caplog.set_level("INFO", logger="dicom_node.routing")
+    assert routed(index, config, "6.1", "T1", "HEAD", 1, modality="MR") == ([], [])
+    assert "matched none of the rules" in caplog.text
+    assert "abdomen: Modality is 'MR', wanted: is one of CT (any case)" in caplog.text
+
+
+def test_rule_mistakes_name_the_rule(make_config: Callable[..., NodeConfig]) -> None:
+    pipelines = {"organs": {"kind": "classical"}}
+    with pytest.raises(ConfigError, match=r"routes\[0\]: .*route bad: when\.any\[1\] \(SliceThickness\): range"):
+        make_config(peers=PEERS, pipelines=pipelines, routes=[{"name": "bad", "pipeline": "organs", "when": {
+            "any": [{"attribute": "Modality", "equals": "CT"}, {"attribute": "SliceThickness", "range": [5, 1]}]}}])
+    with pytest.raises(ConfigError, match="route s: study.required_series needs study.max_wait_seconds"):
+        make_config(peers=PEERS, pipelines=pipelines, routes=[{"name": "s", "pipeline": "organs", "trigger": "study",
+                                                               "study": {"required_series": [{"attribute": "Modality", "equals": "CT"}]}}])
+    with pytest.raises(ConfigError, match="route d: discard takes the series and does nothing with it"):
+        make_config(peers=PEERS, pipelines=pipelines, routes=[{"name": "d", "pipeline": "organs", "discard": True}])
+    with pytest.raises(ConfigError, match="route t: study: applies to trigger: study only"):
+        make_config(peers=PEERS, pipelines=pipelines, routes=[{"name": "t", "pipeline": "organs", "study": {"quiet_seconds": 5}}])
+
+
+# -- study rules: quiet time, required series, their maximum wait -------------------------------
+
+def study_rule(**study: Any) -> dict[str, Any]:
+    return {"name": "study-ct", "trigger": "study", "when": {"attribute": "Modality", "equals": "CT"},
+            "pipeline": "organs", "destinations": ["viewer"], "study": study}
+
+
+def test_a_study_rule_waits_for_the_quiet_study_then_acts_on_its_matching_series(
+        tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    config = make_config(peers=PEERS, routes=[study_rule(quiet_seconds=50)], pipelines={"organs": {"kind": "classical"}})
+    index = Index(tmp_path / "index.sqlite")
+    JobQueue(index)
+    Outbox(index)
+    store(index, header("7.1", "7.1.1"), "PACS", 0)
+    store(index, header("7.2", "7.2.1", modality="SR"), "PACS", 0)
+    index.complete_stable(20, 10, 30)  # both series complete, the study quiet for 20 s only
+    assert route_completed(index, config, now=20) == []
+    jobs = route_completed(index, config, now=60)
+    assert [(j.route, j.series_uid) for j in jobs] == [("study-ct", "7.1")]  # the SR series does not match
+    assert route_completed(index, config, now=70) == []  # decided for version 1
+    [decision] = index.query("SELECT * FROM study_routes")
+    assert (decision["outcome"], decision["reason"]) == ("fired", "quiet for 50 s")
+
+
+def test_required_series_fire_early_or_at_the_maximum_wait(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    required = [{"attribute": "SeriesDescription", "regex": "arterial", "ignore_case": True},
+                {"attribute": "SeriesDescription", "regex": "venous", "ignore_case": True}]
+    pipelines = {"organs": {"kind": "classical"}}
+    for on_timeout, expected in (("process", ["8.1"]), ("discard", [])):
+        config = make_config(peers=PEERS, pipelines=pipelines, routes=[
+            study_rule(required_series=required, max_wait_seconds=600, on_timeout=on_timeout)])
+        index = Index(tmp_path / f"{on_timeout}.sqlite")
+        JobQueue(index)
+        Outbox(index)
+        store(index, header("8.1", "8.1.1", description="Arterial phase"), "PACS", 0)
+        index.complete_stable(20, 10, 30)
+        assert route_completed(index, config, now=300) == []  # waiting for the venous phase
+        jobs = route_completed(index, config, now=601)
+        assert [j.series_uid for j in jobs] == expected
+        [decision] = index.query("SELECT outcome, reason FROM study_routes")
+        assert decision["outcome"] == ("fired" if on_timeout == "process" else "discarded")
+        assert "missing a series with SeriesDescription matches /venous/ (any case)" in decision["reason"]
+
+    config = make_config(peers=PEERS, pipelines=pipelines,
+                         routes=[study_rule(required_series=required, max_wait_seconds=600)])
+    index = Index(tmp_path / "both.sqlite")
+    JobQueue(index)
+    Outbox(index)
+    store(index, header("9.1", "9.1.1", description="Arterial phase"), "PACS", 0)
+    store(index, header("9.2", "9.2.1", description="Venous phase"), "PACS", 10)
+    store(index, header("9.3", "9.3.1", description="Delayed"), "PACS", 10)
+    index.complete_stable(16, 10, 30)  # 9.1 complete only
+    assert route_completed(index, config, now=16) == []
+    index.complete_stable(20, 10, 30)  # all three complete; the study is not quiet yet, no matter
+    assert sorted(j.series_uid for j in route_completed(index, config, now=20)) == ["9.1", "9.2", "9.3"]
+
+
+def test_study_rules_stop_and_fallback_per_study(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    routes = [
+        {**study_rule(quiet_seconds=10), "name": "ct-study", "on_match": "stop"},
+        {"name": "also", "trigger": "study", "forward": ["pacs"]},
+        {"name": "other", "trigger": "study", "fallback": True, "forward": ["viewer"]},
+    ]
+    config = make_config(peers=PEERS, routes=routes, pipelines={"organs": {"kind": "classical"}})
+    index = Index(tmp_path / "index.sqlite")
+    JobQueue(index)
+    Outbox(index)
+    store(index, header("10.1", "10.1.1"), "PACS", 0)
+    store(index, replace(header("11.1", "11.1.1", modality="MR"), study_instance_uid="1.2.4"), "PACS", 0)
+    index.complete_stable(100, 10, 30)
+    route_completed(index, config, now=100)
+    outcomes = {(r["study_uid"], r["route"]): r["outcome"] for r in index.query("SELECT * FROM study_routes")}
+    assert outcomes == {("1.2.3", "ct-study"): "fired", ("1.2.3", "also"): "not-reached", ("1.2.3", "other"): "not-reached",
+                        ("1.2.4", "ct-study"): "no-match", ("1.2.4", "also"): "fired", ("1.2.4", "other"): "not-needed"}
+    assert [r["study_uid"] for r in index.query("SELECT study_uid FROM studies WHERE routed_version = version")] == ["1.2.3", "1.2.4"]
