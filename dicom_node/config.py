@@ -98,10 +98,23 @@ class NodeSection(_Section):
         the kernel's SO_REUSEPORT hash then; 674-777 with one process each)."""
         return self.workers or max(2, min(8, 2 * (cpus or 1)))
 
+    #: Other called AE titles this port answers to (routing rules tell them apart with
+    #: ``called_ae``: one port, several contexts, e.g. AI_CHEST and AI_NEURO).
+    ae_titles: list[str] = []
+    #: Refuse an association whose called AE title is neither ``ae_title`` nor one of
+    #: ``ae_titles`` (A-ASSOCIATE-RJ, called AE title not recognised). Off: any called title is
+    #: accepted and recorded as called.
+    require_called_ae_title: bool = False
+
     @field_validator("ae_title")
     @classmethod
     def _check_title(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @field_validator("ae_titles")
+    @classmethod
+    def _check_titles(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
 
 
 class StorageSection(_Section):

@@ -109,8 +109,12 @@ class NodeAE(AE):  # type: ignore[misc]
     """
 
     def __init__(self, ae_title: str, callers: list[Peer], reject_unknown: bool, incoming_dir: Path,
-                 start_writeback: bool = False) -> None:
+                 start_writeback: bool = False, other_titles: list[str] | None = None,
+                 require_called: bool = False) -> None:
         super().__init__(ae_title=ae_title)
+        #: The called AE titles this AE answers to (config node.ae_title and node.ae_titles).
+        self.titles = {ae_title.strip(), *(t.strip() for t in other_titles or [])}
+        self.require_called = require_called
         self.callers = callers
         self.reject_unknown = reject_unknown
         self.incoming_dir = incoming_dir
@@ -120,6 +124,28 @@ class NodeAE(AE):  # type: ignore[misc]
 
     def allowed_titles(self, address: str) -> list[str]:
         return [p.ae_title for p in self.callers if not p.verify_host or p.host_matches(address)]
+
+    @property  # type: ignore[override]
+    def require_called_aet(self) -> bool:
+        """Read by pynetdicom while it negotiates, in the association's thread: the association
+        takes the title it was called by (so the index records it and the A-ASSOCIATE-AC echoes
+        it), unless titles are required and it is not one of ours (then pynetdicom's comparison
+        with our own title fails and it rejects: called AE title not recognised)."""
+        thread = threading.current_thread()
+        primitive = getattr(getattr(thread, "requestor", None), "primitive", None)
+        if not isinstance(thread, Association) or primitive is None:
+            return self.require_called
+        called = str(primitive.called_ae_title).strip()
+        if called in self.titles or not self.require_called:
+            try:
+                thread.acceptor.ae_title = called
+            except ValueError:  # not a valid AE title to echo: answer with our own
+                pass
+        return self.require_called
+
+    @require_called_aet.setter
+    def require_called_aet(self, value: bool) -> None:
+        self.require_called = bool(value)
 
     @property  # type: ignore[override]
     def require_calling_aet(self) -> list[str]:
@@ -275,14 +301,17 @@ class StorageSCP:
         calling = str(assoc.requestor.ae_title).strip()
         address = str(assoc.requestor.address)
         ae = assoc.ae
+        called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
         if isinstance(ae, NodeAE) and ae.reject_unknown and calling not in ae.allowed_titles(address):
             reason = "calling AE title not recognised"
+        elif isinstance(ae, NodeAE) and ae.require_called and called not in ae.titles:
+            reason = f"called AE title {called!r} not recognised"
         else:
             reason = "local limit exceeded or called AE title not recognised"
         log.warning("Rejected association from %s at %s: %s", calling, address, reason)
         self.audit.write(
             "association", outcome="rejected", reason=reason, calling_ae=calling,
-            called_ae=str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
+            called_ae=called or str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
         )
 
     # An association's audit line needs both its end (EVT_RELEASED / EVT_ABORTED, from the
@@ -351,6 +380,8 @@ def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -
         reject_unknown=config.node.reject_unknown_callers,
         incoming_dir=store.incoming,
         start_writeback=store.syncs,
+        other_titles=config.node.ae_titles,
+        require_called=config.node.require_called_ae_title,
     )
     ae.supported_contexts = storage_contexts() + [verification_context()]
     # Large PDVs cut per-PDU cost; 1 MiB by default (not unlimited) keeps a sender that honours

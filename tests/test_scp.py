@@ -30,7 +30,7 @@ def _testfile(name: str) -> Path:
     return Path(path)
 
 
-def send(port: int, files: list[Path], calling: str = TEST_SCU) -> list[int]:
+def send(port: int, files: list[Path], calling: str = TEST_SCU, called: str = "AI_NODE") -> list[int]:
     """C-STORE each file unchanged (chunked send: no decode) over one association."""
     ae = AE(ae_title=calling)
     for path in files:
@@ -39,7 +39,7 @@ def send(port: int, files: list[Path], calling: str = TEST_SCU) -> list[int]:
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        assoc = ae.associate("127.0.0.1", port, ae_title="AI_NODE")
+        assoc = ae.associate("127.0.0.1", port, ae_title=called)
         assert assoc.is_established, "association was not accepted"
         statuses = [int(assoc.send_c_store(path).Status) for path in files]
         assoc.release()
@@ -199,6 +199,27 @@ def test_verify_host_rejects_known_title_from_elsewhere(make_config: Callable[..
         assert assoc.is_established is accepted
         if accepted:
             assoc.release()
+
+
+def test_several_called_titles_on_one_port_each_recorded_and_others_refused(
+        make_config: Callable[..., NodeConfig], start_node: Callable[[NodeConfig], Node], tmp_path: Path) -> None:
+    node = start_node(make_config(node={"ae_titles": ["AI_CHEST", "AI_NEURO"], "require_called_ae_title": True}))
+    chest = write_ct_series(tmp_path / "chest", 2, 16, 16)
+    neuro = write_ct_series(tmp_path / "neuro", 1, 16, 16, seed=1)
+    assert send(node.port, chest, called="AI_CHEST") == [0, 0]
+    assert send(node.port, neuro, called="AI_NEURO") == [0]
+    called = {r["called_ae"] for r in node.index.query("SELECT called_ae FROM instances WHERE series_uid = ?",
+                                                        (str(dcmread(chest[0]).SeriesInstanceUID),))}
+    assert called == {"AI_CHEST"}
+    assert {r["called_ae"] for r in node.index.query("SELECT called_ae FROM instances")} == {"AI_CHEST", "AI_NEURO"}
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_OTHER")
+    assert assoc.is_rejected
+    assert (assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 7)
+    node.stop()
+    [rejected] = [r for r in read_audit(node.config.audit.path) if r["event"] == "association" and r["outcome"] == "rejected"]
+    assert (rejected["reason"], rejected["called_ae"]) == ("called AE title 'AI_OTHER' not recognised", "AI_OTHER")
 
 
 def test_opt_out_accepts_unknown_callers(make_config: Callable[..., NodeConfig], start_node: Callable[[NodeConfig], Node]) -> None:
