@@ -317,6 +317,40 @@ def _check_pipelines(config: NodeConfig) -> None:
         raise ConfigError("a configured pipeline cannot run:\n  " + "\n  ".join(problems))
 
 
+def cmd_routes(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .route_check import as_json, describe_route, evaluate, facts_from_files, facts_from_index, render
+
+    if args.action == "list" or not args.targets:
+        if args.action == "test":
+            return _fail(EXIT_USAGE, "routes test: give files, folders or a Study Instance UID")
+        for route in config.routes:
+            print(describe_route(route, config))
+        if not config.routes:
+            print("no routes configured: every series is stored, none analysed or forwarded")
+        return EXIT_OK
+    paths = [Path(t) for t in args.targets]
+    if all(p.exists() for p in paths):
+        reports = facts_from_files(paths, config, calling_ae=args.calling_ae, called_ae=args.called_ae)
+        where = "in " + ", ".join(args.targets)
+    elif len(args.targets) == 1 and all(c.isdigit() or c == "." for c in args.targets[0]):
+        if not config.index.path.exists():
+            return _fail(EXIT_USAGE, f"no index at {config.index.path}")
+        reports = facts_from_index(config.index.path, args.targets[0], config)
+        where = f"for study {args.targets[0]} in {config.index.path}"
+    else:
+        missing = next(t for t in args.targets if not Path(t).exists())
+        return _fail(EXIT_USAGE, f"routes test: {missing} is neither a file, a folder nor a Study Instance UID")
+    if not reports:
+        return _fail(EXIT_USAGE, f"no DICOM series found {where}")
+    study_rules = evaluate(reports, config)
+    if args.json:
+        json.dump(as_json(reports, study_rules), sys.stdout, indent=2)
+        print()
+    else:
+        print(render(reports, study_rules, config))
+    return EXIT_OK
+
+
 def cmd_init(config: NodeConfig | None, args: argparse.Namespace) -> int:
     from importlib.resources import files
 
@@ -401,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="phantom seed")
     demo.add_argument("--timeout", type=float, default=300.0)
     demo.set_defaults(func=cmd_demo, needs_config=False)
+
+    routes = sub.add_parser("routes", help="the routing rules, one line each; `routes test PATH|STUDY_UID`: which rules "
+                                           "act on a study and, for the others, the condition that failed")
+    routes.add_argument("action", nargs="?", choices=["list", "test"], default="list")
+    routes.add_argument("targets", nargs="*", help="files or folders of DICOM, or a Study Instance UID in the index")
+    routes.add_argument("--calling-ae", default="", help="the calling AE title to assume for files (default: none)")
+    routes.add_argument("--called-ae", default="", help="the called AE title to assume for files (default: node.ae_title)")
+    routes.add_argument("--json", action="store_true")
+    routes.set_defaults(func=cmd_routes)
 
     models = sub.add_parser("models", help="the configured pipelines and the installed models, from their model cards")
     models.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")

@@ -260,7 +260,8 @@ class Route(_Section):
         try:
             parts: list[Condition] = list(match_conditions(self.match))
             if self.when is not None:
-                parts.append(parse_condition(self.when, "when"))
+                when = parse_condition(self.when, "when")
+                parts.extend(when.parts if isinstance(when, AllOf) else [when])
             self._condition = AllOf(tuple(parts))
             self._required = tuple(parse_condition(c, f"study.required_series[{n}]")
                                    for n, c in enumerate(self.study.required_series))

@@ -33,6 +33,7 @@ from .jobs import JobQueue
 from .outbox import Outbox
 from .process import StopFlag, die_with_parent
 from .recovery import RecoveryReport, mark_clean_shutdown, recover
+from .route_check import describe_route
 from .routing import route_completed
 from .scp import StorageSCP, build_ae
 from .sender import Sender, SenderScheduler
@@ -93,6 +94,10 @@ class Downstream:
                     self.workers[number] = self._start_worker()
 
     def start(self) -> None:
+        for route in self.config.routes:  # one line per rule: what the node will do, as configured
+            log.info("%s", describe_route(route, self.config))
+        if not self.config.routes:
+            log.info("No routes configured: series are stored, none analysed or forwarded")
         self.sender.start()
         # No analysing route, no jobs: listening-only and forward-only set-ups (and most tests)
         # start no model process.
