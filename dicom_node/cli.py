@@ -48,6 +48,10 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     import os
 
+    from .metrics_folder import use_folder
+
+    # Before anything imports prometheus_client: every process of the node counts into one folder.
+    use_folder(config.index.path.parent / "metrics")
     from .service import Node, Supervisor
 
     _setup_logging(args.verbose)
@@ -67,6 +71,8 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     if node.recovery and node.recovery.reconciled and not node.recovery.first_start:
         logging.getLogger("dicom_node").warning("Recovered from an unclean shutdown: %s", node.recovery)
     err.print(f"[green]{config.node.ae_title}[/] listening on {config.node.host}:{node.port} (Ctrl-C to stop)", highlight=False)
+    if node.web is not None:
+        err.print(f"dashboard: http://{config.web.host}:{node.web.port}/", highlight=False)
     try:
         stop.wait()
     finally:

@@ -393,6 +393,45 @@ class DeliverySection(_Section):
     timeout_seconds: float = Field(60.0, gt=0)
 
 
+class WebSection(_Section):
+    """The web service ``serve`` starts beside the listener: /health, /ready, /metrics, the JSON
+    API and the dashboard. On loopback by default; bound anywhere else it needs a bearer token
+    (read from ``token_file``, never written in this file)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)  # 0: any free port (tests)
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebSection:
+        if self.enabled and self.token_file is None and not _is_loopback(self.host):
+            raise ValueError(f"web.host {self.host} is reachable from other machines: set web.token_file (a file "
+                             "holding the bearer token callers must send), or bind 127.0.0.1")
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token, read from token_file (None: no token needed, loopback only)."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"web.token_file {self.token_file}: {exc}") from None
+        if len(token) < 16:
+            raise ConfigError(f"web.token_file {self.token_file}: the token is shorter than 16 characters")
+        return token
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class NodeConfig(_Section):
     """The whole configuration file."""
 
@@ -405,6 +444,7 @@ class NodeConfig(_Section):
     routes: list[Route] = []
     pipelines: dict[str, PipelineSpec] = {}
     results: ResultsSection = ResultsSection()
+    web: WebSection = WebSection()
     jobs: JobsSection = JobsSection()
     delivery: DeliverySection = DeliverySection()
 

@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
-import numpy as np
 from pydicom.sr.codedict import codes
 from rich.console import Console
 from rich.table import Table
 
 from .config import NodeConfig, parse_config
 from .orthanc import Orthanc, find_orthanc, free_port, start_orthanc
+from .preview import preview_png
 from .scu import send_files
 from .service import Node
 from .synthetic import write_volume_series
 from .viewer import ViewerServer, fetch_ohif, start_viewer_stack
-from .volume import SeriesVolume, load_series
+from .volume import load_series
 from .worker import results_folder
 
 PACS_AE = "DEMO_PACS"
@@ -100,37 +100,6 @@ def measurement_table(sr: hd.sr.Comprehensive3DSR) -> Table:
             table.add_row(f"[yellow]{group.tracking_identifier}[/]", value(group, codes.SCT.Volume), "",
                           value(group, codes.SCT.LongAxis))
     return table
-
-
-def preview_png(source: SeriesVolume, seg: hd.seg.Segmentation, path: Path, slices: int = 3) -> list[int]:
-    """Key slices (where most segments are present) with the SEG over the CT in each segment's
-    colour; returns the slice indices drawn."""
-    from PIL import Image
-
-    uids = [f.sop_instance_uid for f in source.frames]
-    labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False)
-    colours = {int(d.SegmentNumber): hd.color.CIELabColor.from_dicom_value(d.RecommendedDisplayCIELabValue).to_rgb()
-               for d in seg.SegmentSequence}
-    richness = np.asarray([len(np.unique(s)) for s in labels])
-    candidates = np.argsort(-richness, kind="stable")
-    chosen: list[int] = []
-    for k in candidates:  # spread the key slices along the volume
-        if all(abs(int(k) - c) > len(labels) // (2 * slices) for c in chosen):
-            chosen.append(int(k))
-        if len(chosen) == slices:
-            break
-    chosen.sort()
-    tiles = []
-    for k in chosen:
-        hu = source.volume.voxels[k]
-        grey = (np.clip((hu + 400.0) / 800.0, 0, 1) * 255).astype(np.uint8)
-        rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-        for number, colour in colours.items():
-            mask = labels[k] == number
-            rgb[mask] = 0.55 * rgb[mask] + 0.45 * np.asarray(colour, dtype=np.float32)
-        tiles.append(rgb.astype(np.uint8))
-    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
-    return chosen
 
 
 def _wait_for_deliveries(node: Node, timeout: float, console: Console) -> str:

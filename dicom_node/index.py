@@ -361,10 +361,14 @@ class Index:
 
     # -- reports --------------------------------------------------------------------------
 
-    def studies(self) -> list[dict[str, Any]]:
-        """Studies with their series, newest first, for ``dicom-node status``."""
-        studies = [dict(r) for r in self.query("SELECT * FROM studies ORDER BY last_received_at DESC")]
-        series = self.query("SELECT * FROM series ORDER BY series_number, first_received_at")
+    def studies(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Studies with their series, newest first (``limit``: only that many), for ``dicom-node
+        status`` and the dashboard."""
+        studies = [dict(r) for r in self.query("SELECT * FROM studies ORDER BY last_received_at DESC LIMIT ?",
+                                                (-1 if limit is None else limit,))]
+        series = self.query("SELECT * FROM series WHERE study_uid IN (SELECT study_uid FROM studies ORDER BY "
+                            "last_received_at DESC LIMIT ?) ORDER BY series_number, first_received_at",
+                            (-1 if limit is None else limit,))
         by_study: dict[str, list[dict[str, Any]]] = {}
         for row in series:
             by_study.setdefault(row["study_uid"], []).append(dict(row))

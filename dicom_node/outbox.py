@@ -153,15 +153,18 @@ class Outbox:
             )
         return DeliveryState.DEAD if dead else DeliveryState.PENDING
 
-    def retry(self, delivery_id: int, now: float) -> bool:
-        """Queue a dead delivery again (``dicom-node jobs --retry-delivery``)."""
+    def retry(self, delivery_id: int, now: float, include_pending: bool = False) -> bool:
+        """Queue a dead delivery again (``dicom-node jobs --retry-delivery``); with
+        ``include_pending``, also try a pending one now instead of at its next backoff (the
+        dashboard's retry button)."""
+        states = ("dead", "pending") if include_pending else ("dead",)
         with self.index.transaction() as db:
             cursor = db.execute(
-                """
+                f"""
                 UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, queued_at = ?
-                WHERE id = ? AND state = 'dead'
+                WHERE id = ? AND state IN ({", ".join("?" for _ in states)})
                 """,
-                (now, now, delivery_id),
+                (now, now, delivery_id, *states),
             )
         return cursor.rowcount == 1
 

@@ -34,6 +34,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.association import Association
 
+from . import metrics
 from .audit import AuditLog
 from .config import NodeConfig, Peer
 from .contexts import storage_contexts, verification_context
@@ -199,7 +200,15 @@ class StorageSCP:
         assoc = event.assoc
         stats = self._stats.get(id(assoc))
         requested = str(event.request.AffectedSOPInstanceUID)
+        started = time.perf_counter()
         status, note, size = self._store(event, assoc)
+        calling = stats.calling_ae if stats is not None else str(assoc.requestor.ae_title).strip()
+        metrics.CSTORE_SECONDS.observe(time.perf_counter() - started)
+        if status == STATUS_SUCCESS:
+            metrics.INSTANCES_RECEIVED.labels(calling).inc()
+            metrics.BYTES_RECEIVED.labels(calling).inc(size)
+        else:
+            metrics.INSTANCES_REFUSED.labels(calling, f"0x{status:04X}").inc()
         if stats is not None:
             if status == STATUS_SUCCESS:
                 if note == Outcome.DUPLICATE.value:
@@ -309,6 +318,7 @@ class StorageSCP:
         else:
             reason = "local limit exceeded or called AE title not recognised"
         log.warning("Rejected association from %s at %s: %s", calling, address, reason)
+        metrics.ASSOCIATIONS.labels("rejected").inc()
         self.audit.write(
             "association", outcome="rejected", reason=reason, calling_ae=calling,
             called_ae=called or str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
@@ -356,6 +366,7 @@ class StorageSCP:
         }
         if stats.failures:
             fields["failures"] = stats.failures
+        metrics.ASSOCIATIONS.labels(stats.outcome).inc()
         self.audit.write("association", **fields)
         log.info("Association from %s (%s) %s: %d stored, %d duplicate, %d failed",
                  stats.calling_ae, stats.address, stats.outcome, stats.stored, stats.duplicates, stats.failed)

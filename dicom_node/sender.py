@@ -17,6 +17,7 @@ from itertools import groupby
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import AE, _config
 
+from . import metrics
 from .audit import AuditLog
 from .config import NodeConfig
 from .errors import ConfigError, IndexError_, PeerError
@@ -71,6 +72,7 @@ class Sender:
         now = self.clock()
         for delivery in group:
             state = self.outbox.failed(delivery, reason, now, self.policy)
+            metrics.DELIVERY_FAILURES.labels(delivery.peer).inc()
             log.warning("Delivery %d (%s of %s) to %s failed, attempt %d, %s: %s", delivery.id, delivery.object,
                         delivery.job_key, delivery.peer, delivery.attempts + 1,
                         "dead-lettered" if state.value == "dead" else f"retry in {self.policy.delay(delivery.attempts + 1):.0f} s",
@@ -116,6 +118,7 @@ class Sender:
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code in _SUCCESS:
                     self.outbox.delivered(delivery.id, candidate.variant, self.clock())
+                    metrics.DELIVERIES.labels(peer.name).inc()
                     delivered += 1
                     log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
                              candidate.variant, candidate.sop_instance_uid)

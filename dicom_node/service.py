@@ -17,8 +17,9 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
@@ -41,6 +42,9 @@ from .store import InstanceStore
 from .worker import worker_main
 
 from .logs import setup_logging
+
+if TYPE_CHECKING:
+    from .web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,22 @@ class Downstream:
                 proc.join()
 
 
+def start_web(config: NodeConfig, index: Index, readiness: Callable[[], list[str]]) -> WebServer | None:
+    """The web service (web.py) when ``web.enabled``; a port it cannot bind is logged, not fatal:
+    the DICOM listener matters more than its dashboard."""
+    if not config.web.enabled:
+        return None
+    from .web import WebServer
+
+    web = WebServer(config, index, readiness)
+    try:
+        web.start()
+    except OSError as exc:
+        log.error("Web service not started: %s", exc)
+        return None
+    return web
+
+
 class Node:
     """A listener process: DICOM server + durable store + index (+ recovery and sweep when it
     runs alone, which is what tests and single-worker deployments use)."""
@@ -148,6 +168,7 @@ class Node:
         self.downstream = Downstream(config, self.index, self.audit) if standalone else None
         self.completion = CompletionScheduler(self.index, config.completion,
                                               after_sweep=self.downstream.route if self.downstream else None)
+        self.web: WebServer | None = None
         self.server: Any = None
         self.recovery: RecoveryReport | None = None
         self._thread: threading.Thread | None = None
@@ -173,6 +194,8 @@ class Node:
             self.completion.start()
         if self.downstream is not None:
             self.downstream.start()
+        if self.standalone:
+            self.web = start_web(self.config, self.index, lambda: [] if self.server is not None else ["listener not started"])
         self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
                          port=self.port, pid=os.getpid())
         log.info("%s listening on %s:%d (pid %d), storing to %s", self.config.node.ae_title, self.config.node.host,
@@ -182,6 +205,8 @@ class Node:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.web is not None:
+            self.web.stop()
         self.completion.stop()
         if self.downstream is not None:
             self.downstream.stop()
@@ -245,6 +270,7 @@ class Supervisor:
         self._procs: list[Any] = []
         self.dispatcher: Dispatcher | None = None
         self.port = config.node.port
+        self.web: WebServer | None = None
 
     def start(self) -> None:
         self.recovery = recover(self.store, self.index)
@@ -279,10 +305,18 @@ class Supervisor:
         self.dispatcher.start()
         self.completion.start()
         self.downstream.start()
+        self.web = start_web(self.config, self.index, self._readiness)
         log.info("%d listener processes on %s:%d: %s", self.workers, self.config.node.host, self.port,
                  ", ".join(str(p.pid) for p in self._procs))
 
+    def _readiness(self) -> list[str]:
+        """What keeps the node from taking studies: a listener process that died."""
+        dead = [str(p.pid) for p in self._procs if not p.is_alive()]
+        return [f"listener process(es) {', '.join(dead)} not running"] if dead else []
+
     def stop(self, clean: bool = True) -> None:
+        if self.web is not None:
+            self.web.stop()
         self.completion.stop()
         self.downstream.stop()
         if self.dispatcher is not None:

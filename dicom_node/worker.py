@@ -30,6 +30,7 @@ from ai.trust.gate import GateDecision
 from ai.trust.gate import check as gate_check
 from ai.types import Findings
 
+from . import metrics
 from .audit import AuditLog
 from .config import NodeConfig
 from .errors import NodeError, VolumeError
@@ -291,10 +292,15 @@ class Worker:
                 log.error("Job %d failed (%s) and could not be recorded: %s", job.id, message, inner)
                 return False
             log.error("Job %d failed (%s): %s", job.id, state.value, message, exc_info=not permanent)
+            metrics.JOBS_FINISHED.labels(job.pipeline, state.value).inc()
             return False
         finally:
             stop_beat.set()
             heart.join()
+        ran = outcome.pipeline or job.pipeline
+        for stage, seconds in outcome.timings.items():
+            metrics.JOB_STAGE_SECONDS.labels(ran, stage).observe(seconds)
+        metrics.JOBS_FINISHED.labels(ran, "done").inc()
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in outcome.timings.items())
         log.info("Job %d done: %d measurements, %d result files; results to %s (%s)", job.id,
                  len(outcome.findings.measurements) if outcome.findings else 0, len(outcome.files),
@@ -322,6 +328,7 @@ class Worker:
                          pipelines=[{"pipeline": name, "model": model, "reasons": list(decision.reasons),
                                      "measures": decision.measures} for name, model, decision in exc.declined])
         log.warning("Job %d not applicable: %s", job.id, reasons)
+        metrics.JOBS_FINISHED.labels(job.pipeline, "not_applicable").inc()
         return True
 
     def _declined_report(self, job: Job, exc: NotApplicable) -> list[tuple[str, str, list[Candidate]]]:

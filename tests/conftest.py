@@ -38,6 +38,8 @@ def config_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             {"name": "echoscu", "ae_title": "ECHOSCU", "host": "127.0.0.1", "port": 1},
         ],
         "completion": {"series_stable_seconds": 1, "study_stable_seconds": 2, "sweep_interval_seconds": 0.2},
+        # The web service is tested in test_web.py (and end to end); elsewhere it is one more port.
+        "web": {"enabled": False, "port": 0},
     }
     for section, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(section), dict):

@@ -1,0 +1,297 @@
+"""The node's web service: health and readiness for orchestrators, Prometheus metrics, a JSON API
+and a server-rendered dashboard, on Starlette under uvicorn, started by ``serve`` (``web:``).
+
+It only reads the index, apart from two writes an operator asks for (queue a failed delivery
+or a dead job again), which go through the same Outbox and JobQueue methods as
+``dicom-node jobs --retry``. Off loopback every request but /health and /ready needs the bearer
+token (``Authorization: Bearer``, or the cookie /login sets for a browser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from .config import NodeConfig
+from .dashboard import render_dashboard, render_login
+from .index import Index
+from .jobs import JobQueue
+from .metrics import exposition
+from .outbox import Outbox
+from .route_check import describe_route
+
+log = logging.getLogger(__name__)
+
+COOKIE = "dicom_node_token"
+OPEN_PATHS = ("/health", "/ready", "/login")
+
+
+def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None,
+               token: str | None = None) -> Starlette:
+    """The ASGI app. ``readiness``: what keeps the node from taking work ([] when ready)."""
+    jobs, outbox = JobQueue(index), Outbox(index)
+    readiness = readiness or (lambda: [])
+
+    def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
+
+    def ready(request: Request) -> Response:
+        problems = list(readiness())
+        try:
+            index.query("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - any index failure means not ready
+            problems.append(f"index: {exc}")
+        try:
+            free_mb = shutil.disk_usage(config.storage.path).free / 2**20
+            if free_mb < config.storage.min_free_mb:
+                problems.append(f"storage: {free_mb:.0f} MB free, below storage.min_free_mb {config.storage.min_free_mb}")
+        except OSError as exc:
+            problems.append(f"storage: {exc}")
+        return JSONResponse({"ready": not problems, "problems": problems}, status_code=200 if not problems else 503)
+
+    def metrics(request: Request) -> Response:
+        body, content_type = exposition(config.index.path, config.storage.path)
+        return Response(body, media_type=content_type)
+
+    def studies(request: Request) -> Response:
+        return JSONResponse(index.studies(limit=_limit(request, 100)))
+
+    def study(request: Request) -> Response:
+        uid = request.path_params["uid"]
+        found = [s for s in index.studies() if s["study_uid"] == uid] if _is_uid(uid) else []
+        if not found:
+            return JSONResponse({"error": f"no study {uid}"}, status_code=404)
+        decisions = [dict(r) for r in index.query("SELECT * FROM study_routes WHERE study_uid = ? ORDER BY version, route", (uid,))]
+        return JSONResponse({**found[0], "study_rules": decisions})
+
+    def series(request: Request) -> Response:
+        uid = request.path_params["uid"]
+        rows = index.query("SELECT * FROM series WHERE series_uid = ?", (uid,))
+        if not rows:
+            return JSONResponse({"error": f"no series {uid}"}, status_code=404)
+        job_rows = index.query("SELECT * FROM jobs WHERE series_uid = ? ORDER BY id", (uid,))
+        return JSONResponse({**dict(rows[0]), "jobs": [_job(r) for r in job_rows]})
+
+    def job_list(request: Request) -> Response:
+        state = request.query_params.get("state")
+        sql, params = "SELECT * FROM jobs", ()
+        if state:
+            sql, params = sql + " WHERE state = ?", (state,)
+        rows = index.query(sql + " ORDER BY id DESC LIMIT ?", (*params, _limit(request, 100)))
+        return JSONResponse({"counts": jobs.counts(), "jobs": [_job(r) for r in rows]})
+
+    def delivery_list(request: Request) -> Response:
+        state = request.query_params.get("state")
+        sql, params = "SELECT * FROM deliveries", ()
+        if state == "failing":
+            sql += " WHERE state = 'dead' OR (state = 'pending' AND attempts > 0)"
+        elif state:
+            sql, params = sql + " WHERE state = ?", (state,)
+        rows = index.query(sql + " ORDER BY id DESC LIMIT ?", (*params, _limit(request, 100)))
+        return JSONResponse({"counts": outbox.counts(), "deliveries": [_delivery(r) for r in rows]})
+
+    def peers(request: Request) -> Response:
+        counts: dict[str, dict[str, int]] = {}
+        for row in index.query("SELECT peer, state, count(*) AS n FROM deliveries GROUP BY peer, state"):
+            counts.setdefault(row["peer"], {})[row["state"]] = row["n"]
+        return JSONResponse([{"name": p.name, "ae_title": p.ae_title, "host": p.host, "port": p.port, "send": p.send,
+                              "receive": p.receive, "deliveries": counts.get(p.name, {})} for p in config.peers])
+
+    def routes(request: Request) -> Response:
+        return JSONResponse([{"name": r.name, "trigger": r.trigger, "fallback": r.fallback, "on_match": r.on_match,
+                              "condition": r.condition.describe(), "pipeline": r.pipeline_names,
+                              "destinations": r.destinations, "forward": r.forward, "discard": r.discard,
+                              "summary": describe_route(r, config)} for r in config.routes])
+
+    def audit(request: Request) -> Response:
+        return JSONResponse(tail_audit(config.audit.path, _limit(request, 200)))
+
+    def retry_delivery(request: Request) -> Response:
+        delivery_id = int(request.path_params["id"])
+        done = outbox.retry(delivery_id, time.time(), include_pending=True)
+        log.info("Web: delivery %d %s", delivery_id, "queued again" if done else "not retried (delivered or unknown)")
+        return _answer(request, {"retried": done}, 200 if done else 409)
+
+    def retry_job(request: Request) -> Response:
+        job_id = int(request.path_params["id"])
+        done = jobs.retry(job_id, time.time())
+        log.info("Web: job %d %s", job_id, "queued again" if done else "not retried (not dead-lettered)")
+        return _answer(request, {"retried": done}, 200 if done else 409)
+
+    def preview(request: Request) -> Response:
+        from .preview import job_preview
+
+        job_id = int(request.path_params["id"])
+        try:
+            png = job_preview(index, job_id)
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return Response(png.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=300"})
+
+    def dashboard(request: Request) -> Response:
+        failing = index.query("SELECT * FROM deliveries WHERE state = 'dead' OR (state = 'pending' AND attempts > 0) "
+                              "ORDER BY id DESC LIMIT 50")
+        queue = index.query("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY priority DESC, id LIMIT 50")
+        recent = index.studies(limit=20)
+        series_jobs: dict[str, list[dict[str, Any]]] = {}
+        for row in index.query("SELECT * FROM jobs WHERE study_uid IN (SELECT study_uid FROM studies ORDER BY "
+                               "last_received_at DESC LIMIT 20) ORDER BY id"):
+            series_jobs.setdefault(row["series_uid"], []).append(_job(row))
+        seg_jobs = {r["job_id"] for r in index.query("SELECT DISTINCT job_id FROM deliveries WHERE object = 'seg'")}
+        html = render_dashboard(config=config, job_counts=jobs.counts(), delivery_counts=outbox.counts(),
+                                queue=[_job(r) for r in queue], studies=recent, series_jobs=series_jobs,
+                                failing=[_delivery(r) for r in failing], previews=seg_jobs,
+                                routes=[describe_route(r, config) for r in config.routes])
+        return HTMLResponse(html)
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return HTMLResponse(render_login(error=""))
+        given = parse_qs((await request.body()).decode("utf-8", "replace")).get("token", [""])[0]
+        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+            return HTMLResponse(render_login(error="That is not the node's token."), status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+        return response
+
+    middleware = [Middleware(_TokenCheck, token=token)] if token else []
+    return Starlette(routes=[
+        Route("/", dashboard),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/metrics", metrics),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/api/studies", studies),
+        Route("/api/studies/{uid}", study),
+        Route("/api/series/{uid}", series),
+        Route("/api/jobs", job_list),
+        Route("/api/jobs/{id:int}/retry", retry_job, methods=["POST"]),
+        Route("/api/jobs/{id:int}/preview.png", preview),
+        Route("/api/deliveries", delivery_list),
+        Route("/api/deliveries/{id:int}/retry", retry_delivery, methods=["POST"]),
+        Route("/api/peers", peers),
+        Route("/api/routes", routes),
+        Route("/api/audit", audit),
+    ], middleware=middleware)
+
+
+class _TokenCheck(BaseHTTPMiddleware):
+    def __init__(self, app: Any, token: str) -> None:
+        super().__init__(app)
+        self.token = token.encode()
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        if given and hmac.compare_digest(given.encode(), self.token):
+            return await call_next(request)
+        log.warning("Web: refused %s %s from %s: no valid token", request.method, request.url.path,
+                    request.client.host if request.client else "?")
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"error": "a bearer token is required"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _answer(request: Request, body: dict[str, Any], status: int) -> Response:
+    """A form post from the dashboard goes back to it; an API call gets JSON."""
+    if "application/x-www-form-urlencoded" in request.headers.get("content-type", "") or \
+            "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/", status_code=303)
+    return JSONResponse(body, status_code=status)
+
+
+def _limit(request: Request, default: int) -> int:
+    try:
+        return max(1, min(1000, int(request.query_params.get("limit", default))))
+    except ValueError:
+        return default
+
+
+def _is_uid(text: str) -> bool:
+    return 0 < len(text) <= 64 and all(c.isdigit() or c == "." for c in text)
+
+
+def _job(row: Any) -> dict[str, Any]:
+    job = dict(row)
+    job["destinations"] = json.loads(job["destinations"])
+    return job
+
+
+def _delivery(row: Any) -> dict[str, Any]:
+    delivery = dict(row)
+    delivery["candidates"] = json.loads(delivery["candidates"])
+    return delivery
+
+
+def tail_audit(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The last ``limit`` audit records, newest last, read from the end of the file."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 1024 * max(1, limit)))
+            lines = handle.read().splitlines()[-limit:]
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # the first, cut line of the window
+    return records
+
+
+class WebServer:
+    """uvicorn in a thread of the node's process (no signal handlers of its own: the node's
+    supervisor owns SIGTERM and stops it)."""
+
+    def __init__(self, config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None) -> None:
+        self.config = config
+        app = create_app(config, index, readiness, token=config.web.token())
+        self.server = uvicorn.Server(uvicorn.Config(app, host=config.web.host, port=config.web.port, log_level="warning",
+                                                    access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self._run, name="web", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"web service did not start on {self.config.web.host}:{self.config.web.port} "
+                              "(port in use? see the log)")
+            time.sleep(0.02)
+        log.info("Web service on http://%s:%d/ (dashboard, /metrics, /health, /ready, /api)",
+                 self.config.web.host if ":" not in self.config.web.host else f"[{self.config.web.host}]", self.port)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
