@@ -393,6 +393,28 @@ class DeliverySection(_Section):
     timeout_seconds: float = Field(60.0, gt=0)
 
 
+class RetentionSection(_Section):
+    """What the node keeps (retention.py). Off by default: a node that deletes studies is a
+    decision for the site. A study goes only when nothing about it is unfinished."""
+
+    enabled: bool = False
+    #: Studies whose last instance arrived longer ago than this are removed (None: no age limit).
+    max_age_days: float | None = Field(None, gt=0)
+    #: Result folders of jobs finished longer ago than this, with no delivery pending.
+    results_max_age_days: float | None = Field(None, gt=0)
+    #: While free space is under this, the oldest studies are removed first.
+    disk_free_watermark_mb: int | None = Field(None, gt=0)
+    interval_seconds: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> RetentionSection:
+        if self.enabled and self.max_age_days is None and self.results_max_age_days is None \
+                and self.disk_free_watermark_mb is None:
+            raise ValueError("retention is enabled but sets no limit: give max_age_days, results_max_age_days or "
+                             "disk_free_watermark_mb")
+        return self
+
+
 class WebSection(_Section):
     """The web service ``serve`` starts beside the listener: /health, /ready, /metrics, the JSON
     API and the dashboard. On loopback by default; bound anywhere else it needs a bearer token
@@ -445,6 +467,7 @@ class NodeConfig(_Section):
     pipelines: dict[str, PipelineSpec] = {}
     results: ResultsSection = ResultsSection()
     web: WebSection = WebSection()
+    retention: RetentionSection = RetentionSection()
     jobs: JobsSection = JobsSection()
     delivery: DeliverySection = DeliverySection()
 

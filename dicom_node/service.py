@@ -34,6 +34,7 @@ from .jobs import JobQueue
 from .outbox import Outbox
 from .process import StopFlag, die_with_parent
 from .recovery import RecoveryReport, mark_clean_shutdown, recover
+from .retention import Retention, RetentionScheduler
 from .route_check import describe_route
 from .routing import route_completed
 from .scp import StorageSCP, build_ae
@@ -142,6 +143,20 @@ def start_web(config: NodeConfig, index: Index, readiness: Callable[[], list[str
     return web
 
 
+def start_retention(config: NodeConfig, index: Index, audit: AuditLog) -> RetentionScheduler | None:
+    """The retention passes (retention.py) when ``retention.enabled``."""
+    if not config.retention.enabled:
+        return None
+    scheduler = RetentionScheduler(Retention(config, index, audit), config.retention.interval_seconds)
+    scheduler.start()
+    log.info("Retention: studies %s, results %s, watermark %s; every %.0f s",
+             f"after {config.retention.max_age_days:g} days" if config.retention.max_age_days else "kept",
+             f"after {config.retention.results_max_age_days:g} days" if config.retention.results_max_age_days else "kept",
+             f"{config.retention.disk_free_watermark_mb} MB free" if config.retention.disk_free_watermark_mb else "none",
+             config.retention.interval_seconds)
+    return scheduler
+
+
 class Node:
     """A listener process: DICOM server + durable store + index (+ recovery and sweep when it
     runs alone, which is what tests and single-worker deployments use)."""
@@ -169,6 +184,7 @@ class Node:
         self.completion = CompletionScheduler(self.index, config.completion,
                                               after_sweep=self.downstream.route if self.downstream else None)
         self.web: WebServer | None = None
+        self.retention: RetentionScheduler | None = None
         self.server: Any = None
         self.recovery: RecoveryReport | None = None
         self._thread: threading.Thread | None = None
@@ -196,6 +212,7 @@ class Node:
             self.downstream.start()
         if self.standalone:
             self.web = start_web(self.config, self.index, lambda: [] if self.server is not None else ["listener not started"])
+            self.retention = start_retention(self.config, self.index, self.audit)
         self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
                          port=self.port, pid=os.getpid())
         log.info("%s listening on %s:%d (pid %d), storing to %s", self.config.node.ae_title, self.config.node.host,
@@ -207,6 +224,8 @@ class Node:
         self._stopped.set()
         if self.web is not None:
             self.web.stop()
+        if self.retention is not None:
+            self.retention.stop()
         self.completion.stop()
         if self.downstream is not None:
             self.downstream.stop()
@@ -271,6 +290,7 @@ class Supervisor:
         self.dispatcher: Dispatcher | None = None
         self.port = config.node.port
         self.web: WebServer | None = None
+        self.retention: RetentionScheduler | None = None
 
     def start(self) -> None:
         self.recovery = recover(self.store, self.index)
@@ -306,6 +326,7 @@ class Supervisor:
         self.completion.start()
         self.downstream.start()
         self.web = start_web(self.config, self.index, self._readiness)
+        self.retention = start_retention(self.config, self.index, self.audit)
         log.info("%d listener processes on %s:%d: %s", self.workers, self.config.node.host, self.port,
                  ", ".join(str(p.pid) for p in self._procs))
 
@@ -317,6 +338,8 @@ class Supervisor:
     def stop(self, clean: bool = True) -> None:
         if self.web is not None:
             self.web.stop()
+        if self.retention is not None:
+            self.retention.stop()
         self.completion.stop()
         self.downstream.stop()
         if self.dispatcher is not None:
