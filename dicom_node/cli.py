@@ -39,10 +39,10 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, config: NodeConfig | None = None) -> None:
     from .logs import setup_logging
 
-    setup_logging(verbose)
+    setup_logging(verbose, json_lines=config is not None and config.logs.format == "json")
 
 
 def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     use_folder(config.index.path.parent / "metrics")
     from .service import Node, Supervisor
 
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, config)
     _check_pipelines(config)
     workers = config.node.worker_count(os.cpu_count())
     node: Node | Supervisor = Node(config, log_pdus=args.verbose) if workers == 1 else Supervisor(config, workers, log_pdus=args.verbose)
@@ -233,7 +233,7 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
 def cmd_worker(config: NodeConfig, args: argparse.Namespace) -> int:
     from .worker import Worker
 
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, config)
     _check_pipelines(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

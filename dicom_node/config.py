@@ -393,6 +393,12 @@ class DeliverySection(_Section):
     timeout_seconds: float = Field(60.0, gt=0)
 
 
+class LogsSection(_Section):
+    #: ``text``: one readable line per event; ``json``: one JSON object per line, with the
+    #: association, study, series, job and peer it is about (logs.py).
+    format: Literal["text", "json"] = "text"
+
+
 class RetentionSection(_Section):
     """What the node keeps (retention.py). Off by default: a node that deletes studies is a
     decision for the site. A study goes only when nothing about it is unfinished."""
@@ -468,6 +474,7 @@ class NodeConfig(_Section):
     results: ResultsSection = ResultsSection()
     web: WebSection = WebSection()
     retention: RetentionSection = RetentionSection()
+    logs: LogsSection = LogsSection()
     jobs: JobsSection = JobsSection()
     delivery: DeliverySection = DeliverySection()
 

@@ -39,6 +39,7 @@ from pydicom.errors import InvalidDicomError
 from .config import NodeConfig, Peer, Route
 from .index import Index
 from .jobs import JobQueue, NewJob, job_key
+from .logs import log_context
 from .outbox import Candidate, Outbox, forward_key
 from .rules import SeriesFacts, Verdict
 from .transcode import UNCOMPRESSED_VARIANTS
@@ -226,7 +227,8 @@ def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob
             "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
         ).fetchall()
         for series in rows:
-            queued.extend(_route_series(db, series, series_rules, config, now))
+            with log_context(study_uid=series["study_uid"], series_uid=series["series_uid"]):
+                queued.extend(_route_series(db, series, series_rules, config, now))
             db.execute("UPDATE series SET routed_version = ? WHERE series_uid = ?", (series["version"], series["series_uid"]))
         queued.extend(route_studies(db, config, now))
     for job in queued:

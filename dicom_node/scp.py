@@ -42,6 +42,7 @@ from .errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
 from .net import pynetdicom_tuning
 from .index import Index, Outcome, Receipt
 from .instance import read_header
+from .logs import bind_log_context
 from .store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,8 @@ class StorageSCP:
             self.store.check_free_space()
             received = Path(event.dataset_path)
             header = read_header(received)
+            bind_log_context(study_uid=header.study_instance_uid, series_uid=header.series_instance_uid,
+                             sop_instance_uid=header.sop_instance_uid)
             size = os.path.getsize(received)
             if header.sop_instance_uid != requested:
                 log.warning("C-STORE from %s: Affected SOP Instance UID %s differs from the dataset's %s; stored under the dataset's",
@@ -285,6 +288,9 @@ class StorageSCP:
 
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
+        # The association's thread logs about this association from now on (logs.format json).
+        bind_log_context(association=f"{assoc.requestor.address}:{assoc.requestor.port}",
+                         calling_ae=str(assoc.requestor.ae_title).strip(), called_ae=str(assoc.acceptor.ae_title).strip())
         self._stats[id(assoc)] = _AssociationStats(
             calling_ae=str(assoc.requestor.ae_title).strip(),
             called_ae=str(assoc.acceptor.ae_title).strip(),
@@ -369,7 +375,9 @@ class StorageSCP:
         metrics.ASSOCIATIONS.labels(stats.outcome).inc()
         self.audit.write("association", **fields)
         log.info("Association from %s (%s) %s: %d stored, %d duplicate, %d failed",
-                 stats.calling_ae, stats.address, stats.outcome, stats.stored, stats.duplicates, stats.failed)
+                 stats.calling_ae, stats.address, stats.outcome, stats.stored, stats.duplicates, stats.failed,
+                 extra={"association": f"{stats.address}:{stats.port}", "calling_ae": stats.calling_ae,
+                        "called_ae": stats.called_ae})
 
 
 def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -> NodeAE:

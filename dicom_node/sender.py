@@ -20,6 +20,7 @@ from pynetdicom import AE, _config
 from . import metrics
 from .audit import AuditLog
 from .config import NodeConfig
+from .logs import log_context
 from .errors import ConfigError, IndexError_, PeerError
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
 from .scu import associate
@@ -64,8 +65,9 @@ class Sender:
             return 0
         delivered = 0
         due.sort(key=lambda d: (d.peer, d.job_key, d.object))
-        for (peer_name, _), items in groupby(due, key=lambda d: (d.peer, d.job_key)):
-            delivered += self._send_group(peer_name, list(items))
+        for (peer_name, job_key), items in groupby(due, key=lambda d: (d.peer, d.job_key)):
+            with log_context(peer=peer_name, job_key=job_key):
+                delivered += self._send_group(peer_name, list(items))
         return delivered
 
     def _fail(self, group: list[Delivery], reason: str) -> None:

@@ -256,7 +256,7 @@ def _worker_main(config: NodeConfig, ready: Any, stop: StopFlag, log_pdus: bool,
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    setup_logging(log_pdus, with_pid=True)
+    setup_logging(log_pdus, with_pid=True, json_lines=config.logs.format == "json")
     try:
         node = Node(config, standalone=False, log_pdus=log_pdus, channel=channel)
         node.start()

@@ -36,6 +36,7 @@ from .config import NodeConfig
 from .errors import NodeError, VolumeError
 from .index import Index
 from .jobs import Job, JobQueue, LeaseLost
+from .logs import log_context, setup_logging
 from .command_pipeline import CommandOutputError, CommandPipeline
 from .outbox import Candidate, Outbox
 from .pipelines import Pipeline, PipelineError, build_pipeline
@@ -250,6 +251,10 @@ class Worker:
 
     def run_job(self, job: Job) -> bool:
         """Run one claimed job to done, queued-for-retry or dead. True when done."""
+        with log_context(job=job.id, job_key=job.key, route=job.route, study_uid=job.study_uid, series_uid=job.series_uid):
+            return self._run_job(job)
+
+    def _run_job(self, job: Job) -> bool:
         lease = self.config.jobs.lease_seconds
         lost = threading.Event()
         stop_beat = threading.Event()
@@ -381,8 +386,7 @@ def worker_main(config: NodeConfig, stop: Any) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module
+    setup_logging(False, with_pid=True, json_lines=config.logs.format == "json")
     worker = Worker(config)
     try:
         worker.run(stop)

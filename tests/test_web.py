@@ -190,7 +190,10 @@ def test_serve_sums_the_metrics_of_its_processes(tmp_path: Path) -> None:
     """`dicom-node serve` with two listener processes: /metrics adds up what each counted."""
     port, web = free_port(), free_port()
     config = config_dict(tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 2},
-                         web={"enabled": True, "port": web})
+                         web={"enabled": True, "port": web}, logs={"format": "json"},
+                         peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1},
+                                {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": DOWN, "send": False}],
+                         routes=[{"name": "archive", "match": {"modality": "CT"}, "forward": ["archive"]}])
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed below
@@ -218,6 +221,17 @@ def test_serve_sums_the_metrics_of_its_processes(tmp_path: Path) -> None:
                 if r.get("event") == "association"}
         print(f"\nassociations served by listener processes {sorted(pids)}; /metrics counted 16 instances")
         assert len(pids) == 2
+
+        # logs.format json: every log line is one JSON object carrying what it is about.
+        def lines() -> list[dict[str, Any]]:
+            text = (tmp_path / "serve.log").read_text()
+            return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+        wait_for(lambda: any(r.get("peer") == "archive" for r in lines()), 30, "a JSON line about the failing forward")
+        records = lines()
+        assert any("association" in r and r.get("calling_ae") == TEST_SCU for r in records)
+        assert any(r.get("series_uid") and r.get("study_uid") and "forwards 4 instance(s)" in r["message"] for r in records)
+        assert any(r.get("peer") == "archive" and r.get("job_key", "").startswith("forward:archive:") for r in records)
     finally:
         stop_process(proc, 30)
         log.close()
