@@ -124,7 +124,7 @@ def test_real_scans_through_the_node_with_the_shipped_configuration(tmp_path: Pa
     assert (job["state"], job["ran_pipeline"]) == ("done", "ct-baseline"), job["last_error"]
     log = (tmp_path / "node" / "node.log").read_text()
     assert "ct-organs declined the series" in log and "ct-baseline takes it" in log
-    assert "matched none of the routes (ct-default): stored, not analysed" in log
+    assert "matched none of the rules, stored, not analysed (ct-default: Modality is 'MR'" in log
     results = list((tmp_path / "node" / "var" / "results").glob("*/seg-binary.dcm"))
     assert len(results) == 1
     masks = real_scans.seg_masks(results[0], series["abdomen"])
