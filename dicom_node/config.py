@@ -501,7 +501,7 @@ class NodeConfig(_Section):
                     known = ", ".join(sorted(self.pipelines)) or "none"
                     raise ValueError(f"{where}: no pipeline named {name!r} (known: {known})")
             targets = [("destination", n) for n in route.destinations if n != "sender"] if route.pipeline else []
-            for kind, name in targets + [("forward peer", n) for n in route.forward]:
+            for kind, name in targets + [("forward peer", n) for n in route.forward if n != "sender"]:
                 if name not in peers:
                     raise ValueError(f"{where}: {kind} {name!r} is not a peer")
                 if not peers[name].receive:

@@ -151,11 +151,12 @@ def evaluate_rules(routes: Sequence[Route], facts: SeriesFacts) -> list[Evaluati
 # -- actions -----------------------------------------------------------------------------------
 
 
-def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer]) -> list[str]:
-    """Peer names for a route's destinations; ``sender`` is the peer with the calling AE title,
-    when it may receive (otherwise it is dropped, with a warning)."""
+def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer], names_given: list[str] | None = None) -> list[str]:
+    """Peer names for a route's destinations (or ``names_given``, e.g. its forward peers);
+    ``sender`` is the peer with the calling AE title, when it may receive (otherwise it is
+    dropped, with a warning)."""
     names: list[str] = []
-    for name in route.destinations:
+    for name in route.destinations if names_given is None else names_given:
         if name == "sender":
             sender = next((p for p in peers if p.ae_title == calling_ae and p.receive), None)
             if sender is None:
@@ -199,8 +200,9 @@ def _act(db: sqlite3.Connection, route: Route, series: sqlite3.Row, config: Node
         return None
     if route.forward:
         key = forward_key(route.name, series["series_uid"], series["version"])
-        if not (once and db.execute("SELECT 1 FROM deliveries WHERE job_key = ? LIMIT 1", (key,)).fetchone()):
-            _forward(db, route.name, route.forward, series, now)
+        peers = resolve_destinations(route, series["calling_ae"], config.peers, route.forward)  # "sender": back to it
+        if peers and not (once and db.execute("SELECT 1 FROM deliveries WHERE job_key = ? LIMIT 1", (key,)).fetchone()):
+            _forward(db, route.name, peers, series, now)
     if not route.pipeline_names:
         return None
     job = NewJob(

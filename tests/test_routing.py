@@ -363,3 +363,16 @@ def test_study_rules_stop_and_fallback_per_study(tmp_path: Path, make_config: Ca
     assert outcomes == {("1.2.3", "ct-study"): "fired", ("1.2.3", "also"): "not-reached", ("1.2.3", "other"): "not-reached",
                         ("1.2.4", "ct-study"): "no-match", ("1.2.4", "also"): "fired", ("1.2.4", "other"): "not-needed"}
     assert [r["study_uid"] for r in index.query("SELECT study_uid FROM studies WHERE routed_version = version")] == ["1.2.3", "1.2.4"]
+
+
+def test_return_to_sender_forwards_the_originals_back_to_the_peer_that_sent_them(
+        tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    config = make_config(peers=PEERS, routes=[{"name": "echo-back", "match": {"modality": "CT"}, "forward": ["sender"]}])
+    index = Index(tmp_path / "index.sqlite")
+    JobQueue(index)
+    outbox = Outbox(index)
+    store(index, header("12.1", "12.1.1"), "PACS", now=0)  # PACS may receive: it gets the series back
+    store(index, header("12.2", "12.2.1"), "CT01", now=0)  # the modality may not: nothing is sent
+    index.complete_stable(100, 10, 30)
+    route_completed(index, config, now=100)
+    assert [(r["peer"], r["object"]) for r in outbox.list()] == [("pacs", "12.1.1")]
