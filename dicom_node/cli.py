@@ -71,6 +71,8 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     if node.recovery and node.recovery.reconciled and not node.recovery.first_start:
         logging.getLogger("dicom_node").warning("Recovered from an unclean shutdown: %s", node.recovery)
     err.print(f"[green]{config.node.ae_title}[/] listening on {config.node.host}:{node.port} (Ctrl-C to stop)", highlight=False)
+    if node.tls_port is not None and config.node.plain:
+        err.print(f"DICOM TLS on {config.node.host}:{node.tls_port}", highlight=False)
     if node.web is not None:
         err.print(f"dashboard: http://{config.web.host}:{node.web.port}/", highlight=False)
     try:
@@ -80,13 +82,20 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _client_tls(config: NodeConfig) -> Any:
+    """The node's TLS client context for peers with tls: true (None without node.tls)."""
+    from .tls import client_context
+
+    return client_context(config.node.tls) if config.node.tls is not None else None
+
+
 def cmd_echo(config: NodeConfig, args: argparse.Namespace) -> int:
     from .scu import echo
 
     peer = config.peer(args.peer)
     started = time.perf_counter()
     try:
-        status = echo(config.node.ae_title, peer, timeout=args.timeout)
+        status = echo(config.node.ae_title, peer, timeout=args.timeout, tls=_client_tls(config))
     except PeerError as exc:
         return _fail(EXIT_PEER, str(exc))
     if status != 0:
@@ -120,7 +129,8 @@ def cmd_send(config: NodeConfig, args: argparse.Namespace) -> int:
                 status = "not sent" if result.status is None else f"0x{result.status:04X}"
                 progress.console.print(f"[red]failed[/] {result.path}: {status} {result.reason}", highlight=False)
 
-        report = send_files(config.node.ae_title, peer, files, on_result=on_result, timeout=args.timeout)
+        report = send_files(config.node.ae_title, peer, files, on_result=on_result, timeout=args.timeout,
+                            tls=_client_tls(config))
     elapsed = time.perf_counter() - started
     failed = report.failed
     print(f"{report.sent} of {len(files)} sent to {peer.name} in {elapsed:.1f} s, {len(failed)} failed")

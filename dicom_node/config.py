@@ -70,6 +70,25 @@ class Durability(str, Enum):
     NONE = "none"
 
 
+class TlsSection(_Section):
+    """DICOM over TLS on a port of its own (tls.py; PS3.15 B.12, BCP 195: TLS 1.2 or 1.3)."""
+
+    port: int = Field(2762, ge=0, le=65535)  # 2762: the registered DICOM-TLS port; 0: any free one
+    certificate: Path
+    private_key: Path
+    #: CA bundle that client certificates (and, outgoing, peers' server certificates) must chain to.
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+    #: A connection that has not finished its handshake by then is dropped (and audited).
+    handshake_timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> TlsSection:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates (the CA the clients' certificates chain to)")
+        return self
+
+
 class NodeSection(_Section):
     ae_title: str = "AI_NODE"
     host: str = "127.0.0.1"
@@ -91,6 +110,10 @@ class NodeSection(_Section):
     #: The maximum PDU length this node advertises to callers (0: unlimited). Larger PDUs cost
     #: less per byte; a peer's PDU longer than this (plus 64 KiB) is refused unread.
     max_pdu_bytes: int = Field(1048576, ge=0, le=2**26)
+    #: DICOM over TLS beside (or, with ``plain: false``, instead of) the plain port.
+    tls: TlsSection | None = None
+    #: Listen on the plain ``port``; false: TLS only.
+    plain: bool = True
 
     def worker_count(self, cpus: int | None) -> int:
         """Listener processes to start: 4 concurrent associations on 2 cores ran at 302-431
@@ -148,6 +171,16 @@ class Peer(_Section):
     #: it at association: binary-jpeg2000 (JPEG 2000 lossless), labelmap (Label Map SEG).
     #: Plain BINARY is always the last resort.
     seg_encodings: list[Literal["binary", "binary-jpeg2000", "labelmap"]] = []
+    #: TLS both ways: this peer is accepted only on the TLS port with a client certificate that
+    #: names it (``tls_identity``, else ``server_hostname``, else ``host``), and the node
+    #: reaches it over TLS, checking its certificate against ``server_hostname`` (else ``host``).
+    tls: bool = False
+    server_hostname: str | None = None
+    tls_identity: str | None = None
+
+    def certificate_identity(self) -> str:
+        """The name this peer's client certificate must carry."""
+        return (self.tls_identity or self.server_hostname or self.host).lower()
 
     @field_validator("ae_title")
     @classmethod
@@ -486,6 +519,16 @@ class NodeConfig(_Section):
         if dupes:
             raise ValueError(f"peer names must be unique, repeated: {', '.join(dupes)}")
         return peers
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> NodeConfig:
+        if not self.node.plain and self.node.tls is None:
+            raise ValueError("node.plain: false turns the plain port off, so node.tls must be set")
+        needing = [p.name for p in self.peers if p.tls]
+        if needing and self.node.tls is None:
+            raise ValueError(f"peers {', '.join(needing)} use tls: node.tls (certificate, private_key, "
+                             "ca_certificates) must be set")
+        return self
 
     @model_validator(mode="after")
     def _check_routes(self) -> NodeConfig:

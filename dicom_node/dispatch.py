@@ -27,8 +27,9 @@ CLOSED = "closed"
 class Dispatcher:
     """In the supervising process: accept on ``listener``, hand over, count what is open."""
 
-    def __init__(self, listener: socket.socket, channels: list[Connection], pids: list[int]) -> None:
-        self.listener = listener
+    def __init__(self, listeners: list[tuple[socket.socket, bool]], channels: list[Connection], pids: list[int]) -> None:
+        #: (listening socket, whether its connections are TLS): the plain and the TLS port.
+        self.listeners = listeners
         self.channels = channels
         self.pids = pids
         self.open_counts = [0] * len(channels)
@@ -38,22 +39,28 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.listener.settimeout(0.5)  # so the accept loop sees stop()
-        self._threads = [threading.Thread(target=self._accept_loop, name="dicom-node-dispatch", daemon=True)]
-        self._threads += [threading.Thread(target=self._closed_loop, args=(n,), name=f"dicom-node-dispatch-{n}", daemon=True)
-                          for n in range(len(self.channels))]
+        self._accepting = []
+        for listener, tls in self.listeners:
+            listener.settimeout(0.5)  # so the accept loop sees stop()
+            self._accepting.append(threading.Thread(target=self._accept_loop, args=(listener, tls), daemon=True,
+                                                    name="dicom-node-dispatch-tls" if tls else "dicom-node-dispatch"))
+        self._threads = self._accepting + [
+            threading.Thread(target=self._closed_loop, args=(n,), name=f"dicom-node-dispatch-{n}", daemon=True)
+            for n in range(len(self.channels))]
         for thread in self._threads:
             thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
-        self._threads[0].join(timeout=5)
-        self.listener.close()
+        for thread in self._accepting:
+            thread.join(timeout=5)
+        for listener, _ in self.listeners:
+            listener.close()
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket, tls: bool) -> None:
         while not self._stopped.is_set():
             try:
-                conn, address = self.listener.accept()
+                conn, address = listener.accept()
             except TimeoutError:
                 continue
             except OSError as exc:
@@ -61,12 +68,12 @@ class Dispatcher:
                     log.error("Accepting a connection failed: %s", exc)
                 continue
             try:
-                if not self._hand_over(conn, address):
+                if not self._hand_over(conn, address, tls):
                     log.error("No listener process left to take the connection from %s", address)
             finally:
                 conn.close()  # the listener holds its own descriptor now
 
-    def _hand_over(self, conn: socket.socket, address: Any) -> bool:
+    def _hand_over(self, conn: socket.socket, address: Any, tls: bool = False) -> bool:
         """Give ``conn`` to the least busy live listener; a listener that cannot take it has
         died (its pipe is broken) and gets no more."""
         while True:
@@ -77,7 +84,7 @@ class Dispatcher:
                 target = min(alive, key=self.open_counts.__getitem__)
                 self.open_counts[target] += 1
             try:
-                self.channels[target].send(address)
+                self.channels[target].send((address, tls))
                 send_handle(self.channels[target], conn.fileno(), self.pids[target])
                 return True
             except OSError as exc:
@@ -123,10 +130,12 @@ class Receiver:
     def _loop(self) -> None:
         while True:
             try:
-                address = self.channel.recv()
+                address, tls = self.channel.recv()
                 fd = recv_handle(self.channel)
             except (EOFError, OSError):
                 return  # the supervisor closed the channel: stopping
             conn = socket.socket(fileno=fd)
-            # As socketserver would after accept(): pynetdicom starts a thread per connection.
-            self.server.process_request(conn, address)
+            if tls:  # the handshake in a thread of its own (tls.HandshakeServerMixin), then served
+                self.server.process_tls_request(conn, address)
+            else:  # as socketserver would after accept(): pynetdicom starts a thread per connection
+                self.server.process_request(conn, address)

@@ -43,6 +43,7 @@ from .net import pynetdicom_tuning
 from .index import Index, Outcome, Receipt
 from .instance import read_header
 from .logs import bind_log_context
+from .tls import certificate_names, peer_certificate
 from .store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,28 @@ class NodeAE(AE):  # type: ignore[misc]
         #: the store fsyncs every file anyway.
         self.start_writeback = start_writeback
 
-    def allowed_titles(self, address: str) -> list[str]:
-        return [p.ae_title for p in self.callers if not p.verify_host or p.host_matches(address)]
+    def allowed_titles(self, address: str, over_tls: bool = False, names: set[str] | None = None) -> list[str]:
+        """Calling AE titles acceptable from ``address``; a ``tls`` peer's only over TLS with a
+        client certificate that ``names`` it."""
+        return [p.ae_title for p in self.callers
+                if (not p.verify_host or p.host_matches(address))
+                and (not p.tls or (over_tls and p.certificate_identity() in (names or set())))]
+
+    def refusal(self, calling: str, address: str, over_tls: bool, names: set[str]) -> str:
+        """Why ``calling`` is not accepted (for the log and the audit trail)."""
+        claimed = [p for p in self.callers if p.ae_title == calling]
+        if not claimed:
+            return "calling AE title not recognised"
+        if all(p.verify_host and not p.host_matches(address) for p in claimed):
+            return "calling AE title not recognised from this address"
+        tls_peers = [p for p in claimed if p.tls]
+        if tls_peers and not over_tls:
+            return f"peer {tls_peers[0].name} must connect over TLS"
+        if tls_peers:
+            shown = ", ".join(sorted(names)) or "no client certificate"
+            return (f"the client certificate ({shown}) does not identify peer {tls_peers[0].name} "
+                    f"(expected {tls_peers[0].certificate_identity()})")
+        return "calling AE title not recognised"
 
     @property  # type: ignore[override]
     def require_called_aet(self) -> bool:
@@ -154,8 +175,17 @@ class NodeAE(AE):  # type: ignore[misc]
         if not self.reject_unknown:
             return []
         thread = threading.current_thread()
-        address = thread.requestor.address if isinstance(thread, Association) else ""
-        return self.allowed_titles(address) or _NOBODY
+        if not isinstance(thread, Association):
+            return self.allowed_titles("") or _NOBODY
+        address = thread.requestor.address
+        over_tls, certificate = peer_certificate(getattr(getattr(thread, "dul", None), "socket", None) and
+                                                 thread.dul.socket.socket)
+        names = certificate_names(certificate)
+        allowed = self.allowed_titles(address, over_tls, names)
+        calling = str(thread.requestor.ae_title).strip()
+        if calling not in allowed:  # pynetdicom rejects; on_rejected tells why
+            thread.dicom_node_refusal = self.refusal(calling, address, over_tls, names)  # type: ignore[attr-defined]
+        return allowed or _NOBODY
 
 
 def _open_fd(event: evt.Event) -> int | None:
@@ -286,6 +316,12 @@ class StorageSCP:
             except OSError:
                 pass
 
+    def on_tls_refused(self, address: str, port: int, reason: str) -> None:
+        """A connection to the TLS port that did not become a TLS session (tls.py)."""
+        metrics.ASSOCIATIONS.labels("refused-tls").inc()
+        self.audit.write("association", outcome="rejected", reason=f"TLS: {reason}", address=address, port=port,
+                         calling_ae="", called_ae="")
+
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
         # The association's thread logs about this association from now on (logs.format json).
@@ -317,8 +353,9 @@ class StorageSCP:
         address = str(assoc.requestor.address)
         ae = assoc.ae
         called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
-        if isinstance(ae, NodeAE) and ae.reject_unknown and calling not in ae.allowed_titles(address):
-            reason = "calling AE title not recognised"
+        refusal = getattr(assoc, "dicom_node_refusal", None)
+        if isinstance(ae, NodeAE) and ae.reject_unknown and refusal:
+            reason = refusal
         elif isinstance(ae, NodeAE) and ae.require_called and called not in ae.titles:
             reason = f"called AE title {called!r} not recognised"
         else:

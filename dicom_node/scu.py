@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,16 @@ def set_nodelay(assoc: Association) -> None:
             pass
 
 
-def associate(ae: AE, peer: Peer) -> Association:
+def associate(ae: AE, peer: Peer, tls: ssl.SSLContext | None = None) -> Association:
+    """An established association with ``peer``, over TLS when the peer says ``tls: true``
+    (``tls``: the node's client context, tls.client_context); PeerError says why not."""
     install_fixes()  # the exact send/reactor hand-over, in whichever process sends
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    tls_args = None
+    if peer.tls:
+        if tls is None:
+            raise PeerError(f"{peer.name} needs TLS (tls: true) and node.tls is not configured")
+        tls_args = (tls, peer.server_hostname or peer.host)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         if assoc.is_rejected:
             raise PeerError(f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port}) rejected the association")
@@ -54,12 +62,12 @@ def associate(ae: AE, peer: Peer) -> Association:
     return assoc
 
 
-def echo(local_ae_title: str, peer: Peer, timeout: float = 10.0) -> int:
+def echo(local_ae_title: str, peer: Peer, timeout: float = 10.0, tls: ssl.SSLContext | None = None) -> int:
     """C-ECHO the peer; return its status (0x0000 is success). PeerError if unreachable."""
     ae = AE(ae_title=local_ae_title)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = associate(ae, peer)
+    assoc = associate(ae, peer, tls)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -111,8 +119,10 @@ def send_files(
     files: list[Path],
     on_result: Callable[[SendResult], None] | None = None,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> SendReport:
-    """C-STORE every file to ``peer`` unchanged; report each file's outcome."""
+    """C-STORE every file to ``peer`` unchanged (over TLS to a ``tls`` peer, with ``tls`` the
+    node's client context); report each file's outcome."""
     report = SendReport()
 
     def done(result: SendResult) -> None:
@@ -149,7 +159,7 @@ def send_files(
         for sop_class, ts in sorted(pairs):
             ae.add_requested_context(sop_class, ts)
         try:
-            assoc = associate(ae, peer)
+            assoc = associate(ae, peer, tls)
         except PeerError as exc:
             for path, _, _ in batch:
                 done(SendResult(path, None, str(exc), unreachable=True))

@@ -24,6 +24,7 @@ from .logs import log_context
 from .errors import ConfigError, IndexError_, PeerError
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
 from .scu import associate
+from .tls import client_context
 from .transcode import UNCOMPRESSED_VARIANTS, TranscodeError, for_sending
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Sender:
         self.clock = clock
         delivery = config.delivery
         self.policy = RetryPolicy(delivery.retry_base_seconds, delivery.retry_max_seconds, delivery.give_up_after_seconds)
+        #: The client side of TLS for peers with tls: true (the node's certificate, its CA).
+        self.tls = client_context(config.node.tls) if config.node.tls is not None else None
 
     def run_once(self) -> int:
         """Send every due delivery; return how many were delivered."""
@@ -94,7 +97,7 @@ class Sender:
             ae.add_requested_context(sop_class, ts)
         _config.STORE_SEND_CHUNKED_DATASET = True
         try:
-            assoc = associate(ae, peer)
+            assoc = associate(ae, peer, self.tls)
         except PeerError as exc:
             self._fail(group, str(exc))
             return 0

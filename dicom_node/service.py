@@ -40,6 +40,7 @@ from .routing import route_completed
 from .scp import StorageSCP, build_ae
 from .sender import Sender, SenderScheduler
 from .store import InstanceStore
+from .tls import HandshakeServerMixin, TlsAssociationServer, server_context
 from .worker import worker_main
 
 from .logs import setup_logging
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class HandedServer(ThreadedAssociationServer):  # type: ignore[misc]
+class HandedServer(HandshakeServerMixin, ThreadedAssociationServer):  # type: ignore[misc]
     """pynetdicom's threaded server for connections the supervisor accepted and handed over
     (dispatch.Receiver calls process_request): it binds and listens on nothing itself."""
 
@@ -186,14 +187,29 @@ class Node:
         self.web: WebServer | None = None
         self.retention: RetentionScheduler | None = None
         self.server: Any = None
+        self.tls_server: Any = None
         self.recovery: RecoveryReport | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
     @property
     def port(self) -> int:
-        """The bound port (useful when the config asked for port 0)."""
+        """The bound port (useful when the config asked for port 0): the plain one, or the TLS
+        one when the plain port is off."""
         return int(self.server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound TLS port (standalone), None without TLS."""
+        return int(self.tls_server.server_address[1]) if self.tls_server is not None else None
+
+    def _set_up_tls(self, server: Any) -> None:
+        tls = self.config.node.tls
+        if tls is None:
+            return
+        server.tls_context = server_context(tls)
+        server.handshake_timeout = tls.handshake_timeout_seconds
+        server.on_refused = self.scp.on_tls_refused
 
     def start(self) -> None:
         if self.standalone:
@@ -203,9 +219,19 @@ class Node:
             receiver = Receiver(self.channel)
             handlers = [*self.scp.handlers(), (evt.EVT_CONN_CLOSE, receiver.closed)]
             self.server = self.ae.make_server(address, evt_handlers=handlers, server_class=HandedServer)
+            self._set_up_tls(self.server)
             receiver.serve(self.server)
         else:
-            self.server = self.ae.start_server(address, block=False, evt_handlers=self.scp.handlers())
+            if self.config.node.plain:
+                self.server = self.ae.start_server(address, block=False, evt_handlers=self.scp.handlers())
+            if self.config.node.tls is not None:
+                self.tls_server = self.ae.make_server((self.config.node.host, self.config.node.tls.port),
+                                                      evt_handlers=self.scp.handlers(), server_class=TlsAssociationServer)
+                self._set_up_tls(self.tls_server)
+                threading.Thread(target=self.tls_server.serve_forever, name="dicom-node-tls-accept", daemon=True).start()
+                self.ae._servers.append(self.tls_server)  # so ae.shutdown() stops it with the plain one
+                self.server = self.server or self.tls_server
+                log.info("DICOM TLS on %s:%d", self.config.node.host, self.tls_port)
         if self.standalone:
             self.completion.start()
         if self.downstream is not None:
@@ -269,6 +295,13 @@ def _worker_main(config: NodeConfig, ready: Any, stop: StopFlag, log_pdus: bool,
     node.stop()
 
 
+def _bound(host: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    return listener
+
+
 class Supervisor:
     """Several listener processes behind one port (it accepts, dispatch.py hands each
     connection to the least busy), plus recovery and the completion sweep."""
@@ -289,6 +322,7 @@ class Supervisor:
         self._procs: list[Any] = []
         self.dispatcher: Dispatcher | None = None
         self.port = config.node.port
+        self.tls_port: int | None = None
         self.web: WebServer | None = None
         self.retention: RetentionScheduler | None = None
 
@@ -296,11 +330,18 @@ class Supervisor:
         self.recovery = recover(self.store, self.index)
         # Bound now (port 0 picks one), listening only once every listener process is ready:
         # until then a caller is refused, not left waiting in the backlog of a node still starting.
-        listener = socket.socket(socket.AF_INET6 if ":" in self.config.node.host else socket.AF_INET)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.config.node.host, self.config.node.port))
-        self.port = listener.getsockname()[1]
-        worker_config = self.config.model_copy(update={"node": self.config.node.model_copy(update={"port": self.port})})
+        listeners: list[tuple[socket.socket, bool]] = []
+        if self.config.node.plain:
+            listeners.append((_bound(self.config.node.host, self.config.node.port), False))
+        if self.config.node.tls is not None:
+            server_context(self.config.node.tls)  # a certificate that does not load stops the start, here
+            listeners.append((_bound(self.config.node.host, self.config.node.tls.port), True))
+            self.tls_port = listeners[-1][0].getsockname()[1]
+        self.port = listeners[0][0].getsockname()[1]
+        node = self.config.node.model_copy(update={"port": self.port})
+        if node.tls is not None:
+            node = node.model_copy(update={"tls": node.tls.model_copy(update={"port": self.tls_port})})
+        worker_config = self.config.model_copy(update={"node": node})
         ready = self._context.Queue()
         channels = []
         try:
@@ -317,17 +358,20 @@ class Supervisor:
                 if kind != "ready":
                     raise NodeError(f"a listener process failed to start: {detail}")
         except BaseException:
-            listener.close()
+            for listener, _ in listeners:
+                listener.close()
             self.stop(clean=False)
             raise
-        listener.listen(128)
-        self.dispatcher = Dispatcher(listener, channels, [int(p.pid) for p in self._procs])
+        for listener, _ in listeners:
+            listener.listen(128)
+        self.dispatcher = Dispatcher(listeners, channels, [int(p.pid) for p in self._procs])
         self.dispatcher.start()
         self.completion.start()
         self.downstream.start()
         self.web = start_web(self.config, self.index, self._readiness)
         self.retention = start_retention(self.config, self.index, self.audit)
-        log.info("%d listener processes on %s:%d: %s", self.workers, self.config.node.host, self.port,
+        log.info("%d listener processes on %s:%d%s: %s", self.workers, self.config.node.host, self.port,
+                 f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",
                  ", ".join(str(p.pid) for p in self._procs))
 
     def _readiness(self) -> list[str]:

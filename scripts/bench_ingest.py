@@ -15,7 +15,11 @@ cost), and 4 concurrent associations of 250 64x64 instances each. Prints instanc
 reference: the median of the ratios taken within each round, the per-round ratios to Orthanc
 beside it. Received files are deleted only at the end (about 1 GB with the default 2 rounds).
 
-    .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick] [--only big|small|concurrent]
+With ``--tls`` a fourth receiver, ``node-tls``, is the same node taking the same studies on its
+DICOM TLS port (``storescu +tls``, certificates made for the run, TLS 1.2 with DCMTK 3.6.7's
+BCP 195 profile), and the TLS cost is printed as node-tls / node.
+
+    .venv/bin/python scripts/bench_ingest.py [--rounds 2] [--quick] [--only big|small|concurrent] [--tls]
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicom_node.synthetic import write_ct_series  # noqa: E402
-from tests.peers import PeerProcess, dcmtk_env, start_node, start_orthanc, start_storescp, system_binary  # noqa: E402
+from tests.peers import (  # noqa: E402
+    PeerProcess, dcmtk_env, start_node, start_orthanc, start_storescp, system_binary, wait_for_port,
+)
 
 SENDER_AE = "BENCH"
 
@@ -43,8 +49,10 @@ def send_folders(peer: PeerProcess, folders: list[Path]) -> float:
     """Send each folder over its own storescu association, all at once; return seconds."""
     storescu = system_binary("storescu")
     started = time.perf_counter()
+    tls = list(getattr(peer, "extra", {}).get("storescu_tls", []))
     procs = [
-        subprocess.Popen([storescu, "+sd", "-aet", SENDER_AE, "-aec", peer.ae_title, "127.0.0.1", str(peer.port), str(folder)],
+        subprocess.Popen([storescu, *tls, "+sd", "-aet", SENDER_AE, "-aec", peer.ae_title, "127.0.0.1", str(peer.port),
+                          str(folder)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
         for folder in folders
     ]
@@ -87,6 +95,27 @@ def node_config(workdir: Path) -> dict[str, object]:
     }
 
 
+def start_tls_node(workdir: Path, pki: Path) -> PeerProcess:
+    """The node with DICOM TLS; the returned peer's port is the TLS port, with storescu's TLS options."""
+    from dataclasses import replace
+
+    from dicom_node.orthanc import free_port
+    from tests.certs import Authority
+
+    authority = Authority("bench", pki)
+    node, sender = authority.issue("node.bench", ips=["127.0.0.1"]), authority.issue("sender.bench", dns=["sender.bench"])
+    tls_port = free_port()
+    config = node_config(workdir)
+    config["node"] = {**config["node"], "tls": {"port": tls_port, "certificate": str(node.certificate),  # type: ignore[dict-item]
+                                                "private_key": str(node.private_key), "ca_certificates": str(authority.pem)}}
+    config["peers"] = [{"name": "bench", "ae_title": SENDER_AE, "host": "127.0.0.1", "port": 1, "tls": True,
+                        "tls_identity": "sender.bench"}]
+    peer = start_node(workdir, config)
+    wait_for_port(tls_port, peer.proc)
+    return replace(peer, port=tls_port, extra={**peer.extra, "storescu_tls": [
+        "+tls", str(sender.private_key), str(sender.certificate), "+cf", str(authority.pem)]})
+
+
 RECEIVERS: dict[str, Callable[[Path], PeerProcess]] = {
     "storescp": lambda d: start_storescp(d, ae_title="STORESCP"),
     "orthanc": lambda d: start_orthanc(d, ae_title="ORTHANC"),
@@ -100,6 +129,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller studies, for a smoke run")
     parser.add_argument("--only", choices=["big", "small", "concurrent"], action="append",
                         help="run only these workloads (repeatable); default all three")
+    parser.add_argument("--tls", action="store_true", help="also the node on its DICOM TLS port (node-tls)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -119,6 +149,8 @@ def main() -> int:
                 write_ct_series(root / f"conc{i}", conc_n, 64, 64, seed=10 + i)
             workloads[f"4 x {conc_n} x 64x64 concurrent"] = [root / f"conc{i}" for i in range(4)]
         os.sync()
+        if args.tls:
+            RECEIVERS["node-tls"] = lambda d: start_tls_node(d, root / "pki")
 
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for number, (name, folders) in enumerate(workloads.items()):
@@ -163,6 +195,12 @@ def main() -> int:
                     ratios = (f"   {to_storescp:13.2f}  {statistics.median(per_round):12.2f}   "
                               + " ".join(f"{r:.2f}" for r in per_round))
                 print(f"{name:30s} {receiver:9s} {inst:8.0f} {mbs:8.1f}{ratios}")
+        if args.tls:
+            print()
+            for name in workloads:
+                per_round = [t[0] / n[0] for t, n in zip(results[(name, "node-tls")], results[(name, "node")])]
+                print(f"TLS cost, {name:30s} node-tls/node {statistics.median(per_round):.2f} "
+                      f"(per round {' '.join(f'{r:.2f}' for r in per_round)})")
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

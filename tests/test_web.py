@@ -234,6 +234,8 @@ def test_serve_sums_the_metrics_of_its_processes(tmp_path: Path) -> None:
 
         wait_for(lambda: any(r.get("peer") == "archive" for r in lines()), 30, "a JSON line about the failing forward")
         records = lines()
+        assert any(r["message"] == "route archive: series rule, when Modality is one of CT (any case) -> forward to archive"
+                   for r in records)  # one line per rule at start-up
         assert any("association" in r and r.get("calling_ae") == TEST_SCU for r in records)
         assert any(r.get("series_uid") and r.get("study_uid") and "forwards 4 instance(s)" in r["message"] for r in records)
         assert any(r.get("peer") == "archive" and r.get("job_key", "").startswith("forward:archive:") for r in records)

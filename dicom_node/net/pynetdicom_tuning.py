@@ -30,8 +30,9 @@ to pydicom's, byte for byte. C-STORE requests and responses skip pydicom Dataset
 (``store_messages``), and P-DATA-TF PDUs go to DIMSE without pynetdicom's copies (``p_data``).
 
 Both waits are capped (``IDLE_WAIT``), so timers (ARTIM, idle timeout) and kill flags are
-still seen promptly. Anything unusual (TLS sockets, which may hold buffered bytes ``select``
-cannot see; a closed socket; a thread we do not recognise) falls back to the original sleep.
+still seen promptly. A TLS socket that holds decrypted bytes ``select`` cannot see (``pending()``)
+is not waited on at all; anything unusual (a closed socket, a thread we do not recognise) falls
+back to the original sleep.
 """
 
 from __future__ import annotations
@@ -118,9 +119,11 @@ class _DulTime(_TimeShim):
             time.sleep(seconds)
             return
         raw = getattr(thread.socket, "socket", None)
-        if raw is None or isinstance(raw, ssl.SSLSocket) or raw.fileno() < 0:
+        if raw is None or raw.fileno() < 0:
             time.sleep(seconds)
             return
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return  # bytes already decrypted and buffered: select() on the descriptor cannot see them
         waker = getattr(thread, _WAKER_ATTR, None)
         if waker is None:
             waker = _Waker()
