@@ -367,6 +367,23 @@ def cmd_routes(config: NodeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(config: NodeConfig | None, args: argparse.Namespace) -> int:
+    from .audit import verify
+
+    if args.path is None and config is None:
+        config = load_config(args.config, missing_hint=_MISSING_HINT)
+    path = args.path or config.audit.path  # type: ignore[union-attr]
+    if not path.exists():
+        return _fail(EXIT_USAGE, f"no audit file at {path}")
+    checked, breaks = verify(path)
+    for item in breaks:
+        print(f"{path}:{item.line}: {item.problem}")
+    if breaks:
+        return _fail(EXIT_FAILED, f"{path}: the chain is broken in {len(breaks)} place(s) of {checked} record(s)")
+    print(f"{path}: {checked} record(s), the chain is whole")
+    return EXIT_OK
+
+
 def cmd_init(config: NodeConfig | None, args: argparse.Namespace) -> int:
     from importlib.resources import files
 
@@ -451,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="phantom seed")
     demo.add_argument("--timeout", type=float, default=300.0)
     demo.set_defaults(func=cmd_demo, needs_config=False)
+
+    audit = sub.add_parser("audit", help="`audit verify [PATH]`: check the audit trail's hash chain (exit 1 if a line "
+                                         "was changed, removed or inserted)")
+    audit.add_argument("action", choices=["verify"])
+    audit.add_argument("path", nargs="?", type=Path, help="the audit file (default: audit.path of the configuration)")
+    audit.set_defaults(func=cmd_audit, needs_config=False)
 
     routes = sub.add_parser("routes", help="the routing rules, one line each; `routes test PATH|STUDY_UID`: which rules "
                                            "act on a study and, for the others, the condition that failed")

@@ -151,9 +151,22 @@ class IndexSection(_Section):
     path: Path = Path("./var/index.sqlite")
 
 
+class SyslogSection(_Section):
+    """An ATNA audit repository: RFC 5424 syslog over TLS (RFC 5425, port 6514) or TCP."""
+
+    host: str
+    port: int = Field(6514, ge=1, le=65535)
+    transport: Literal["tls", "tcp"] = "tls"
+    #: The CA the repository's certificate chains to (default: the system's).
+    ca_certificates: Path | None = None
+    server_hostname: str | None = None
+
+
 class AuditSection(_Section):
-    #: JSON lines, one per association and per refused request.
+    #: JSON lines, hash-chained, one per association, refusal, delivery and removal (audit.py).
     path: Path = Path("./var/audit.jsonl")
+    #: Also send the DICOM audit messages to an audit repository.
+    syslog: SyslogSection | None = None
 
 
 class Peer(_Section):

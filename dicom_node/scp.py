@@ -100,6 +100,8 @@ class _AssociationStats:
     failures: list[str] = field(default_factory=list)
     association: Any = None
     closed: bool = False
+    #: Study Instance UID -> {"patient_id", "sop_classes": {SOP Class UID: instances}} stored.
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class NodeAE(AE):  # type: ignore[misc]
@@ -288,6 +290,10 @@ class StorageSCP:
             self.index.record_instance(header, final, size, receipt, outcome)
             if outcome is not Outcome.NEW:
                 log.info("SOP Instance %s received again from %s: %s", header.sop_instance_uid, receipt.calling_ae, outcome.value)
+            stats = self._stats.get(id(assoc))
+            if stats is not None:  # for the audit record: what was transferred, per study (DICOM audit message)
+                study = stats.studies.setdefault(header.study_instance_uid, {"patient_id": header.patient_id, "sop_classes": {}})
+                study["sop_classes"][header.sop_class_uid] = study["sop_classes"].get(header.sop_class_uid, 0) + 1
             return STATUS_SUCCESS, outcome.value, size
         except DiskFullError as exc:
             log.error("Refusing %s from %s with 0xA700: %s", requested, caller.ae_title, exc)
@@ -409,6 +415,8 @@ class StorageSCP:
         }
         if stats.failures:
             fields["failures"] = stats.failures
+        if stats.studies:
+            fields["studies"] = [{"study_uid": uid, **study} for uid, study in stats.studies.items()]
         metrics.ASSOCIATIONS.labels(stats.outcome).inc()
         self.audit.write("association", **fields)
         log.info("Association from %s (%s) %s: %d stored, %d duplicate, %d failed",
@@ -424,6 +432,10 @@ def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -
     # pynetdicom's "standard" handlers format a log line per PDU and per DIMSE message even when
     # nothing is logged; the node logs its own lines (serve --verbose turns them back on).
     _config.LOG_HANDLER_LEVEL = "standard" if log_pdus else "none"
+    # Query/retrieve identifiers (patient names, IDs) never go to the log, --verbose or not: the
+    # audit trail records what it must, the log is not a place for PHI.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     _install_incoming_tempfile()
     if config.node.fast_paths:
         pynetdicom_tuning.install()

@@ -83,6 +83,18 @@ class Sender:
                         "dead-lettered" if state.value == "dead" else f"retry in {self.policy.delay(delivery.attempts + 1):.0f} s",
                         reason)
 
+    def _study_of(self, delivery: Delivery) -> str:
+        """The Study Instance UID a delivery belongs to (for the audit record's Export message)."""
+        try:
+            if delivery.job_id:
+                rows = self.outbox.index.query("SELECT study_uid FROM jobs WHERE id = ?", (delivery.job_id,))
+            else:  # a forward: forward:<route>:<series>:v<n>
+                rows = self.outbox.index.query("SELECT study_uid FROM series WHERE series_uid = ?",
+                                               (delivery.job_key.split(":")[2],))
+        except (IndexError_, IndexError):
+            return ""
+        return str(rows[0]["study_uid"]) if rows else ""
+
     def _send_group(self, peer_name: str, group: list[Delivery]) -> int:
         try:
             peer = self.config.peer(peer_name)
@@ -129,9 +141,10 @@ class Sender:
                              candidate.variant, candidate.sop_instance_uid)
                     if self.audit is not None:
                         event = "forwarded" if is_forward(delivery.job_key) else "result_sent"
-                        self.audit.write(event, peer=peer.name, ae_title=peer.ae_title, object=delivery.object,
-                                         job=delivery.job_key, sop_instance_uid=candidate.sop_instance_uid,
-                                         variant=candidate.variant, status=code)
+                        self.audit.write(event, peer=peer.name, ae_title=peer.ae_title, host=peer.host,
+                                         object=delivery.object, job=delivery.job_key,
+                                         sop_instance_uid=candidate.sop_instance_uid, variant=candidate.variant,
+                                         status=code, study_uid=self._study_of(delivery))
                 else:
                     if not reason:
                         reason = (f"{peer.name} answered status 0x{code:04X} {status.get('ErrorComment', '')}".strip()

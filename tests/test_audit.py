@@ -18,3 +18,131 @@ def test_lines_are_json_and_complete_under_concurrency(tmp_path: Path) -> None:
     assert len(records) == 200
     assert all(r["event"] == "association" and "time" in r for r in records)
     log.write("after-close")  # ignored, never raises
+
+
+def test_the_chain_holds_across_processes_and_verify_finds_every_kind_of_tampering(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from dicom_node.audit import verify
+    from dicom_node.cli import main
+
+    path = tmp_path / "audit.jsonl"
+    writer = ("import sys\nfrom pathlib import Path\nfrom dicom_node.audit import AuditLog\n"
+              "log = AuditLog(Path(sys.argv[1]), 'AI_NODE')\n"
+              "for k in range(100): log.write('association', outcome='released', n=k, pid=sys.argv[2])\nlog.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), str(n)]) for n in range(3)]
+    local = AuditLog(path, "AI_NODE")  # and threads of this process at the same time
+    threads = [threading.Thread(target=lambda: [local.write("listener_started", pid=1) for _ in range(50)]) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    local.close()
+    assert verify(path) == (400, [])
+    records = read_audit(path)
+    assert [r["seq"] for r in records] == list(range(1, 401))
+    assert main(["audit", "verify", str(path)]) == 0
+
+    lines = path.read_text().splitlines(keepends=True)
+    changed = lines[:]
+    changed[9] = changed[9].replace('"time": "', '"time": "1', 1)  # one character of record 10
+    (tmp_path / "changed.jsonl").write_text("".join(changed))
+    assert [b.line for b in verify(tmp_path / "changed.jsonl")[1]] == [11]
+    (tmp_path / "removed.jsonl").write_text("".join(lines[:20] + lines[21:]))
+    assert [b.problem.split(" (")[0] for b in verify(tmp_path / "removed.jsonl")[1]] == [
+        "line 20 was changed, or lines before this one were removed", "1 record(s) missing before this one"]
+    (tmp_path / "inserted.jsonl").write_text("".join(lines[:5] + [lines[2]] + lines[5:]))
+    assert verify(tmp_path / "inserted.jsonl")[1]
+    assert main(["audit", "verify", str(tmp_path / "changed.jsonl")]) == 1
+
+
+def test_records_carry_dicom_audit_messages(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", "AI_NODE")
+    log.write("listener_started", ae_title="AI_NODE", pid=7)
+    log.write("association", outcome="released", calling_ae="CT01", called_ae="AI_NODE", address="10.0.0.5", port=1234,
+              instances_stored=3, instances_failed=0,
+              studies=[{"study_uid": "1.2.3", "patient_id": "P1", "sop_classes": {"1.2.840.10008.5.1.4.1.1.2": 3}}])
+    log.write("association", outcome="rejected", reason="TLS: client certificate missing", address="10.0.0.9", port=99,
+              calling_ae="", called_ae="")
+    log.write("result_sent", peer="pacs", ae_title="PACS", host="10.0.0.2", object="seg", study_uid="1.2.3")
+    log.write("retention_removed", study_uid="1.2.3", instances=3, bytes=10, reason="older than 30 days")
+    log.write("job_not_applicable", job=1)
+    log.close()
+    started, stored, refused, sent, removed, other = (r.get("dicom") for r in read_audit(tmp_path / "audit.jsonl"))
+    assert started["EventIdentification"]["EventID"]["csd-code"] == "110100"
+    assert started["EventIdentification"]["EventTypeCode"][0]["originalText"] == "Application Start"
+    event = stored["EventIdentification"]
+    assert (event["EventID"]["originalText"], event["EventActionCode"], event["EventOutcomeIndicator"]) == (
+        "DICOM Instances Transferred", "C", "0")
+    source, destination = stored["ActiveParticipant"]
+    assert (source["UserID"], source["UserIsRequestor"], source["NetworkAccessPointID"], source["RoleIDCode"]["csd-code"]) == (
+        "CT01", True, "10.0.0.5", "110153")
+    assert destination["RoleIDCode"]["originalText"] == "Destination Role ID"
+    study, patient = stored["ParticipantObjectIdentification"]
+    assert (study["ParticipantObjectID"], study["ParticipantObjectIDTypeCode"]["csd-code"]) == ("1.2.3", "110180")
+    assert study["ParticipantObjectDescription"]["SOPClass"] == [{"UID": "1.2.840.10008.5.1.4.1.1.2", "NumberOfInstances": 3}]
+    assert (patient["ParticipantObjectID"], patient["ParticipantObjectTypeCode"], patient["ParticipantObjectTypeCodeRole"]) == (
+        "P1", "1", "1")
+    assert "PatientName" not in str(stored) and "patient_name" not in str(stored)
+    assert (refused["EventIdentification"]["EventID"]["originalText"],
+            refused["EventIdentification"]["EventTypeCode"][0]["originalText"]) == ("Security Alert", "Node Authentication")
+    assert refused["ParticipantObjectIdentification"][0]["ParticipantObjectDetail"][0]["value"] == "TLS: client certificate missing"
+    assert (sent["EventIdentification"]["EventID"]["originalText"], sent["EventIdentification"]["EventActionCode"]) == ("Export", "R")
+    assert removed["EventIdentification"]["EventID"]["originalText"] == "DICOM Study Deleted"
+    assert other is None and started["AuditSourceIdentification"]["AuditSourceID"] == "AI_NODE"
+
+
+def test_messages_reach_a_syslog_repository_over_tls_with_octet_counting(tmp_path: Path) -> None:
+    import json
+    import re
+    import socket
+    import ssl
+
+    from dicom_node.config import SyslogSection
+
+    from .certs import Authority
+
+    ca = Authority("audit", tmp_path / "pki")
+    repository = ca.issue("audit.hospital.test", ips=["127.0.0.1"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(repository.certificate), str(repository.private_key))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    frames: list[bytes] = []
+
+    def serve() -> None:  # an audit repository: TLS, RFC 5425 framing ("LEN SP MSG")
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            buffer = b""
+            while len(frames) < 2:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b" " in buffer:
+                    size, rest = buffer.split(b" ", 1)
+                    if len(rest) < int(size):
+                        break
+                    frames.append(rest[:int(size)])
+                    buffer = rest[int(size):]
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    log = AuditLog(tmp_path / "audit.jsonl", "AI_NODE", SyslogSection(host="127.0.0.1", port=port, ca_certificates=ca.pem))
+    log.write("listener_started", pid=5)
+    log.write("association", outcome="rejected", reason="calling AE title not recognised", calling_ae="X", address="127.0.0.1")
+    log.write("job_not_applicable", job=3)  # not a DICOM audit event: the file only
+    thread.join(timeout=30)
+    log.close()
+    listener.close()
+    assert len(frames) == 2
+    header = re.compile(rb"^<(\d+)>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ AI_NODE \d+ DICOM-AUDIT - \xef\xbb\xbf")
+    priorities = []
+    for frame in frames:
+        match = header.match(frame)
+        assert match, frame[:120]
+        priorities.append(int(match.group(1)))
+        assert "EventIdentification" in json.loads(frame[match.end():])
+    assert priorities == [85, 84]  # authpriv.notice, then authpriv.warning for the security alert

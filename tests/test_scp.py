@@ -337,3 +337,20 @@ def test_vanished_peer_is_audited_as_aborted_and_node_keeps_serving(node: Node, 
         time.sleep(0.1)
     assert [r["outcome"] for r in lines] == ["aborted"]
     assert send(node.port, write_ct_series(tmp_path / "s", 1, 16, 16)) == [0]
+
+
+def test_query_identifiers_never_reach_the_log(node: Node) -> None:
+    from pynetdicom import _config as pynetdicom_config
+
+    assert pynetdicom_config.LOG_REQUEST_IDENTIFIERS is False and pynetdicom_config.LOG_RESPONSE_IDENTIFIERS is False
+
+
+def test_an_association_audit_record_names_its_studies_and_patient_ids(node: Node, tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "s", 2, 16, 16)
+    assert send(node.port, files) == [0, 0]
+    node.stop()
+    [record] = [r for r in read_audit(node.config.audit.path) if r["event"] == "association"]
+    header = dcmread(files[0], stop_before_pixels=True)
+    assert record["studies"] == [{"study_uid": header.StudyInstanceUID, "patient_id": header.PatientID,
+                                  "sop_classes": {header.SOPClassUID: 2}}]
+    assert record["dicom"]["EventIdentification"]["EventID"]["originalText"] == "DICOM Instances Transferred"
