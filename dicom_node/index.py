@@ -180,7 +180,17 @@ class Index:
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    # A COMMIT that fails (SQLITE_FULL when the disk fills, SQLITE_IOERR) may leave the
+                    # transaction open: its rows would stay visible to this connection and the next
+                    # BEGIN would fail. Roll back (an error here means SQLite already did).
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    raise
             except sqlite3.Error as exc:
                 raise IndexError_(f"index write failed: {exc}") from exc
 

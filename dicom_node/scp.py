@@ -261,6 +261,14 @@ class StorageSCP:
         response.ErrorComment = note[:64]
         return response
 
+    def _committed_anyway(self, sop_instance_uid: str, final: Path, receipt: Receipt) -> bool:
+        """Whether this receipt's row is in the index although recording it reported an error."""
+        try:
+            row = self.index.instance(sop_instance_uid)
+        except IndexError_:
+            return False
+        return row is not None and row["path"] == str(final) and row["received_at"] == receipt.received_at
+
     def _store(self, event: evt.Event, assoc: Association) -> tuple[int, str, int]:
         requested = str(event.request.AffectedSOPInstanceUID)
         caller = assoc.requestor
@@ -287,7 +295,20 @@ class StorageSCP:
                 peer_address=str(caller.address),
                 received_at=self.clock(),
             )
-            self.index.record_instance(header, final, size, receipt, outcome)
+            try:
+                self.index.record_instance(header, final, size, receipt, outcome)
+            except IndexError_ as exc:
+                if not self._committed_anyway(header.sop_instance_uid, final, receipt):
+                    if outcome is Outcome.NEW:  # refused: no file without its row either (the sender sends it again)
+                        try:
+                            final.unlink()
+                        except OSError:
+                            pass  # start-up recovery indexes it
+                    raise
+                # SQLite can report SQLITE_FULL from the WAL checkpoint that follows a commit: the
+                # row is durable all the same, so the answer is Success (what the index holds).
+                log.warning("Index reported an error after committing %s (%s); its row is there: Success",
+                            header.sop_instance_uid, exc)
             if outcome is not Outcome.NEW:
                 log.info("SOP Instance %s received again from %s: %s", header.sop_instance_uid, receipt.calling_ae, outcome.value)
             stats = self._stats.get(id(assoc))

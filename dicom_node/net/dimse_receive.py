@@ -7,6 +7,10 @@
   returns as soon as a message is complete and the PDVs after it are lost: a request that was
   never answered. Here the PDV list is cut after each PDV that ends a command or a data set,
   and each part goes to the decoder in turn.
+* **A disk that fills during a data set is answered, not aborted.** The write fails with ENOSPC
+  (or EDQUOT) while the data set is streamed to its temporary file: what was written is
+  removed, the rest of the data set is read and dropped, and the request is answered 0xA700
+  (Out of Resources), which a sender retries on.
 * **A request that cannot become a primitive is answered.** pynetdicom logs "Received an invalid
   DIMSE message" and aborts the association, naming neither the peer nor the message (a
   65-character UID does this). Here a C-STORE or C-ECHO request whose command set was read is
@@ -20,6 +24,7 @@ the same ERROR line, instead of the bare traceback of the state machine.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -43,6 +48,11 @@ _original_receive_primitive = _dimse.DIMSEServiceProvider.receive_primitive
 #: Status answered to a request that could not be read as one: "Error: Cannot understand".
 CANNOT_UNDERSTAND = 0xC210
 _RESPONSES = {"C-STORE-RQ": C_STORE, "C-ECHO-RQ": C_ECHO}
+#: "Refused: Out of Resources", answered when the disk fills during a data set.
+OUT_OF_RESOURCES = 0xA700
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+#: On the DIMSE provider: the C-STORE whose data set is being read past and dropped.
+_DRAINING_ATTR = "_dicom_node_draining"
 
 
 def message_parts(pdvs: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
@@ -72,11 +82,21 @@ def receive_primitive(self: Any, primitive: P_DATA) -> None:
 
 def _receive_message_part(self: Any, primitive: P_DATA) -> bool:
     """Decode one message's PDVs; False when the association is being aborted."""
+    draining = getattr(self, _DRAINING_ATTR, None)
+    if draining is not None:  # the rest of a data set there was no room for: read, not kept
+        if _ends_data_set(primitive):
+            setattr(self, _DRAINING_ATTR, None)
+            _answer_out_of_space(self, *draining)
+        return True
     if self.message is None:
         self.message = DIMSEMessage()
     message = self.message
     try:
         complete = message.decode_msg(primitive, self.assoc)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL and _is_store_request(message):
+            return _out_of_space(self, message, primitive, exc)
+        return _refuse(self, message, None, f"the message could not be read ({type(exc).__name__}: {exc})")
     except Exception as exc:
         return _refuse(self, message, None, f"the message could not be read ({type(exc).__name__}: {exc})")
     if not complete:
@@ -96,6 +116,51 @@ def _receive_message_part(self: Any, primitive: P_DATA) -> bool:
         self.msg_queue.put((context_id, d_primitive))
     _reset(self, message)
     return True
+
+
+def _ends_data_set(primitive: P_DATA) -> bool:
+    """Whether a P-DATA holds the last fragment of a data set (control header: data, last)."""
+    return any(data[0] & 3 == 2 for _context, data in primitive.presentation_data_value_list)
+
+
+def _is_store_request(message: Any) -> bool:
+    return _value(_command_set(message), "CommandField") == 0x0001  # C-STORE-RQ
+
+
+def _out_of_space(self: Any, message: Any, primitive: P_DATA, exc: OSError) -> bool:
+    """The disk filled while a C-STORE data set was being written (ENOSPC, EDQUOT): drop what
+    was written, read the rest of the data set without keeping it, then answer 0xA700 (Out of
+    Resources), so the sender gets a status it can retry on and nothing partial stays."""
+    command = _command_set(message)
+    details = (_value(command, "MessageID"), message.context_id, str(_value(command, "AffectedSOPClassUID") or ""),
+               str(_value(command, "AffectedSOPInstanceUID") or ""), f"{os.strerror(exc.errno)} while receiving")
+    _discard_spooled(message)
+    _reset(self, message)
+    if _ends_data_set(primitive):
+        _answer_out_of_space(self, *details)
+    else:
+        setattr(self, _DRAINING_ATTR, details)
+    return True
+
+
+def _answer_out_of_space(self: Any, message_id: Any, context_id: int | None, sop_class: str, sop_instance: str,
+                         why: str) -> None:
+    assoc = self.assoc
+    if message_id is None or context_id not in assoc._accepted_cx:
+        log.error("C-STORE from %s: %s, and the request cannot be answered: aborting the association", peer_name(assoc), why)
+        self.dul.event_queue.put("Evt19")
+        return
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = int(message_id)
+    if sop_class and len(sop_class) <= 64 and UID(sop_class).is_valid:
+        response.AffectedSOPClassUID = sop_class
+    if sop_instance and len(sop_instance) <= 64 and UID(sop_instance).is_valid:
+        response.AffectedSOPInstanceUID = sop_instance
+    response.Status = OUT_OF_RESOURCES
+    response.ErrorComment = _error_comment(why)
+    self.send_msg(response, context_id)
+    log.error("C-STORE of %s from %s, Message ID %s, refused with 0x%04X: %s (nothing kept)", sop_instance or "?",
+              peer_name(assoc), message_id, OUT_OF_RESOURCES, why)
 
 
 def _reset(self: Any, message: Any) -> None:
