@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 ORIENTATION_TOLERANCE = 1e-4
 #: Elements larger than this are read from the file when used (Pixel Data, mostly).
 DEFER_BYTES = 64 * 1024
+#: The largest frame decoded (pixels): 4096 x 4096, beyond any CT or MR; a header that claims
+#: more is refused before decoding (a decompression bomb).
+MAX_FRAME_PIXELS = 4096 * 4096
+#: The most voxels one series may declare (e.g. 512 x 512 x 2300): 2.4 GB as float32.
+MAX_SERIES_VOXELS = 600_000_000
 POSITION_TOLERANCE_MM = 1e-3
 
 
@@ -94,8 +99,19 @@ def _first(seq: Any) -> Dataset | None:
 def _frames_of(ds: Dataset, path: str) -> list[_Frame]:
     sop = str(ds.SOPInstanceUID)
     sop_class = str(ds.SOPClassUID)
-    shape = (int(ds.Rows), int(ds.Columns))
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        shape = (int(ds.Rows), int(ds.Columns))
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise VolumeError(f"{path}: Rows, Columns or Number of Frames missing or not a number ({exc})") from None
+    # What the header claims is checked before anything is decoded: a frame of 65535 x 65535
+    # in a few hundred bytes of RLE (a decompression bomb) must not become 8 GB of memory.
+    if shape[0] * shape[1] > MAX_FRAME_PIXELS or min(shape) < 1:
+        raise VolumeError(f"{path}: declares {shape[0]} x {shape[1]} pixels per frame; this node decodes frames of "
+                          f"1 to {MAX_FRAME_PIXELS} pixels (4096 x 4096)")
+    if n_frames < 1 or n_frames * shape[0] * shape[1] > MAX_SERIES_VOXELS:
+        raise VolumeError(f"{path}: declares {n_frames} frame(s) of {shape[0]} x {shape[1]}: more than the "
+                          f"{MAX_SERIES_VOXELS} voxels a series may have here")
     if "PerFrameFunctionalGroupsSequence" in ds:
         shared = _first(ds.get("SharedFunctionalGroupsSequence"))
         frames = []
@@ -163,6 +179,7 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
     """Read the files of one series into a SeriesVolume (see the module docstring's rules)."""
     if not paths:
         raise VolumeError("no files given")
+    voxels = 0
     datasets: list[Dataset] = []
     frames: list[_Frame] = []
     series_uids = set()
@@ -176,7 +193,11 @@ def load_series(paths: Sequence[Path]) -> SeriesVolume:
         if "PixelData" not in ds:
             raise VolumeError(f"{path}: no Pixel Data")
         series_uids.add(str(ds.get("SeriesInstanceUID", "")))
-        frames.extend(_frames_of(ds, str(path)))
+        added = _frames_of(ds, str(path))
+        voxels += sum(f.shape[0] * f.shape[1] for f in added)
+        if voxels > MAX_SERIES_VOXELS:
+            raise VolumeError(f"the series declares more than {MAX_SERIES_VOXELS} voxels (at {path}); not decoded")
+        frames.extend(added)
         datasets.append(ds)
     if len(series_uids) > 1:
         raise VolumeError(f"files from {len(series_uids)} series given; a volume is one series")

@@ -151,3 +151,34 @@ def test_mixed_sizes_and_orientations_refused(phantom_volume: Volume, tmp_path: 
         load_series([*a[:3], c[5]])
     with pytest.raises(VolumeError, match="2 series"):
         load_series([a[0], write_volume_series(phantom_volume, tmp_path / "d", seed=9)[0]])
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])  # RLE Lossless, JPEG 2000 Lossless
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, syntax: str) -> None:
+    """A frame that claims 65535 x 65535 (8 GiB decoded) in a few bytes: refused from the header,
+    with no memory to speak of (the limit is MAX_FRAME_PIXELS), by a real compressed instance
+    whose Rows and Columns were raised."""
+    import resource
+
+    from pydicom.encaps import encapsulate
+
+    from dicom_node.volume import MAX_FRAME_PIXELS
+
+    [source] = write_volume_series(make_phantom(5, shape=(1, 32, 32), spacing=(1.0, 1.0, 1.0), liver_lesions=(0, 0),
+                                                lung_nodules=(0, 0)).volume, tmp_path / "src", seed=5)
+    ds = dcmread(source)
+    ds.compress(syntax)  # a real compressed frame, then a header that lies about its size
+    ds.Rows = ds.Columns = 65535
+    frame = bytes(ds.PixelData)[:400]
+    ds.PixelData = encapsulate([frame])
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(VolumeError, match=rf"declares 65535 x 65535 pixels per frame; this node decodes frames of 1 to {MAX_FRAME_PIXELS}"):
+        load_series([bomb])
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: under 200 MB more
+    ds.Rows = ds.Columns = 4096  # allowed per frame, but 40000 of them is too many for one series
+    ds.NumberOfFrames = 40000
+    ds.save_as(bomb)
+    with pytest.raises(VolumeError, match="more than the 600000000 voxels a series may have here"):
+        load_series([bomb])
