@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
@@ -22,14 +24,32 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CLOSED = "closed"
+#: A-ASSOCIATE-RJ: PDU type 3, length 4; result 2 (rejected-transient), source 3 (service-provider,
+#: presentation related), reason 2 (local-limit-exceeded).
+_LOCAL_LIMIT_RJ = bytes([0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x02, 0x03, 0x02])
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class Dispatcher:
     """In the supervising process: accept on ``listener``, hand over, count what is open."""
 
-    def __init__(self, listeners: list[tuple[socket.socket, bool]], channels: list[Connection], pids: list[int]) -> None:
+    def __init__(self, listeners: list[tuple[socket.socket, bool]], channels: list[Connection], pids: list[int],
+                 max_associations: int = 0, on_refused: Callable[[str, int, str], None] | None = None) -> None:
         #: (listening socket, whether its connections are TLS): the plain and the TLS port.
         self.listeners = listeners
+        #: node.max_associations over all listener processes together (0: no limit here); each
+        #: process alone would let that many through, times the number of processes.
+        self.max_associations = max_associations
+        self.on_refused = on_refused
         self.channels = channels
         self.pids = pids
         self.open_counts = [0] * len(channels)
@@ -67,11 +87,47 @@ class Dispatcher:
                 if not self._stopped.is_set():
                     log.error("Accepting a connection failed: %s", exc)
                 continue
+            if self.max_associations:
+                with self._lock:
+                    full = sum(self.open_counts) >= self.max_associations
+                if full:  # answered in a thread of its own: the accept loop never reads
+                    threading.Thread(target=self._refuse, args=(conn, address, tls), daemon=True,
+                                     name="dicom-node-refuse").start()
+                    continue
             try:
                 if not self._hand_over(conn, address, tls):
                     log.error("No listener process left to take the connection from %s", address)
             finally:
                 conn.close()  # the listener holds its own descriptor now
+
+    def _refuse(self, conn: socket.socket, address: Any, tls: bool) -> None:
+        """Over node.max_associations: read the A-ASSOCIATE-RQ (bounded, 5 s) and answer
+        A-ASSOCIATE-RJ, rejected-transient, service-provider (presentation), local limit exceeded,
+        as pynetdicom does; on the TLS port, close (a handshake just to refuse costs more)."""
+        host, port = (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
+        reason = f"local limit exceeded ({self.max_associations} associations open)"
+        try:
+            if not tls:
+                conn.settimeout(5)
+                header = _read_exactly(conn, 6)
+                if header and header[0] == 0x01:
+                    length = struct.unpack(">L", header[2:6])[0]
+                    if length <= 1 << 16:
+                        _read_exactly(conn, length)
+                    conn.sendall(_LOCAL_LIMIT_RJ)
+                    # As after any A-ASSOCIATE-RJ (the ARTIM wait): let the peer read it and close
+                    # first, so no reset overtakes the answer.
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(2)
+                    while conn.recv(4096):
+                        pass
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        log.warning("Refused a connection from %s:%d: %s", host, port, reason)
+        if self.on_refused is not None:
+            self.on_refused(host, port, reason)
 
     def _hand_over(self, conn: socket.socket, address: Any, tls: bool = False) -> bool:
         """Give ``conn`` to the least busy live listener; a listener that cannot take it has

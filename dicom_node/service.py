@@ -364,7 +364,8 @@ class Supervisor:
             raise
         for listener, _ in listeners:
             listener.listen(128)
-        self.dispatcher = Dispatcher(listeners, channels, [int(p.pid) for p in self._procs])
+        self.dispatcher = Dispatcher(listeners, channels, [int(p.pid) for p in self._procs],
+                                     max_associations=self.config.node.max_associations, on_refused=self._refused)
         self.dispatcher.start()
         self.completion.start()
         self.downstream.start()
@@ -373,6 +374,14 @@ class Supervisor:
         log.info("%d listener processes on %s:%d%s: %s", self.workers, self.config.node.host, self.port,
                  f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",
                  ", ".join(str(p.pid) for p in self._procs))
+
+    def _refused(self, address: str, port: int, reason: str) -> None:
+        """A connection the dispatcher refused over node.max_associations: audited and counted."""
+        from . import metrics
+
+        metrics.ASSOCIATIONS.labels("rejected").inc()
+        self.audit.write("association", outcome="rejected", reason=reason, address=address, port=port,
+                         calling_ae="", called_ae="")
 
     def _readiness(self) -> list[str]:
         """What keeps the node from taking studies: a listener process that died."""
