@@ -98,6 +98,9 @@ class NodeSection(_Section):
     max_associations: int = Field(16, ge=1, le=1000)
     #: Seconds a silent association may stay open before it is aborted.
     network_timeout_seconds: float = Field(60.0, gt=0)
+    #: Seconds a PDU may take from its first byte to its last: a peer trickling a byte at a time
+    #: (each byte resetting the network timeout) is aborted.
+    pdu_timeout_seconds: float = Field(60.0, gt=0)
     #: Listener processes behind the port (the supervising process accepts and hands each
     #: connection to the least busy), so concurrent associations are not serialised by one
     #: interpreter's lock. 0: two per CPU core, at most 8.

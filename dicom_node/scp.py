@@ -39,7 +39,7 @@ from .audit import AuditLog
 from .config import NodeConfig, Peer
 from .contexts import storage_contexts, verification_context
 from .errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
-from .net import pynetdicom_tuning
+from .net import p_data, pynetdicom_tuning
 from .index import Index, Outcome, Receipt
 from .instance import read_header
 from .logs import bind_log_context
@@ -453,6 +453,7 @@ def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -
     # pynetdicom's "standard" handlers format a log line per PDU and per DIMSE message even when
     # nothing is logged; the node logs its own lines (serve --verbose turns them back on).
     _config.LOG_HANDLER_LEVEL = "standard" if log_pdus else "none"
+    p_data.PDU_DEADLINE_SECONDS = config.node.pdu_timeout_seconds
     # Query/retrieve identifiers (patient names, IDs) never go to the log, --verbose or not: the
     # audit trail records what it must, the log is not a place for PHI.
     _config.LOG_REQUEST_IDENTIFIERS = False

@@ -21,6 +21,7 @@ node to 7 GB and deaf; now such a PDU is refused unread (A-ABORT, one ERROR line
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 from pynetdicom import dul as _dul
@@ -44,6 +45,8 @@ UNLIMITED_P_DATA_CAP = 64 * 2**20
 #: The most any other PDU may announce: an A-ASSOCIATE-RQ with 128 presentation contexts of
 #: many transfer syntaxes and a user identity token is well under this; the rest are 4 bytes.
 OTHER_PDU_CAP = 2**20
+#: A PDU must be complete this long after its first byte (config node.pdu_timeout_seconds).
+PDU_DEADLINE_SECONDS = 60.0
 
 _fast = False
 
@@ -97,9 +100,16 @@ def _read_pdu_data(self: Any) -> None:
         # not read (it would be parsed as PDU after PDU of garbage, an ERROR line each).
         self.event_queue.put("Evt17")
         return
+    # A PDU must be whole within PDU_DEADLINE_SECONDS of its first byte: a peer that sends a byte
+    # every 50 s would otherwise hold its association (and a slot) for ever, each byte resetting
+    # the network timeout.
+    deadline = time.monotonic() + PDU_DEADLINE_SECONDS
     try:
-        header = self.socket.recv(6)
-    except (OSError, TimeoutError) as exc:
+        header = _read(self, 6, deadline)
+    except PduTooSlow as exc:
+        _too_slow(self, exc)
+        return
+    except (OSError, TimeoutError, AttributeError) as exc:  # AttributeError: socket already closed
         _dul.LOGGER.error("Connection from %s closed before the entire PDU was received: %s", peer_name(assoc), exc)
         self.event_queue.put("Evt17")
         return
@@ -122,7 +132,11 @@ def _read_pdu_data(self: Any) -> None:
             and self.event_queue.empty() and self._recv_pdu.empty()
             and not any(assoc.get_handlers(event) for event in _PDU_EVENTS))
     if not fast:
-        body: Any = self.socket.recv(pdu_length)
+        try:
+            body: Any = _read(self, pdu_length, deadline)
+        except PduTooSlow as exc:
+            _too_slow(self, exc)
+            return
         received = len(body)
     else:
         body = getattr(self, _BUFFER_ATTR, None)
@@ -130,7 +144,10 @@ def _read_pdu_data(self: Any) -> None:
             body = bytearray(pdu_length)
             setattr(self, _BUFFER_ATTR, body)
         try:
-            received = recv_into(self.socket.socket, memoryview(body)[:pdu_length])
+            received = recv_into(self.socket.socket, memoryview(body)[:pdu_length], deadline)
+        except PduTooSlow as exc:
+            _too_slow(self, exc)
+            return
         except (OSError, TimeoutError, AttributeError) as exc:  # AttributeError: socket already closed
             _dul.LOGGER.error("Connection closed before the entire PDU was received")
             _dul.LOGGER.exception(exc)
@@ -171,15 +188,35 @@ def _read_pdu_data(self: Any) -> None:
     self._recv_pdu.put(pdu)
 
 
-def recv_into(sock: Any, view: memoryview) -> int:
-    """Fill ``view`` from ``sock``; the count read (short only when the peer closed)."""
+class PduTooSlow(TimeoutError):
+    """A PDU still incomplete PDU_DEADLINE_SECONDS after its first byte."""
+
+
+def recv_into(sock: Any, view: memoryview, deadline: float | None = None) -> int:
+    """Fill ``view`` from ``sock``; the count read (short only when the peer closed).
+    ``deadline`` (monotonic): PduTooSlow when it passes with bytes still to come."""
     read, wanted = 0, len(view)
     while read < wanted:
         got = sock.recv_into(view[read:], wanted - read)
         if not got:
             break
         read += got
+        if deadline is not None and read < wanted and time.monotonic() > deadline:
+            raise PduTooSlow(f"{read} of {wanted} bytes {PDU_DEADLINE_SECONDS:.0f} s after the PDU began")
     return read
+
+
+def _read(dul: Any, size: int, deadline: float) -> bytes:
+    """``size`` bytes from the association's socket (fewer only when the peer closed)."""
+    buffer = bytearray(size)
+    read = recv_into(dul.socket.socket, memoryview(buffer), deadline)
+    del buffer[read:]
+    return bytes(buffer)
+
+
+def _too_slow(dul: Any, exc: PduTooSlow) -> None:
+    _dul.LOGGER.error("A PDU from %s arrives too slowly (%s): aborting the association", peer_name(dul.assoc), exc)
+    _refuse_connection(dul)
 
 
 def _split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:

@@ -178,3 +178,45 @@ def test_announced_lengths_never_size_a_buffer(tmp_path: Path) -> None:
     log = (tmp_path / "node" / "node.log").read_text()
     assert log.count("announcing 4294967280 bytes") == 4
     assert "Unknown PDU type" not in log
+
+
+def test_a_peer_trickling_a_pdu_a_byte_at_a_time_is_aborted(make_config: Any, start_node: Any, tmp_path: Path) -> None:
+    """Each byte would reset the network timeout (60 s): the PDU's own deadline
+    (node.pdu_timeout_seconds, here 1.5 s) ends it, and an honest sender is served meanwhile."""
+    import socket
+    import time
+
+    from pynetdicom.sop_class import Verification
+
+    from .raw_peer import RawSCU, pdu, pdv, store_request
+
+    node = start_node(make_config(node={"pdu_timeout_seconds": 1.5}))
+    scu = RawSCU("127.0.0.1", node.port, TEST_SCU, "AI_NODE", [(CT, [str(ExplicitVRLittleEndian)])])
+    context_id, _ = scu.accepted[CT]
+    data = pdu(0x04, pdv(context_id, 0x03, store_request(1, CT, "1.2.3.4")))
+    sock = scu.connection.sock
+    sock.settimeout(0.1)
+    started, aborted_at = time.monotonic(), None
+    for byte in data:  # one byte every 0.3 s: 20 s for this PDU at that pace
+        try:
+            sock.sendall(bytes([byte]))
+            answer = sock.recv(64)
+        except socket.timeout:
+            answer = None
+        except OSError:
+            answer = b""
+        if answer is not None:  # A-ABORT (0x07), or the connection closed
+            aborted_at = time.monotonic() - started
+            assert answer == b"" or answer[0] == 0x07, answer
+            break
+        if time.monotonic() - started < 0.5:  # meanwhile, an honest sender
+            ae = AE(ae_title=TEST_SCU)
+            ae.add_requested_context(Verification)
+            honest = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+            assert honest.is_established and int(honest.send_c_echo().Status) == 0
+            honest.release()
+        time.sleep(0.2)
+    scu.close()
+    assert aborted_at is not None and aborted_at < 4.0, aborted_at
+    files = write_ct_series(tmp_path / "after", 1, 16, 16)
+    assert send(node.port, files) == [0]
