@@ -132,6 +132,13 @@ def _shown(values: list[str]) -> str:
     return "absent" if not values else repr("\\".join(values))
 
 
+def _text_verdict(name: str, test: TextTest, values: list[str]) -> Verdict:
+    """The verdict of ``test`` on ``values``, named ``name`` in its reason."""
+    if test.test(values):
+        return Verdict(True, f"{name} {test.describe()}")
+    return Verdict(False, f"{name} is {_shown(values)}, wanted: {test.describe()}")
+
+
 # -- leaves ------------------------------------------------------------------------------------
 
 
@@ -157,10 +164,7 @@ class AttributeCondition:
         return [str(v).strip() for v in items]
 
     def evaluate(self, facts: SeriesFacts) -> Verdict:
-        values = self.values(facts.header)
-        holds = self.test.test(values)
-        return Verdict(holds, f"{self.name} {self.test.describe()}" if holds
-                       else f"{self.name} is {_shown(values)}, wanted: {self.test.describe()}")
+        return _text_verdict(self.name, self.test, self.values(facts.header))
 
     def describe(self) -> str:
         return f"{self.name} {self.test.describe()}"
@@ -173,10 +177,7 @@ class ContextCondition:
 
     def evaluate(self, facts: SeriesFacts) -> Verdict:
         value = str(getattr(facts, self.key))
-        values = [value] if value else []
-        holds = self.test.test(values)
-        return Verdict(holds, f"{self.key} {self.test.describe()}" if holds
-                       else f"{self.key} is {_shown(values)}, wanted: {self.test.describe()}")
+        return _text_verdict(self.key, self.test, [value] if value else [])
 
     def describe(self) -> str:
         return f"{self.key} {self.test.describe()}"

@@ -156,10 +156,7 @@ def test_running_out_anywhere_in_a_data_set_is_answered_searched(small_disk: Pat
             for _ in range(rng.randint(3, 10)):
                 template = rng.choices(templates, weights)[0]
                 number += 1
-                uid = template.variant_uid(number)
-                path = tmp_path / "send" / f"{uid}.dcm"
-                path.parent.mkdir(exist_ok=True)
-                path.write_bytes(template.file_with(uid))
+                uid, path = template.write(tmp_path / "send", number)
                 status = assoc.send_c_store(path)
                 code = int(status.Status) if "Status" in status else None
                 # 0xA702: the index (on the same small disk) had no room for the row

@@ -362,10 +362,7 @@ def test_tls_both_directions_random_sizes_and_pdu_lengths_under_cpu_contention(
                 for _ in range(rng.randint(1, 4)):
                     template = rng.choices(templates, weights)[0]
                     number += 1
-                    uid = template.variant_uid(number)
-                    path = tmp_path / "send" / f"{uid}.dcm"
-                    path.parent.mkdir(exist_ok=True)
-                    path.write_bytes(template.file_with(uid))
+                    uid, path = template.write(tmp_path / "send", number)
                     assert int(assoc.send_c_store(path).Status) == 0, f"seed {seed}: {uid}"
                     expected[uid] = template.dataset_with(uid)
                 assoc.release()

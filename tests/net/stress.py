@@ -67,6 +67,14 @@ class Template:
     def dataset_with(self, uid: str) -> bytes:
         return self.file_with(uid)[self.dataset_offset:]
 
+    def write(self, folder: Path, number: int) -> tuple[str, Path]:
+        """Send ``number``'s file, written to ``folder``: (its SOP Instance UID, its path)."""
+        uid = self.variant_uid(number)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{uid}.dcm"
+        path.write_bytes(self.file_with(uid))
+        return uid, path
+
 
 def make_templates(folder: Path) -> list[tuple[Template, int]]:
     """One synthetic CT instance per size of ``SIZES``, with its weight."""
