@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Longer seeded fuzzing of the listener than CI runs (tests/net/test_fuzz.py: 400 cases): a
+"""Longer seeded fuzzing of the listener than CI runs (tests/net/test_fuzz.py: 2000 cases, four at a time): a
 node of two listener processes on loopback, COUNT hostile connections from tests/net/fuzz.py,
 a C-ECHO every 100 cases timed, and at the end what the node did with each kind, its memory
 growth, the last C-ECHO and whether its log holds a traceback. Stops by itself.
