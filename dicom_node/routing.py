@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -281,7 +281,13 @@ def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> lis
         series_rows = db.execute("SELECT * FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",
                                  (study["study_uid"],)).fetchall()
         complete = [s for s in series_rows if s["state"] == "complete"]
-        facts = [(row, series_facts(db, row, config.peers)) for row in complete]
+        known: list[tuple[sqlite3.Row, SeriesFacts]] = []
+
+        def facts() -> list[tuple[sqlite3.Row, SeriesFacts]]:
+            """The complete series' facts, read only when a rule needs them (most sweeps: none)."""
+            if not known:
+                known.extend((row, series_facts(db, row, config.peers)) for row in complete)
+            return known
         for position, rule in enumerate(ordered):
             if rule.name in decided:
                 continue
@@ -295,7 +301,7 @@ def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> lis
             elif rule.fallback and fired:
                 outcome, reason = "not-needed", f"rule {fired} fired"
             else:
-                state, reason = _study_ready(rule, study, [f for _, f in facts], len(complete) == len(series_rows),
+                state, reason = _study_ready(rule, study, lambda: [f for _, f in facts()], len(complete) == len(series_rows),
                                              now, config.completion.study_stable_seconds)
                 if state == "wait":
                     continue
@@ -306,7 +312,7 @@ def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> lis
                     if state == "timeout":
                         log.warning("Study %s v%d: route %s processes what is there: %s", study["study_uid"],
                                     study["version"], rule.name, reason)
-                    matching = [(row, rule.condition.evaluate(f)) for row, f in facts]
+                    matching = [(row, rule.condition.evaluate(f)) for row, f in facts()]
                     acting = [row for row, verdict in matching if verdict.holds]
                     if not acting:
                         outcome = "no-match"
@@ -327,13 +333,13 @@ def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> lis
     return queued
 
 
-def _study_ready(rule: Route, study: sqlite3.Row, facts: list[SeriesFacts], all_complete: bool, now: float,
-                 default_quiet: float) -> tuple[str, str]:
+def _study_ready(rule: Route, study: sqlite3.Row, facts: Callable[[], list[SeriesFacts]], all_complete: bool,
+                 now: float, default_quiet: float) -> tuple[str, str]:
     """('ready' | 'wait' | 'timeout' | 'discard', why) for a study rule."""
     waited = now - float(study["version_started_at"])
     limit = rule.study.max_wait_seconds
     if rule.required_series:
-        missing = [c.describe() for c in rule.required_series if not any(c.evaluate(f).holds for f in facts)]
+        missing = [c.describe() for c in rule.required_series if not any(c.evaluate(f).holds for f in facts())]
         if not missing:
             return "ready", f"every required series is there ({len(rule.required_series)})"
         why = f"waited {waited:.0f} s of {limit:.0f} s; missing a series with {' | '.join(missing)}"

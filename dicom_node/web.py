@@ -76,11 +76,13 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
 
     def study(request: Request) -> Response:
         uid = request.path_params["uid"]
-        found = [s for s in index.studies() if s["study_uid"] == uid] if _is_uid(uid) else []
-        if not found:
+        rows = index.query("SELECT * FROM studies WHERE study_uid = ?", (uid,)) if _is_uid(uid) else []
+        if not rows:
             return JSONResponse({"error": f"no study {uid}"}, status_code=404)
-        decisions = [dict(r) for r in index.query("SELECT * FROM study_routes WHERE study_uid = ? ORDER BY version, route", (uid,))]
-        return JSONResponse({**found[0], "study_rules": decisions})
+        series_rows = index.query("SELECT * FROM series WHERE study_uid = ? ORDER BY series_number, first_received_at", (uid,))
+        decisions = index.query("SELECT * FROM study_routes WHERE study_uid = ? ORDER BY version, route", (uid,))
+        return JSONResponse({**dict(rows[0]), "series": [dict(r) for r in series_rows],
+                             "study_rules": [dict(r) for r in decisions]})
 
     def series(request: Request) -> Response:
         uid = request.path_params["uid"]

@@ -99,7 +99,8 @@ def test_health_ready_and_the_json_api(running: dict[str, Any]) -> None:
         assert client.get("/ready").json() == {"ready": True, "problems": []}
         [study] = client.get("/api/studies").json()
         assert study["study_uid"] == study_uid and study["series"][0]["instance_count"] == len(files)
-        assert client.get(f"/api/studies/{study_uid}").json()["study_uid"] == study_uid
+        one = client.get(f"/api/studies/{study_uid}").json()
+        assert one["study_uid"] == study_uid and [s["series_uid"] for s in one["series"]] == [series_uid]
         assert client.get("/api/studies/1.2.3").status_code == 404
         series = client.get(f"/api/series/{series_uid}").json()
         assert [(j["route"], j["state"]) for j in series["jobs"]] == [("ct", "done")]
