@@ -62,6 +62,8 @@ def _node_config(workdir: Path, pacs_port: int, pipeline: str) -> NodeConfig:
         "results": {"path": str(workdir / "node" / "results")},
         "jobs": {"workers": 1, "poll_seconds": 0.2},
         "delivery": {"interval_seconds": 0.5, "retry_base_seconds": 1},
+        # The demo's two nodes would both reach for web.port 8090; it shows its results itself.
+        "web": {"enabled": False},
     }, "demo")
 
 
@@ -73,6 +75,7 @@ def _pacs_node_config(workdir: Path) -> NodeConfig:
         "index": {"path": str(workdir / "pacs" / "index.sqlite")},
         "audit": {"path": str(workdir / "pacs" / "audit.jsonl")},
         "peers": [{"name": "ai", "ae_title": "AI_NODE", "host": "127.0.0.1", "port": 1, "send": True, "receive": False}],
+        "web": {"enabled": False},
     }, "demo-pacs")
 
 
