@@ -180,8 +180,7 @@ class NodeAE(AE):  # type: ignore[misc]
         if not isinstance(thread, Association):
             return self.allowed_titles("") or _NOBODY
         address = thread.requestor.address
-        over_tls, certificate = peer_certificate(getattr(getattr(thread, "dul", None), "socket", None) and
-                                                 thread.dul.socket.socket)
+        over_tls, certificate = peer_certificate(getattr(getattr(thread.dul, "socket", None), "socket", None))
         names = certificate_names(certificate)
         allowed = self.allowed_titles(address, over_tls, names)
         calling = str(thread.requestor.ae_title).strip()

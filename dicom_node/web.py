@@ -154,10 +154,12 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         queue = index.query("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY priority DESC, id LIMIT 50")
         recent = index.studies(limit=20)
         series_jobs: dict[str, list[dict[str, Any]]] = {}
-        for row in index.query("SELECT * FROM jobs WHERE study_uid IN (SELECT study_uid FROM studies ORDER BY "
-                               "last_received_at DESC LIMIT 20) ORDER BY id"):
+        recent_jobs = "SELECT id FROM jobs WHERE study_uid IN (SELECT study_uid FROM studies ORDER BY last_received_at DESC LIMIT 20)"
+        for row in index.query(f"SELECT * FROM jobs WHERE id IN ({recent_jobs}) ORDER BY id"):
             series_jobs.setdefault(row["series_uid"], []).append(_job(row))
-        seg_jobs = {r["job_id"] for r in index.query("SELECT DISTINCT job_id FROM deliveries WHERE object = 'seg'")}
+        # Only the shown jobs' SEGs, not every delivery the node ever made.
+        seg_jobs = {r["job_id"] for r in index.query(
+            f"SELECT DISTINCT job_id FROM deliveries WHERE object = 'seg' AND job_id IN ({recent_jobs})")}
         html = render_dashboard(config=config, job_counts=jobs.counts(), delivery_counts=outbox.counts(),
                                 queue=[_job(r) for r in queue], studies=recent, series_jobs=series_jobs,
                                 failing=[_delivery(r) for r in failing], previews=seg_jobs,
