@@ -123,34 +123,32 @@ def verify(path: Path) -> tuple[int, list[Break]]:
     breaks: list[Break] = []
     prev_hash, prev_seq, checked = GENESIS, 0, 0
     chained = False
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = raw.rstrip(b"\n")
-            if not line.strip():
-                breaks.append(Break(number, "an empty line"))
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                breaks.append(Break(number, "not a JSON record (changed or cut)"))
-                prev_hash = line_hash(line)
-                continue
-            checked += 1
-            if "seq" not in record and not chained:
-                prev_hash = line_hash(line)
-                continue
-            chained = True
-            if record.get("prev") != prev_hash:
-                breaks.append(Break(number, f"line {number - 1} was changed, or lines before this one were removed "
-                                            "(its hash does not match this record's prev)"))
-            seq = record.get("seq")
-            if isinstance(seq, int) and prev_seq and seq != prev_seq + 1:
-                if seq > prev_seq + 1:
-                    breaks.append(Break(number, f"{seq - prev_seq - 1} record(s) missing before this one (seq {prev_seq} "
-                                                f"then {seq})"))
-                else:
-                    breaks.append(Break(number, f"seq {seq} after {prev_seq}: a record inserted or repeated"))
-            prev_hash, prev_seq = line_hash(line), seq if isinstance(seq, int) else prev_seq
+    for number, line in enumerate(_read_locked(path).splitlines(), start=1):
+        if not line.strip():
+            breaks.append(Break(number, "an empty line"))
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            breaks.append(Break(number, "not a JSON record (changed or cut)"))
+            prev_hash = line_hash(line)
+            continue
+        checked += 1
+        if "seq" not in record and not chained:
+            prev_hash = line_hash(line)
+            continue
+        chained = True
+        if record.get("prev") != prev_hash:
+            breaks.append(Break(number, f"line {number - 1} was changed, or lines before this one were removed "
+                                        "(its hash does not match this record's prev)"))
+        seq = record.get("seq")
+        if isinstance(seq, int) and prev_seq and seq != prev_seq + 1:
+            if seq > prev_seq + 1:
+                breaks.append(Break(number, f"{seq - prev_seq - 1} record(s) missing before this one (seq {prev_seq} "
+                                            f"then {seq})"))
+            else:
+                breaks.append(Break(number, f"seq {seq} after {prev_seq}: a record inserted or repeated"))
+        prev_hash, prev_seq = line_hash(line), seq if isinstance(seq, int) else prev_seq
     return checked, breaks
 
 
@@ -223,8 +221,19 @@ class SyslogSink:
             sock.close()
 
 
+def _read_locked(path: Path) -> bytes:
+    """The file's bytes under a shared lock: a writer holds the exclusive one from the first byte
+    of a record to its newline, so a reader never sees half a record."""
+    with open(path, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        try:
+            return fh.read()
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def read_audit(path: Path) -> list[dict[str, Any]]:
     """All records of an audit file (for tests and tooling)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in _read_locked(path).decode("utf-8").splitlines() if line.strip()]

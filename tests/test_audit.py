@@ -20,6 +20,36 @@ def test_lines_are_json_and_complete_under_concurrency(tmp_path: Path) -> None:
     log.write("after-close")  # ignored, never raises
 
 
+def test_a_reader_never_sees_half_a_record_while_other_processes_write(tmp_path: Path) -> None:
+    """The web API and tests read the file while listener processes append to it (a CI run once
+    read '{"time": ..., "event": "ass' and failed)."""
+    import subprocess
+    import sys
+
+    from dicom_node.audit import verify
+
+    path = tmp_path / "audit.jsonl"
+    writer = ("import sys\nfrom pathlib import Path\nfrom dicom_node.audit import AuditLog\n"
+              "log = AuditLog(Path(sys.argv[1]), 'AI_NODE')\n"
+              "for k in range(300): log.write('association', outcome='released', n=k, padding='x' * (k * 97 % 20000))\n"
+              "log.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(path)]) for _ in range(2)]
+    reads = 0
+    try:
+        while any(p.poll() is None for p in procs) or reads == 0:
+            if path.exists():
+                records = read_audit(path)  # raises on a partial line
+                assert verify(path)[1] == []
+                assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+                reads += 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    assert len(read_audit(path)) == 600 and reads > 1
+
+
 def test_the_chain_holds_across_processes_and_verify_finds_every_kind_of_tampering(tmp_path: Path) -> None:
     import subprocess
     import sys
