@@ -56,6 +56,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose, config)
     _check_pipelines(config)
+    _check_deidentification(config)
     workers = config.node.worker_count(os.cpu_count())
     node: Node | Supervisor = Node(config, log_pdus=args.verbose) if workers == 1 else Supervisor(config, workers, log_pdus=args.verbose)
     stop = threading.Event()
@@ -333,6 +334,43 @@ def _check_pipelines(config: NodeConfig) -> None:
         raise ConfigError("a configured pipeline cannot run:\n  " + "\n  ".join(problems))
 
 
+def _check_deidentification(config: NodeConfig) -> None:
+    """Refuse to start when a route's de-identification profile cannot run (no key file, a key
+    too short): found now, not when the first study is to be forwarded."""
+    for profile in sorted({t.deidentify for r in config.routes for t in [*r.forward, *r.destinations]
+                           if not isinstance(t, str)}):
+        config.deidentification.deidentifier(profile)
+
+
+def cmd_deidentify(config: NodeConfig, args: argparse.Namespace) -> int:
+    from .privacy.export import check_folders, export
+    from .scu import iter_dicom_candidates
+
+    if not args.source.is_dir():
+        return _fail(EXIT_USAGE, f"deidentify: IN {args.source} is not a folder")
+    try:
+        check_folders(args.source, args.target)
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, f"deidentify: {exc}")
+    engine = config.deidentification.deidentifier(args.profile)
+    files = list(iter_dicom_candidates([args.source]))
+    with Progress(TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("files", total=len(files))
+        summary = export(files, args.target, engine, lambda _: progress.advance(task))
+    print(f"{summary.written} instance(s) de-identified by profile {args.profile} into {args.target}")
+    for reason, count in summary.held.most_common():
+        print(f"held back: {count} instance(s): {reason}")
+    for path, reason in summary.unreadable[:20]:
+        print(f"not DICOM or unreadable: {path}: {reason}")
+    if len(summary.unreadable) > 20:
+        print(f"... and {len(summary.unreadable) - 20} more not DICOM or unreadable")
+    actions = ", ".join(f"{code} {n}" for code, n in sorted(summary.actions.items()))
+    if actions:
+        print(f"actions (PS3.15 Table E.1-1 codes): {actions}")
+    return EXIT_OK if summary.written or not files else EXIT_FAILED
+
+
 def cmd_routes(config: NodeConfig, args: argparse.Namespace) -> int:
     from .route_check import as_json, describe_route, evaluate, facts_from_files, facts_from_index, render
 
@@ -483,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("--called-ae", default="", help="the called AE title to assume for files (default: node.ae_title)")
     routes.add_argument("--json", action="store_true")
     routes.set_defaults(func=cmd_routes)
+
+    deid = sub.add_parser("deidentify", help="de-identify every DICOM file under IN into OUT by a profile of "
+                                             "deidentification.profiles (PS3.15 Annex E), for exporting data")
+    deid.add_argument("source", type=Path, metavar="IN")
+    deid.add_argument("target", type=Path, metavar="OUT")
+    deid.add_argument("--profile", required=True, help="a profile named under deidentification.profiles")
+    deid.set_defaults(func=cmd_deidentify)
 
     models = sub.add_parser("models", help="the configured pipelines and the installed models, from their model cards")
     models.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")

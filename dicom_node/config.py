@@ -270,6 +270,16 @@ class StudyTrigger(_Section):
     on_timeout: Literal["process", "discard"] = "process"
 
 
+class DeidentifiedTarget(_Section):
+    """An item of a route's ``forward`` or ``destinations`` that gets its instances de-identified
+    by the named profile (``deidentification.profiles``) on the way out: ``{peer: NAME,
+    deidentify: PROFILE}``. Results such a peer sends back are mapped to the original patient
+    and study and go to the route's plain destinations (privacy/reidentify.py)."""
+
+    peer: str = Field(min_length=1)
+    deidentify: str = Field(min_length=1)
+
+
 class Route(_Section):
     """A routing rule. A completed series that matches goes to ``pipeline``, whose results go to
     ``destinations`` (peer names; ``sender`` means the peer that sent the series, when it may
@@ -298,8 +308,8 @@ class Route(_Section):
     discard: bool = False
     pipeline: str | list[str] | None = None
     on_not_applicable: Literal["report", "silent"] = "report"
-    destinations: list[str] = ["sender"]
-    forward: list[str] = []
+    destinations: list[str | DeidentifiedTarget] = ["sender"]
+    forward: list[str | DeidentifiedTarget] = []
     priority: Literal["urgent", "routine"] = "routine"
     _condition: Condition = PrivateAttr()
     _required: tuple[Condition, ...] = PrivateAttr(default=())
@@ -321,6 +331,9 @@ class Route(_Section):
                              "for them)")
         if self.trigger == "series" and self.study != StudyTrigger():
             raise ValueError(f"route {self.name}: study: applies to trigger: study only")
+        names = self.forward_peers
+        if len(set(names)) < len(names) or len(set(self.destination_peers)) < len(self.destination_peers):
+            raise ValueError(f"route {self.name}: a peer is named twice in forward or destinations")
         if self.discard and (self.pipeline is not None or self.forward):
             raise ValueError(f"route {self.name}: discard takes the series and does nothing with it; no pipeline or "
                              "forward beside it")
@@ -346,6 +359,33 @@ class Route(_Section):
         if self.pipeline is None:
             return []
         return [self.pipeline] if isinstance(self.pipeline, str) else list(self.pipeline)
+
+    @property
+    def forward_peers(self) -> list[str]:
+        """The peer names of ``forward``, de-identified or not."""
+        return [t if isinstance(t, str) else t.peer for t in self.forward]
+
+    @property
+    def destination_peers(self) -> list[str]:
+        return [t if isinstance(t, str) else t.peer for t in self.destinations]
+
+    def profile_for(self, peer: str, kind: Literal["forward", "destination"]) -> str | None:
+        """The de-identification profile ``peer`` gets as a forward peer or a destination (None: plain)."""
+        for target in self.forward if kind == "forward" else self.destinations:
+            if isinstance(target, DeidentifiedTarget) and target.peer == peer:
+                return target.deidentify
+        return None
+
+    @property
+    def deidentifies(self) -> bool:
+        """Whether anything leaves this route de-identified."""
+        return any(isinstance(t, DeidentifiedTarget) for t in [*self.forward, *self.destinations])
+
+    @property
+    def plain_destinations(self) -> list[str]:
+        """The destinations that get identified data: where results returning from a
+        de-identified forward go."""
+        return [t for t in self.destinations if isinstance(t, str)]
 
 
 def match_conditions(match: RouteMatch) -> list[Condition]:
@@ -509,6 +549,70 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class SafePrivateSection(_Section):
+    """A private element a profile keeps under retain_safe_private: group (odd, hex), private
+    creator, element offset in the creator's block (hex 00-FF)."""
+
+    group: str = Field(pattern=r"^[0-9A-Fa-f]{4}$")
+    creator: str = Field(min_length=1, max_length=64)
+    element: str = Field(pattern=r"^[0-9A-Fa-f]{2}$")
+
+    @field_validator("group")
+    @classmethod
+    def _odd(cls, value: str) -> str:
+        if int(value, 16) % 2 == 0:
+            raise ValueError(f"group {value} is even: private groups are odd")
+        return value
+
+
+class DeidentificationProfileSection(_Section):
+    """A named de-identification profile: PS3.15 E.3 options in snake_case (privacy/table.py
+    lists them), what happens to instances that may carry identity burned into their pixels
+    (``hold``: held back, logged; ``send``: the site vouches that its modalities burn in
+    nothing), and the private elements retain_safe_private keeps."""
+
+    options: list[str] = []
+    burned_in: Literal["hold", "send"] = "hold"
+    safe_private: list[SafePrivateSection] = []
+
+    @field_validator("options")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from .privacy.table import OPTIONS
+
+        unknown = [o for o in value if o not in OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}. The node does not "
+                             "alter pixel data: clean_pixel_data and clean_recognizable_visual_features are not offered, "
+                             "and instances that may carry burned-in identity are held back (burned_in: hold)")
+        if {"retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"} <= set(value):
+            raise ValueError("retain_longitudinal_full_dates and retain_longitudinal_modified_dates exclude each other")
+        return value
+
+
+class DeidentificationSection(_Section):
+    """De-identified forwarding and export (privacy/). ``key_file``: the site secret the
+    pseudonyms are made from (at least 32 bytes; never in this file)."""
+
+    key_file: Path | None = None
+    profiles: dict[str, DeidentificationProfileSection] = {}
+
+    def deidentifier(self, name: str) -> Any:
+        """The engine for profile ``name`` with the site key (ConfigError when either is missing)."""
+        from .privacy.deidentify import Deidentifier, Profile, SafePrivate
+        from .privacy.pseudonyms import PseudonymKey
+
+        spec = self.profiles.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise ConfigError(f"deidentification.profiles: no profile named {name!r} (known: {known})")
+        if self.key_file is None:
+            raise ConfigError("deidentification.key_file is not set: pseudonyms need the site secret")
+        profile = Profile(name, frozenset(spec.options), spec.burned_in,
+                          tuple(SafePrivate(int(s.group, 16), s.creator, int(s.element, 16)) for s in spec.safe_private))
+        return Deidentifier(profile, PseudonymKey.from_file(self.key_file))
+
+
 class NodeConfig(_Section):
     """The whole configuration file."""
 
@@ -526,6 +630,7 @@ class NodeConfig(_Section):
     logs: LogsSection = LogsSection()
     jobs: JobsSection = JobsSection()
     delivery: DeliverySection = DeliverySection()
+    deidentification: DeidentificationSection = DeidentificationSection()
 
     @field_validator("peers")
     @classmethod
@@ -549,6 +654,9 @@ class NodeConfig(_Section):
     @model_validator(mode="after")
     def _check_routes(self) -> NodeConfig:
         peers = {p.name: p for p in self.peers}
+        if any(r.deidentifies for r in self.routes) and self.deidentification.key_file is None:
+            raise ValueError("routes de-identify but deidentification.key_file is not set (the site secret pseudonyms "
+                             "are made from)")
         for number, route in enumerate(self.routes):
             where = f"routes[{number}] ({route.name})"
             if route.pipeline is None and not route.forward and not route.discard:
@@ -559,8 +667,17 @@ class NodeConfig(_Section):
                 if name not in self.pipelines:
                     known = ", ".join(sorted(self.pipelines)) or "none"
                     raise ValueError(f"{where}: no pipeline named {name!r} (known: {known})")
-            targets = [("destination", n) for n in route.destinations if n != "sender"] if route.pipeline else []
-            for kind, name in targets + [("forward peer", n) for n in route.forward if n != "sender"]:
+            targets = [("destination", n) for n in route.destination_peers if n != "sender"] \
+                if route.pipeline or route.deidentifies else []
+            for target in [*route.forward, *route.destinations]:
+                if isinstance(target, DeidentifiedTarget):
+                    if target.deidentify not in self.deidentification.profiles:
+                        known = ", ".join(sorted(self.deidentification.profiles)) or "none"
+                        raise ValueError(f"{where}: peer {target.peer!r}: no de-identification profile named "
+                                         f"{target.deidentify!r} (deidentification.profiles: {known})")
+                    if target.peer == "sender":
+                        raise ValueError(f"{where}: de-identified data goes to a named peer, not back to the sender")
+            for kind, name in targets + [("forward peer", n) for n in route.forward_peers if n != "sender"]:
                 if name not in peers:
                     raise ValueError(f"{where}: {kind} {name!r} is not a peer")
                 if not peers[name].receive:

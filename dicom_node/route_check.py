@@ -162,9 +162,11 @@ def _actions(route: Route) -> str:
         return "discard"
     parts = []
     if route.pipeline_names:
-        parts.append(f"analyse with {' then '.join(route.pipeline_names)}, results to {', '.join(route.destinations)}")
+        parts.append(f"analyse with {' then '.join(route.pipeline_names)}, results to {_targets(route.destinations)}")
     if route.forward:
-        parts.append(f"forward to {', '.join(route.forward)}")
+        parts.append(f"forward to {_targets(route.forward)}")
+        if route.deidentifies and route.plain_destinations:
+            parts.append(f"results coming back to {', '.join(route.plain_destinations)}")
     return "; ".join(parts) + (", stop" if route.stops else "")
 
 
@@ -179,3 +181,8 @@ def _number(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
+
+
+def _targets(targets: list) -> str:
+    """Peer names, a de-identified one with its profile: 'pacs, extai (de-identified: research)'."""
+    return ", ".join(t if isinstance(t, str) else f"{t.peer} (de-identified: {t.deidentify})" for t in targets)

@@ -22,6 +22,7 @@ peer that does not accept the stored transfer syntax gets them decompressed (tra
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -37,11 +38,17 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from .config import NodeConfig, Peer, Route
+from .errors import ConfigError
 from .index import Index
 from .jobs import JobQueue, NewJob, job_key
 from .logs import log_context
 from .outbox import Candidate, Outbox, forward_key
+from .privacy.deidentify import Deidentifier
+from .privacy.outgoing import deid_variant
+from .privacy.pseudonym_map import record as record_pseudonyms
+from .privacy.reidentify import Return, reidentify, returning
 from .rules import SeriesFacts, Verdict
+from .store import write_dataset_atomically
 from .transcode import UNCOMPRESSED_VARIANTS
 
 #: The outbox variant name of an instance forwarded as it was received.
@@ -156,7 +163,7 @@ def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer], names
     ``sender`` is the peer with the calling AE title, when it may receive (otherwise it is
     dropped, with a warning)."""
     names: list[str] = []
-    for name in route.destinations if names_given is None else names_given:
+    for name in route.destination_peers if names_given is None else names_given:
         if name == "sender":
             sender = next((p for p in peers if p.ae_title == calling_ae and p.receive), None)
             if sender is None:
@@ -169,24 +176,84 @@ def resolve_destinations(route: Route, calling_ae: str, peers: list[Peer], names
     return names
 
 
-def _forward(db: sqlite3.Connection, route_name: str, peers: list[str], series: sqlite3.Row, now: float) -> None:
+def _candidates(row: sqlite3.Row, profile: str | None) -> list[Candidate]:
+    """A forwarded instance as stored, then uncompressed for a peer that does not take the stored
+    syntax (transcode.py); each de-identified by ``profile`` when it is set (privacy/outgoing.py)."""
+    encodings = [(ORIGINAL, row["transfer_syntax_uid"])] + [(v, str(ts)) for v, ts in UNCOMPRESSED_VARIANTS.items()]
+    return [Candidate(deid_variant(profile, variant) if profile else variant, row["path"], row["sop_class_uid"], syntax,
+                      row["sop_instance_uid"]) for variant, syntax in encodings]
+
+
+def _forward(db: sqlite3.Connection, route: Route, peers: list[str], series: sqlite3.Row, config: NodeConfig,
+             now: float) -> None:
     """Queue the instances received at this series version for each forward peer."""
     rows = db.execute(
         "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, path FROM instances "
         "WHERE series_uid = ? AND series_version = ? ORDER BY instance_number, sop_instance_uid",
         (series["series_uid"], series["version"]),
     ).fetchall()
-    key = forward_key(route_name, series["series_uid"], series["version"])
+    key = forward_key(route.name, series["series_uid"], series["version"])
     for peer in peers:
-        for row in rows:
-            candidates = [Candidate(ORIGINAL, row["path"], row["sop_class_uid"], row["transfer_syntax_uid"], row["sop_instance_uid"])]
-            # Uncompressed alternatives for a peer that does not take the stored syntax (transcode.py).
-            candidates += [Candidate(variant, row["path"], row["sop_class_uid"], str(syntax), row["sop_instance_uid"])
-                           for variant, syntax in UNCOMPRESSED_VARIANTS.items()]
-            Outbox.add(db, 0, key, row["sop_instance_uid"], peer, candidates, now)
-    if rows:
-        log.info("Series %s v%d -> route %s forwards %d instance(s) to %s", series["series_uid"], series["version"],
-                 route_name, len(rows), ", ".join(peers))
+        profile = route.profile_for(peer, "forward")
+        sending = rows if profile is None else _deidentified_rows(db, route, peer, profile, rows, series, config, now)
+        for row in sending:
+            Outbox.add(db, 0, key, row["sop_instance_uid"], peer, _candidates(row, profile), now)
+        if sending:
+            log.info("Series %s v%d -> route %s forwards %d instance(s) to %s%s", series["series_uid"], series["version"],
+                     route.name, len(sending), peer, f" de-identified ({profile})" if profile else "")
+
+
+def _deidentified_rows(db: sqlite3.Connection, route: Route, peer: str, profile: str, rows: list[sqlite3.Row],
+                       series: sqlite3.Row, config: NodeConfig, now: float) -> list[sqlite3.Row]:
+    """The rows that may go to ``peer`` under ``profile`` (instances that may carry burned-in
+    identity are held back, logged), with the pseudonyms each will carry recorded, so that
+    results coming back can be mapped to the originals (privacy/reidentify.py)."""
+    try:
+        engine = deidentifier(config, profile)
+    except (ConfigError, ValueError) as exc:
+        log.error("Series %s v%d: route %s cannot de-identify for %s (%s); not forwarded", series["series_uid"],
+                  series["version"], route.name, peer, exc)
+        return []
+    sending, pairs = [], []
+    for row in rows:
+        header = _header_at(row["path"], *_file_version(row["path"]))
+        if header is None:
+            log.error("Instance %s: unreadable, not forwarded de-identified to %s", row["sop_instance_uid"], peer)
+            continue
+        header = Dataset(header)  # a copy: the cached header stays as stored
+        held = engine.check(header)
+        if held is not None:
+            log.warning("Instance %s of series %s held back from %s (profile %s): %s", row["sop_instance_uid"],
+                        series["series_uid"], peer, profile, held.reason)
+            continue
+        original_patient = str(header.get("PatientID", "") or "")
+        patient = engine.patient_pseudonym(header)
+        report = engine.apply(header)
+        pairs.extend((pseudonym, original, "uid") for original, pseudonym in report.uids.items())
+        if patient:
+            pairs.append((patient, original_patient, "patient"))
+        sending.append(row)
+    record_pseudonyms(db, pairs, series["study_uid"], route.name, peer, profile, now)
+    return sending
+
+
+def _file_version(path: str) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+        return stat.st_mtime_ns, stat.st_size
+    except OSError:
+        return -1, -1
+
+
+_ENGINES: dict[tuple[int, str], Deidentifier] = {}
+
+
+def deidentifier(config: NodeConfig, profile: str) -> Deidentifier:
+    """The engine of ``profile``, made once per configuration (it reads the key file)."""
+    key = (id(config.deidentification), profile)
+    if key not in _ENGINES:
+        _ENGINES[key] = config.deidentification.deidentifier(profile)
+    return _ENGINES[key]
 
 
 def _act(db: sqlite3.Connection, route: Route, series: sqlite3.Row, config: NodeConfig, now: float,
@@ -200,9 +267,9 @@ def _act(db: sqlite3.Connection, route: Route, series: sqlite3.Row, config: Node
         return None
     if route.forward:
         key = forward_key(route.name, series["series_uid"], series["version"])
-        peers = resolve_destinations(route, series["calling_ae"], config.peers, route.forward)  # "sender": back to it
+        peers = resolve_destinations(route, series["calling_ae"], config.peers, route.forward_peers)  # "sender": back to it
         if peers and not (once and db.execute("SELECT 1 FROM deliveries WHERE job_key = ? LIMIT 1", (key,)).fetchone()):
-            _forward(db, route.name, peers, series, now)
+            _forward(db, route, peers, series, config, now)
     if not route.pipeline_names:
         return None
     job = NewJob(
@@ -228,9 +295,14 @@ def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob
         rows = db.execute(
             "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
         ).fetchall()
+        returns_possible = any(r.deidentifies for r in config.routes)
         for series in rows:
             with log_context(study_uid=series["study_uid"], series_uid=series["series_uid"]):
-                queued.extend(_route_series(db, series, series_rules, config, now))
+                back = returning(db, series["study_uid"], series["calling_ae"], config.peers) if returns_possible else None
+                if back is not None:
+                    _route_returned(db, series, back, config, now)
+                else:
+                    queued.extend(_route_series(db, series, series_rules, config, now))
             db.execute("UPDATE series SET routed_version = ? WHERE series_uid = ?", (series["version"], series["series_uid"]))
         queued.extend(route_studies(db, config, now))
     for job in queued:
@@ -257,6 +329,55 @@ def _route_series(db: sqlite3.Connection, series: sqlite3.Row, rules: list[Route
         if job is not None:
             jobs.append(job)
     return jobs
+
+
+# -- results returning for a de-identified study ----------------------------------------------
+
+
+def returned_key(route: str, series_uid: str, version: int) -> str:
+    """The outbox group of a returned series mapped back: one association per destination."""
+    return f"returned:{route}:{series_uid}:v{version}"
+
+
+def _route_returned(db: sqlite3.Connection, series: sqlite3.Row, back: Return, config: NodeConfig, now: float) -> None:
+    """A series answering a de-identified forward: each instance mapped to the original patient
+    and study (privacy/reidentify.py), written under results.path/returned and queued for the
+    route's plain destinations. The rules are not evaluated for it: it is the route's answer."""
+    where = f"Series {series['series_uid']} v{series['version']} from {back.peer} (for study {back.original_study_uid})"
+    route = next((r for r in config.routes if r.name == back.route), None)
+    original = db.execute("SELECT path, calling_ae FROM instances WHERE study_uid = ? ORDER BY path LIMIT 1",
+                          (back.original_study_uid,)).fetchone()
+    source = _header_at(original["path"], *_file_version(original["path"])) if original is not None else None
+    if route is None or source is None:
+        log.error("%s: not mapped back and not delivered: %s", where,
+                  f"route {back.route} is no longer configured" if route is None else "the original study is no longer stored")
+        return
+    destinations = resolve_destinations(route, original["calling_ae"], config.peers, route.plain_destinations)
+    if not destinations:
+        log.warning("%s: route %s has no plain destination for returning results; stored, not delivered", where, route.name)
+        return
+    folder = Path(config.results.path) / "returned" / hashlib.sha256(series["series_uid"].encode()).hexdigest()[:32] \
+        / f"v{series['version']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = returned_key(route.name, series["series_uid"], series["version"])
+    rows = db.execute("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ? AND series_version = ? "
+                      "ORDER BY instance_number, sop_instance_uid", (series["series_uid"], series["version"])).fetchall()
+    mapped = 0
+    for number, row in enumerate(rows):
+        try:
+            ds = dcmread(row["path"])
+        except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+            log.error("%s: instance %s unreadable (%s); not delivered", where, row["sop_instance_uid"], exc)
+            continue
+        mapped += reidentify(ds, db, source)
+        path = folder / f"{number:05d}.dcm"
+        write_dataset_atomically(ds, path)
+        candidate = Candidate(ORIGINAL, str(path), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID),
+                              str(ds.SOPInstanceUID))
+        for peer in destinations:
+            Outbox.add(db, 0, key, str(ds.SOPInstanceUID), peer, [candidate], now)
+    log.info("%s: %d instance(s) mapped back to the original patient and study (%d UID values), to %s", where, len(rows),
+             mapped, ", ".join(destinations))
 
 
 # -- study rules -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from itertools import groupby
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 
 from . import metrics
@@ -23,6 +24,8 @@ from .config import NodeConfig
 from .logs import log_context
 from .errors import ConfigError, IndexError_, PeerError
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
+from .privacy.deidentify import DeidentificationError, Deidentifier
+from .privacy.outgoing import deidentified, split_variant
 from .scu import associate
 from .tls import client_context
 from .transcode import UNCOMPRESSED_VARIANTS, TranscodeError, for_sending
@@ -58,6 +61,7 @@ class Sender:
         self.policy = RetryPolicy(delivery.retry_base_seconds, delivery.retry_max_seconds, delivery.give_up_after_seconds)
         #: The client side of TLS for peers with tls: true (the node's certificate, its CA).
         self.tls = client_context(config.node.tls) if config.node.tls is not None else None
+        self._deidentifiers: dict[str, Deidentifier] = {}
 
     def run_once(self) -> int:
         """Send every due delivery; return how many were delivered."""
@@ -95,6 +99,18 @@ class Sender:
             return ""
         return str(rows[0]["study_uid"]) if rows else ""
 
+    def _payload(self, candidate: Candidate) -> str | Dataset:
+        """What goes out for ``candidate``: the stored file, decompressed for an uncompressed
+        variant (transcode.py), de-identified for a ``deid:`` variant (privacy/outgoing.py)."""
+        profile, encoding = split_variant(candidate.variant)
+        payload: str | Dataset = for_sending(candidate.path, candidate.transfer_syntax_uid) \
+            if encoding in UNCOMPRESSED_VARIANTS else candidate.path
+        if profile is None:
+            return payload
+        if profile not in self._deidentifiers:
+            self._deidentifiers[profile] = self.config.deidentification.deidentifier(profile)
+        return deidentified(payload, self._deidentifiers[profile])
+
     def _send_group(self, peer_name: str, group: list[Delivery]) -> int:
         try:
             peer = self.config.peer(peer_name)
@@ -125,10 +141,9 @@ class Sender:
                 candidate = chosen[delivery.id]
                 reason = ""
                 try:
-                    payload = for_sending(candidate.path, candidate.transfer_syntax_uid) \
-                        if candidate.variant in UNCOMPRESSED_VARIANTS else candidate.path
+                    payload = self._payload(candidate)
                     status = assoc.send_c_store(payload) if assoc.is_established else None
-                except TranscodeError as exc:
+                except (TranscodeError, DeidentificationError, ConfigError) as exc:
                     status, reason = None, str(exc)
                 except Exception as exc:  # noqa: BLE001 - one instance that cannot go must not stop the others
                     status, reason = None, f"send failed: {type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .config import Durability
 from .errors import DiskFullError, StoreError
@@ -29,6 +30,16 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_dataset_atomically(ds: Any, path: Path) -> None:
+    """Write a dataset the node made (a result, a mapped-back instance) as a Part 10 file that
+    is either whole or absent: a ``.part`` file beside it, fsynced, then renamed."""
+    part = path.with_name(f".{path.name}.part")
+    ds.save_as(part, enforce_file_format=True)
+    with open(part, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(part, path)
 
 
 class InstanceStore:

@@ -39,7 +39,9 @@ from .jobs import Job, JobQueue, LeaseLost
 from .logs import log_context, setup_logging
 from .command_pipeline import CommandOutputError, CommandPipeline
 from .outbox import Candidate, Outbox
+from .privacy.outgoing import deid_variant
 from .pipelines import Pipeline, PipelineError, build_pipeline
+from .store import write_dataset_atomically
 from .results import (
     EmptyFrames,
     ResultSettings,
@@ -77,14 +79,6 @@ class JobOutcome:
     pipeline: str  # the name (in the configuration) of the pipeline that ran
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def _write_atomically(ds: Dataset, path: Path) -> None:
-    part = path.with_name(f".{path.name}.part")
-    ds.save_as(part, enforce_file_format=True)
-    with open(part, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(part, path)
 
 
 def file_candidate(variant: str, path: Path, meta: Dataset | None = None) -> Candidate:
@@ -182,21 +176,21 @@ class Worker:
             if seg is None:
                 break
             path = folder / f"seg-{encoding.value}.dcm"
-            _write_atomically(seg, path)
+            write_dataset_atomically(seg, path)
             outcome.files[f"seg-{encoding.value}"] = path
             if encoding is SegmentationEncoding.LABELMAP:
                 sr = build_report(source, findings, seg, f"{job.key}:labelmap", self.settings)
-                _write_atomically(sr, folder / "sr-labelmap.dcm")
+                write_dataset_atomically(sr, folder / "sr-labelmap.dcm")
                 outcome.files["sr-labelmap"] = folder / "sr-labelmap.dcm"
             elif encoding is SegmentationEncoding.BINARY:
                 binary_seg = seg
         sr = build_report(source, findings, binary_seg, job.key, self.settings)
-        _write_atomically(sr, folder / "sr-binary.dcm")
+        write_dataset_atomically(sr, folder / "sr-binary.dcm")
         outcome.files["sr-binary"] = folder / "sr-binary.dcm"
         uncertainty = build_uncertainty_map(source, findings, job.key, self.settings) \
             if self.config.results.uncertainty_map else None
         if uncertainty is not None:
-            _write_atomically(uncertainty, folder / "uncertainty.dcm")
+            write_dataset_atomically(uncertainty, folder / "uncertainty.dcm")
             outcome.files["uncertainty"] = folder / "uncertainty.dcm"
         timings["encode"] = time.perf_counter() - started
         return outcome
@@ -229,11 +223,11 @@ class Worker:
 
         metas = {key: read_file_meta_info(path) for key, path in outcome.files.items()}  # once per file, not per peer
 
-        def candidate(variant: str, key: str) -> Candidate:
-            return file_candidate(variant, outcome.files[key], metas[key])
-
         rows = []
         for name in job.destinations:
+            def candidate(variant: str, key: str, name: str = name) -> Candidate:
+                return file_candidate(self._variant(job, name, variant), outcome.files[key], metas[key])
+
             for key in sorted(k for k in outcome.files if k.startswith("module-")):
                 rows.append((str(metas[key].MediaStorageSOPInstanceUID), name, [candidate("original", key)]))
             if "sr-binary" not in outcome.files:  # a module's own results only
@@ -347,9 +341,15 @@ class Worker:
         folder = results_folder(self.config.results.path, job.key)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "sr-declined.dcm"
-        _write_atomically(sr, path)
-        candidate = file_candidate("binary", path)
-        return [("sr", name, [candidate]) for name in job.destinations]
+        write_dataset_atomically(sr, path)
+        return [("sr", name, [file_candidate(self._variant(job, name, "binary"), path)]) for name in job.destinations]
+
+    def _variant(self, job: Job, peer: str, variant: str) -> str:
+        """``variant``, de-identified for a destination the route names with a profile
+        (``{peer: ..., deidentify: ...}``): the sender applies it when it sends (privacy/outgoing.py)."""
+        route = next((r for r in self.config.routes if r.name == job.route), None)
+        profile = route.profile_for(peer, "destination") if route is not None else None
+        return deid_variant(profile, variant) if profile else variant
 
     # -- the loop ------------------------------------------------------------------------
 

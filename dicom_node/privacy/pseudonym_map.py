@@ -1,0 +1,58 @@
+"""Which pseudonyms the node handed out, kept in its own index so that results coming back can be
+mapped to the originals. The table never leaves the node; every pseudonym in it can be
+recomputed from the key and the original (pseudonyms.py), the table only saves searching.
+
+One row per pseudonymous UID (every UID of every instance sent de-identified) and per patient
+pseudonym, with the study it belongs to, the route and peer it went to and the profile used.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    pseudonym TEXT PRIMARY KEY,
+    original TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    route TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def ensure(db: sqlite3.Connection) -> None:
+    """Create the table if this index has none yet (cheap: SQLite checks its schema)."""
+    db.execute(SCHEMA)
+
+
+def record(db: sqlite3.Connection, pairs: Iterable[tuple[str, str, str]], study_uid: str, route: str, peer: str,
+           profile: str, now: float) -> None:
+    """Remember (pseudonym, original, kind) pairs; a pseudonym already known keeps its first row."""
+    ensure(db)
+    db.executemany("INSERT OR IGNORE INTO pseudonyms(pseudonym, original, kind, study_uid, route, peer, profile, created_at) "
+                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(p, o, kind, study_uid, route, peer, profile, now) for p, o, kind in pairs])
+
+
+def lookup(db: sqlite3.Connection, pseudonym: str) -> sqlite3.Row | None:
+    """The row of ``pseudonym`` (None: not one the node handed out)."""
+    ensure(db)
+    return db.execute("SELECT * FROM pseudonyms WHERE pseudonym = ?", (pseudonym.strip(),)).fetchone()
+
+
+def originals(db: sqlite3.Connection, pseudonyms: Iterable[str]) -> dict[str, str]:
+    """pseudonym -> original for those of ``pseudonyms`` the node handed out."""
+    ensure(db)
+    wanted = sorted({p.strip() for p in pseudonyms if p})
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update((r["pseudonym"], r["original"]) for r in
+                     db.execute(f"SELECT pseudonym, original FROM pseudonyms WHERE pseudonym IN ({marks})", chunk))
+    return found
