@@ -22,6 +22,7 @@ peer that does not accept the stored transfer syntax gets them decompressed (tra
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -220,7 +221,7 @@ def _deidentified_rows(db: sqlite3.Connection, route: Route, peer: str, profile:
         if header is None:
             log.error("Instance %s: unreadable, not forwarded de-identified to %s", row["sop_instance_uid"], peer)
             continue
-        header = Dataset(header)  # a copy: the cached header stays as stored
+        header = copy.deepcopy(header)  # the engine changes values in place; the cached header stays as stored
         held = engine.check(header)
         if held is not None:
             log.warning("Instance %s of series %s held back from %s (profile %s): %s", row["sop_instance_uid"],

@@ -120,7 +120,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
     def routes(request: Request) -> Response:
         return JSONResponse([{"name": r.name, "trigger": r.trigger, "fallback": r.fallback, "on_match": r.on_match,
                               "condition": r.condition.describe(), "pipeline": r.pipeline_names,
-                              "destinations": r.destinations, "forward": r.forward, "discard": r.discard,
+                              **r.model_dump(mode="json", include={"destinations", "forward"}), "discard": r.discard,
                               "summary": describe_route(r, config)} for r in config.routes])
 
     def audit(request: Request) -> Response:

@@ -121,8 +121,10 @@ def test_config_is_accepted_after_every_command() -> None:
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    required = {"echo": ["pacs"], "send": ["x.dcm", "--to", "pacs"], "init": [], "audit": ["verify"]}
-    assert {"serve", "echo", "send", "status", "jobs", "worker", "demo", "models", "init", "routes", "audit"} <= set(commands)
+    required = {"echo": ["pacs"], "send": ["x.dcm", "--to", "pacs"], "init": [], "audit": ["verify"],
+                "deidentify": ["in", "out", "--profile", "research"]}
+    assert {"serve", "echo", "send", "status", "jobs", "worker", "demo", "models", "init", "routes", "audit",
+            "deidentify"} <= set(commands)
     for command in commands:
         after = parser.parse_args([command, *required.get(command, []), "--config", "after.yaml"])
         assert after.config == Path("after.yaml"), command

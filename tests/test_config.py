@@ -109,3 +109,41 @@ def test_listener_process_count(make_config) -> None:
     node = make_config().node
     assert [node.worker_count(cpus) for cpus in (None, 1, 2, 3, 16)] == [2, 2, 4, 6, 8]
     assert make_config(node={"workers": 1}).node.worker_count(16) == 1
+
+
+def test_deidentified_targets_name_a_profile_and_need_the_site_key(tmp_path: Path, make_config) -> None:
+    import os
+
+    import yaml
+
+    from dicom_node.cli import main
+
+    peers = [{"name": "extai", "ae_title": "EXTAI", "host": "127.0.0.1", "port": 104},
+             {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 105}]
+    route = {"name": "out", "forward": [{"peer": "extai", "deidentify": "research"}], "destinations": ["pacs"]}
+    key = tmp_path / "site.key"
+    key.write_bytes(os.urandom(32))
+    deid = {"key_file": str(key), "profiles": {"research": {"options": ["clean_descriptors"]}}}
+    config = make_config(peers=peers, routes=[route], deidentification=deid)
+    assert config.routes[0].profile_for("extai", "forward") == "research"
+    assert config.routes[0].forward_peers == ["extai"] and config.routes[0].plain_destinations == ["pacs"]
+    with pytest.raises(ConfigError, match="no de-identification profile named 'other'"):
+        make_config(peers=peers, routes=[{**route, "forward": [{"peer": "extai", "deidentify": "other"}]}],
+                    deidentification=deid)
+    with pytest.raises(ConfigError, match="deidentification.key_file is not set"):
+        make_config(peers=peers, routes=[route], deidentification={"profiles": deid["profiles"]})
+    with pytest.raises(ConfigError, match="does not alter pixel data"):
+        make_config(deidentification={"profiles": {"p": {"options": ["clean_pixel_data"]}}})
+    with pytest.raises(ConfigError, match="named twice"):
+        make_config(peers=peers, routes=[{**route, "forward": ["extai", {"peer": "extai", "deidentify": "research"}]}],
+                    deidentification=deid)
+    with pytest.raises(ConfigError, match="private groups are odd"):
+        make_config(deidentification={"profiles": {"p": {"safe_private": [{"group": "0010", "creator": "X", "element": "10"}]}}})
+
+    # serve refuses to start with a key too short to be a secret, before it listens.
+    key.write_bytes(b"password")
+    from .conftest import config_dict
+
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path, peers=peers, routes=[route], deidentification=deid)))
+    assert main(["--config", str(path), "serve"]) == 2

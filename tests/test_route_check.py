@@ -109,3 +109,17 @@ def test_the_readme_example_is_a_valid_configuration(make_config: Callable[..., 
                          pipelines={"ct-organs": {"kind": "model", "model": "ct-organs"}, "ct-baseline": {"kind": "classical"}})
     assert [r.name for r in config.routes] == ["localizers", "chest-ct", "liver-phases", "everything-else"]
     assert [r.stops for r in config.routes] == [True, True, False, False]
+
+
+def test_deidentified_targets_are_named_with_their_profile(tmp_path: Path, make_config: Callable[..., NodeConfig],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "site.key"
+    key.write_bytes(b"k" * 32)
+    config = make_config(peers=PEERS, routes=[{"name": "external", "forward": [{"peer": "archive", "deidentify": "research"}],
+                                               "destinations": ["pacs"]}],
+                         deidentification={"key_file": str(key), "profiles": {"research": {}}})
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    assert main(["--config", str(path), "routes"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "route external: series rule, when always -> forward to archive (de-identified: research); results coming back to pacs"]

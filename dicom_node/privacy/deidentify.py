@@ -169,7 +169,7 @@ class Deidentifier:
         self._walk(ds, sop_class, shift, needles, report, nested=False)
         if pseudonym:
             ds.PatientID = pseudonym
-            ds.PatientName = pseudonym
+            ds.PatientName = pseudonym + "^"  # a family name alone, said so (PS3.5 6.2.1.2)
         self._declare(ds)
         if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
             meta: FileMetaDataset = ds.file_meta

@@ -1,0 +1,61 @@
+"""``dicom-node deidentify IN OUT --profile NAME`` (privacy/export.py), run as an operator runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import yaml
+
+from dicom_node.synthetic import write_ct_series
+
+from .external_ai import add_identity, identity_found
+from .test_reidentify import originals_of
+
+
+def test_a_folder_is_exported_deidentified_with_a_summary_of_what_was_held_back(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    files = write_ct_series(source / "ct", 5, 32, 32, seed=41)
+    for path in files:
+        add_identity(path)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    burned = write_ct_series(source / "sc", 1, 32, 32, seed=42, study_uid=study_uid)
+    add_identity(burned[0], {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "Modality": "OT"})
+    (source / "notes.txt").write_text("not DICOM")
+    key = tmp_path / "site.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump({"deidentification": {"key_file": str(key), "profiles": {
+        "training": {"options": ["retain_longitudinal_modified_dates", "retain_patient_characteristics"]}}}}))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dicom_node.cli", "--config", str(config), "deidentify", str(source), str(out),
+               "--profile", "training"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "5 instance(s) de-identified by profile training" in result.stdout
+    assert "held back: 1 instance(s): a secondary capture that does not say Burned In Annotation NO" in result.stdout
+    assert "not DICOM or unreadable:" in result.stdout and "notes.txt" in result.stdout
+    written = sorted(out.rglob("*.dcm"))
+    assert len(written) == 5
+    exported = [pydicom.dcmread(p) for p in written]
+    assert identity_found(exported, originals_of(files)) == []
+    # Named by pseudonymous UIDs: one study, one series, the instance's own UID as its file name.
+    assert {p.parent.parent.name for p in written} == {str(exported[0].StudyInstanceUID)}
+    assert all(p.stem == str(d.SOPInstanceUID) for p, d in zip(written, exported))
+    assert {d.PatientSex for d in exported} == {"O"}  # Retain Patient Characteristics kept it
+    # The same export again gives the same pseudonyms (a second batch joins the first).
+    again = subprocess.run(command[:-3] + [str(tmp_path / "out2"), "--profile", "training"], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0
+    assert sorted(p.relative_to(tmp_path / "out2") for p in (tmp_path / "out2").rglob("*.dcm")) == \
+        sorted(p.relative_to(out) for p in written)
+
+    inside = subprocess.run(command[:-3] + [str(source / "export"), "--profile", "training"], capture_output=True,
+                            text=True, timeout=120)
+    assert inside.returncode == 2 and "is inside IN" in inside.stderr
+    unknown = subprocess.run(command[:-1] + ["nosuch"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "no profile named 'nosuch'" in unknown.stderr
