@@ -116,3 +116,28 @@ def identity_found(received: list[Dataset], originals: set[str]) -> list[str]:
         walk(ds, f"#{number} ")
         walk(ds.file_meta, f"#{number} meta ")
     return found
+
+
+def table_violations(received: list[Dataset], options: frozenset[str]) -> list[str]:
+    """Every attribute, at any depth, that Table E.1-1 under ``options`` says must not be there
+    (action X), and every private attribute: the received instances scanned against the table."""
+    from dicom_node.privacy.table import load_table
+
+    table = load_table()
+    found: list[str] = []
+
+    def walk(ds: Dataset, sop_class: str | None, where: str) -> None:
+        for element in ds:
+            if element.tag.is_private:
+                found.append(f"{where}{element.tag} (private)")
+                continue
+            row = table.row(int(element.tag))
+            if row is not None and table.action(row, options, int(element.tag), sop_class).code == "X":
+                found.append(f"{where}{element.keyword or element.tag} (row {row.tag}: X)")
+            if element.VR == "SQ":
+                for n, item in enumerate(element.value or []):
+                    walk(item, None, f"{where}{element.keyword}[{n}].")
+
+    for number, ds in enumerate(received):
+        walk(ds, str(ds.SOPClassUID), f"#{number} ")
+    return found

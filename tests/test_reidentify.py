@@ -23,7 +23,7 @@ from dicom_node.service import Node
 from dicom_node.synthetic import write_ct_series
 
 from .conftest import TEST_SCU, config_dict
-from .external_ai import ExternalAI, add_identity, identity_found
+from .external_ai import ExternalAI, add_identity, identity_found, table_violations
 from .peers import free_port, start_orthanc, system_binary, wait_for
 from .test_scp import send
 
@@ -102,6 +102,7 @@ def test_orthanc_study_goes_out_deidentified_and_its_seg_comes_back_to_the_origi
 
         wait_for(lambda: len(external.received) == len(files), 60, "the de-identified study at the external AI")
         assert identity_found(external.received, originals_of(files)) == []
+        assert table_violations(external.received, frozenset(PROFILE["options"])) == []
         first = external.received[0]
         assert first.PatientIdentityRemoved == "YES" and first.PatientID.startswith("PSEUDO-")
         assert first.StudyDescription == "CT abdomen"  # Clean Descriptors: the name went, the rest stayed
