@@ -3,7 +3,8 @@ mapped to the originals. The table never leaves the node; every pseudonym in it 
 recomputed from the key and the original (pseudonyms.py), the table only saves searching.
 
 One row per pseudonymous UID (every UID of every instance sent de-identified) and per patient
-pseudonym, with the study it belongs to, the route and peer it went to and the profile used.
+pseudonym, and per peer it went to (one site key gives every peer the same pseudonyms), with the
+study it belongs to, the route and the profile used.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from collections.abc import Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pseudonyms (
-    pseudonym TEXT PRIMARY KEY,
+    pseudonym TEXT NOT NULL,
+    peer TEXT NOT NULL,
     original TEXT NOT NULL,
     kind TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     route TEXT NOT NULL,
-    peer TEXT NOT NULL,
     profile TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    PRIMARY KEY (pseudonym, peer)
 )
 """
 
@@ -32,17 +34,18 @@ def ensure(db: sqlite3.Connection) -> None:
 
 def record(db: sqlite3.Connection, pairs: Iterable[tuple[str, str, str]], study_uid: str, route: str, peer: str,
            profile: str, now: float) -> None:
-    """Remember (pseudonym, original, kind) pairs; a pseudonym already known keeps its first row."""
+    """Remember (pseudonym, original, kind) pairs sent to ``peer``; a pair already known for that
+    peer keeps its first row."""
     ensure(db)
     db.executemany("INSERT OR IGNORE INTO pseudonyms(pseudonym, original, kind, study_uid, route, peer, profile, created_at) "
                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                    [(p, o, kind, study_uid, route, peer, profile, now) for p, o, kind in pairs])
 
 
-def lookup(db: sqlite3.Connection, pseudonym: str) -> sqlite3.Row | None:
-    """The row of ``pseudonym`` (None: not one the node handed out)."""
+def lookup(db: sqlite3.Connection, pseudonym: str) -> list[sqlite3.Row]:
+    """The rows of ``pseudonym``, one per peer it went to (none: not one the node handed out)."""
     ensure(db)
-    return db.execute("SELECT * FROM pseudonyms WHERE pseudonym = ?", (pseudonym.strip(),)).fetchone()
+    return db.execute("SELECT * FROM pseudonyms WHERE pseudonym = ? ORDER BY created_at", (pseudonym.strip(),)).fetchall()
 
 
 def originals(db: sqlite3.Connection, pseudonyms: Iterable[str]) -> dict[str, str]:
@@ -54,5 +57,5 @@ def originals(db: sqlite3.Connection, pseudonyms: Iterable[str]) -> dict[str, st
         chunk = wanted[start:start + 500]
         marks = ",".join("?" * len(chunk))
         found.update((r["pseudonym"], r["original"]) for r in
-                     db.execute(f"SELECT pseudonym, original FROM pseudonyms WHERE pseudonym IN ({marks})", chunk))
+                     db.execute(f"SELECT DISTINCT pseudonym, original FROM pseudonyms WHERE pseudonym IN ({marks})", chunk))
     return found

@@ -53,15 +53,16 @@ class Return:
 
 def returning(db: sqlite3.Connection, study_uid: str, calling_ae: str, peers: Sequence[Peer]) -> Return | None:
     """The Return for a series of ``study_uid`` sent by ``calling_ae``, None when it is not one."""
-    row = pseudonym_map.lookup(db, study_uid)
-    if row is None or row["kind"] != "uid" or row["original"] != row["study_uid"]:
-        return None
-    peer = next((p for p in peers if p.name == row["peer"]), None)
-    if peer is None or peer.ae_title != calling_ae:
-        log.warning("A series of study %s (a pseudonym the node gave study %s for peer %s) came from %s, not from that "
-                    "peer: not mapped back, routed as any other series", study_uid, row["original"], row["peer"], calling_ae)
-        return None
-    return Return(row["route"], row["peer"], row["profile"], row["original"])
+    sent = [r for r in pseudonym_map.lookup(db, study_uid) if r["kind"] == "uid" and r["original"] == r["study_uid"]]
+    for row in sent:
+        peer = next((p for p in peers if p.name == row["peer"]), None)
+        if peer is not None and peer.ae_title == calling_ae:
+            return Return(row["route"], row["peer"], row["profile"], row["original"])
+    if sent:
+        log.warning("A series of study %s (a pseudonym the node gave study %s for %s) came from %s, not from a peer it "
+                    "went to: not mapped back, routed as any other series", study_uid, sent[0]["original"],
+                    ", ".join(r["peer"] for r in sent), calling_ae)
+    return None
 
 
 def reidentify(ds: Dataset, db: sqlite3.Connection, original: Dataset) -> int:
