@@ -55,10 +55,15 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     from .service import Node, Supervisor
 
     _setup_logging(args.verbose, config)
-    _check_pipelines(config)
-    _check_deidentification(config)
+    if args.role in ("all", "worker"):
+        _check_pipelines(config)
+    if args.role in ("all", "sender"):
+        _check_deidentification(config)
+    if args.role in ("worker", "sender"):
+        return _serve_downstream(config, args.role)
     workers = config.node.worker_count(os.cpu_count())
-    node: Node | Supervisor = Node(config, log_pdus=args.verbose) if workers == 1 else Supervisor(config, workers, log_pdus=args.verbose)
+    node: Node | Supervisor = Node(config, log_pdus=args.verbose, role=args.role) if workers == 1 else \
+        Supervisor(config, workers, log_pdus=args.verbose, role=args.role)
     stop = threading.Event()
     # Child processes start with SIGINT ignored (the disposition survives exec): a Ctrl-C in the
     # terminal reaches the whole process group, and a child still importing would die with a
@@ -80,6 +85,33 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         node.stop()
+    return EXIT_OK
+
+
+def _serve_downstream(config: NodeConfig, role: str) -> int:
+    """``serve --role worker``: the analysis worker processes (``jobs.workers``), replaced when
+    one dies; ``serve --role sender``: the outbox sender (the one holding the index's sender lock
+    sends, others stand by). Neither listens; both share the index and folders with the listener."""
+    from .audit import AuditLog
+    from .index import Index
+    from .service import Downstream
+
+    index = Index(config.index.path, synchronous="NORMAL")
+    audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog) if role == "sender" else None
+    downstream = Downstream(config, index, audit, sender=role == "sender", workers=role == "worker")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    downstream.start(describe=False)
+    err.print(f"{config.node.ae_title}: {role} role running on {config.index.path} (Ctrl-C to stop)", highlight=False)
+    try:
+        while not stop.wait(1.0):
+            downstream.supervise()
+    finally:
+        downstream.stop()
+        if audit is not None:
+            audit.close()
+        index.close()
     return EXIT_OK
 
 
@@ -465,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the listener until Ctrl-C / SIGTERM")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging, pynetdicom's included")
+    serve.add_argument("--role", choices=["all", "listener", "worker", "sender"], default="all",
+                       help="all (default): everything on this machine; listener: DICOM listener, completion, routing, "
+                            "web service, retention; worker: the analysis workers; sender: the outbox sender (one "
+                            "per index sends, others stand by)")
     serve.set_defaults(func=cmd_serve)
 
     echo = sub.add_parser("echo", help="C-ECHO a configured peer")

@@ -9,10 +9,13 @@ delivered; anything else -- peer down, association rejected, context refused, a 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable
 from itertools import groupby
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
@@ -92,9 +95,12 @@ class Sender:
         try:
             if delivery.job_id:
                 rows = self.outbox.index.query("SELECT study_uid FROM jobs WHERE id = ?", (delivery.job_id,))
-            else:  # a forward: forward:<route>:<series>:v<n>
+            else:  # a forward: forward:<route>:<series>:v<n>; results mapped back: returned:<route>:<series>:v<n>
                 rows = self.outbox.index.query("SELECT study_uid FROM series WHERE series_uid = ?",
                                                (delivery.job_key.split(":")[2],))
+                if rows and delivery.job_key.startswith("returned:"):  # stored under its pseudonym: the original
+                    rows = self.outbox.index.query("SELECT original AS study_uid FROM pseudonyms WHERE pseudonym = ? "
+                                                   "LIMIT 1", (rows[0]["study_uid"],)) or rows
         except (IndexError_, IndexError):
             return ""
         return str(rows[0]["study_uid"]) if rows else ""
@@ -171,18 +177,62 @@ class Sender:
         return delivered
 
 
+class SenderLock:
+    """One sender per index: an exclusive ``flock`` on ``<index>.sender.lock``. Every process
+    that may send (``serve``, ``serve --role sender`` on the same machine) tries it on each tick;
+    the holder sends, the others stand by, and when the holder dies the kernel releases the lock
+    and a standby takes over within one interval. Two senders never deliver the same row twice."""
+
+    def __init__(self, index_path: Path) -> None:
+        self.path = Path(f"{index_path}.sender.lock")
+        self._fd: int | None = None
+        self._standby_logged = False
+
+    def acquire(self) -> bool:
+        """Whether this process holds the lock (taking it if it is free)."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            if not self._standby_logged:
+                log.info("Another process is the sender for this index (%s is locked); standing by", self.path)
+                self._standby_logged = True
+            return False
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        log.info("This process (%d) is the sender for this index", os.getpid())
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 class SenderScheduler:
-    """Runs the sender every ``delivery.interval_seconds`` (apscheduler, one run at a time)."""
+    """Runs the sender every ``delivery.interval_seconds`` (apscheduler, one run at a time),
+    while this process holds the index's SenderLock."""
 
     def __init__(self, sender: Sender, interval_seconds: float) -> None:
         self.sender = sender
         self.interval_seconds = interval_seconds
+        self.lock = SenderLock(sender.outbox.index.path)
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
 
+    def _tick(self) -> None:
+        if self.lock.acquire():
+            self.sender.run_once()
+
     def start(self) -> None:
-        self._scheduler.add_job(self.sender.run_once, "interval", seconds=self.interval_seconds, id="outbox-sender")
+        self._scheduler.add_job(self._tick, "interval", seconds=self.interval_seconds, id="outbox-sender")
         self._scheduler.start()
 
     def stop(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        self.lock.release()

@@ -62,17 +62,27 @@ class HandedServer(HandshakeServerMixin, ThreadedAssociationServer):  # type: ig
         pass
 
 
+#: What ``serve --role`` runs: ``all`` (one machine, the default); ``listener`` (DICOM listener,
+#: completion, routing, web service, retention); ``worker`` (the analysis worker processes);
+#: ``sender`` (the outbox sender; one per index sends, the others stand by: sender.SenderLock).
+ROLES = ("all", "listener", "worker", "sender")
+
+
 class Downstream:
     """What follows completion, run beside the sweep: routing (after every sweep), the outbox
-    sender (its own schedule) and the analysis worker processes."""
+    sender (its own schedule) and the analysis worker processes; ``sender`` and ``workers``
+    say which of the last two this process runs (``serve --role``)."""
 
-    def __init__(self, config: NodeConfig, index: Index, audit: AuditLog | None) -> None:
+    def __init__(self, config: NodeConfig, index: Index, audit: AuditLog | None, *, sender: bool = True,
+                 workers: bool = True) -> None:
         self.config = config
         self.index = index
         # Create the tables before any worker process opens the database.
         JobQueue(index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
         self.outbox = Outbox(index)
-        self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds)
+        self.runs_workers = workers
+        self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds) \
+            if sender else None
         self._context = multiprocessing.get_context("spawn")
         self._stop = StopFlag(self._context)
         self.workers: list[Any] = []
@@ -99,15 +109,21 @@ class Downstream:
                     log.error("Analysis worker %d exited with code %s; starting another", proc.pid, proc.exitcode)
                     self.workers[number] = self._start_worker()
 
-    def start(self) -> None:
-        for route in self.config.routes:  # one line per rule: what the node will do, as configured
-            log.info("%s", describe_route(route, self.config))
-        if not self.config.routes:
-            log.info("No routes configured: series are stored, none analysed or forwarded")
-        self.sender.start()
+    def supervise(self) -> None:
+        """Replace any worker that died (a ``--role worker`` process calls this on its own clock)."""
+        self._replace_dead_workers()
+
+    def start(self, describe: bool = True) -> None:
+        if describe:
+            for route in self.config.routes:  # one line per rule: what the node will do, as configured
+                log.info("%s", describe_route(route, self.config))
+            if not self.config.routes:
+                log.info("No routes configured: series are stored, none analysed or forwarded")
+        if self.sender is not None:
+            self.sender.start()
         # No analysing route, no jobs: listening-only and forward-only set-ups (and most tests)
         # start no model process.
-        count = self.config.jobs.workers if any(r.pipeline for r in self.config.routes) else 0
+        count = self.config.jobs.workers if self.runs_workers and any(r.pipeline for r in self.config.routes) else 0
         with self._lock:
             self.workers = [self._start_worker() for _ in range(count)]
         if count:
@@ -116,7 +132,8 @@ class Downstream:
     def stop(self) -> None:
         with self._lock:
             self._stop.set()
-        self.sender.stop()
+        if self.sender is not None:
+            self.sender.stop()
         for proc in self.workers:
             # A job in progress is abandoned: its lease expires and it runs again after restart.
             proc.join(timeout=5)
@@ -166,7 +183,7 @@ class Node:
     DRAIN_SECONDS = 10.0
 
     def __init__(self, config: NodeConfig, *, standalone: bool = True, log_pdus: bool = False,
-                 channel: Connection | None = None) -> None:
+                 channel: Connection | None = None, role: str = "all") -> None:
         self.config = config
         self.standalone = standalone
         #: Under a supervisor: where handed-over connections arrive (dispatch.py); no socket of our own.
@@ -181,7 +198,8 @@ class Node:
         self.audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog)
         self.scp = StorageSCP(self.store, self.index, self.audit)
         self.ae = build_ae(config, self.store, log_pdus=log_pdus)
-        self.downstream = Downstream(config, self.index, self.audit) if standalone else None
+        self.downstream = Downstream(config, self.index, self.audit, sender=role == "all", workers=role == "all") \
+            if standalone else None
         self.completion = CompletionScheduler(self.index, config.completion,
                                               after_sweep=self.downstream.route if self.downstream else None)
         self.web: WebServer | None = None
@@ -306,14 +324,14 @@ class Supervisor:
     """Several listener processes behind one port (it accepts, dispatch.py hands each
     connection to the least busy), plus recovery and the completion sweep."""
 
-    def __init__(self, config: NodeConfig, workers: int, log_pdus: bool = False) -> None:
+    def __init__(self, config: NodeConfig, workers: int, log_pdus: bool = False, role: str = "all") -> None:
         self.config = config
         self.workers = workers
         self.log_pdus = log_pdus
         self.store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
         self.index = Index(config.index.path, synchronous="NORMAL")
         self.audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog)
-        self.downstream = Downstream(config, self.index, self.audit)
+        self.downstream = Downstream(config, self.index, self.audit, sender=role == "all", workers=role == "all")
         self.completion = CompletionScheduler(self.index, config.completion, after_sweep=self.downstream.route)
         self.recovery: RecoveryReport | None = None
         self._context = multiprocessing.get_context("spawn")

@@ -166,6 +166,12 @@ def test_burned_in_instances_are_held_back_and_only_the_peer_the_study_went_to_c
         wait_for(lambda: any(d.SOPInstanceUID == sent.SOPInstanceUID for d in pacs.received), 30, "the SEG at the PACS")
         seg = next(d for d in pacs.received if d.SOPInstanceUID == sent.SOPInstanceUID)
         check_mapped_back(seg, sent, files)
+        from dicom_node.audit import read_audit
+
+        # The export to the PACS is audited under the original study, the one the PACS now holds.
+        sent_records = wait_for(lambda: [r for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "result_sent"],
+                                10, "the delivery's audit record")
+        assert {r["study_uid"] for r in sent_records} == {study_uid}
     finally:
         external.stop()
         pacs.stop()
