@@ -96,14 +96,14 @@ def _serve_downstream(config: NodeConfig, role: str) -> int:
     from .index import Index
     from .service import Downstream
 
-    index = Index(config.index.path, synchronous="NORMAL")
+    index = Index(config.index.location, synchronous="NORMAL")
     audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog) if role == "sender" else None
     downstream = Downstream(config, index, audit, sender=role == "sender", workers=role == "worker")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     downstream.start(describe=False)
-    err.print(f"{config.node.ae_title}: {role} role running on {config.index.path} (Ctrl-C to stop)", highlight=False)
+    err.print(f"{config.node.ae_title}: {role} role running on {config.index.describe()} (Ctrl-C to stop)", highlight=False)
     try:
         while not stop.wait(1.0):
             downstream.supervise()
@@ -181,10 +181,10 @@ def _when(timestamp: float | None) -> str:
 def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     from .index import Index
 
-    if not config.index.path.exists():
+    if not config.index.exists():
         studies: list[dict[str, Any]] = []
     else:
-        index = Index(config.index.path, synchronous="NORMAL")
+        index = Index(config.index.location, synchronous="NORMAL")
         try:
             studies = index.studies()
         finally:
@@ -196,9 +196,9 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     # Full UIDs matter to operators: a pipe or a log file gets a wide table, not a squeezed one.
     out = Console() if sys.stdout.isatty() else Console(width=220)
     if not studies:
-        out.print(f"No studies in {config.index.path}")
+        out.print(f"No studies in {config.index.describe()}")
         return EXIT_OK
-    table = Table(title=f"Studies in {config.index.path}")
+    table = Table(title=f"Studies in {config.index.describe()}")
     for column in ("patient", "study / series", "modality", "instances", "state", "version", "last received"):
         table.add_column(column)
     for study in studies:
@@ -218,9 +218,9 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
     from .jobs import JobQueue
     from .outbox import Outbox
 
-    if not config.index.path.exists():
-        return _fail(EXIT_USAGE, f"no index at {config.index.path} (has the node run with this configuration?)")
-    index = Index(config.index.path, synchronous="NORMAL")
+    if not config.index.exists():
+        return _fail(EXIT_USAGE, f"no index at {config.index.describe()} (has the node run with this configuration?)")
+    index = Index(config.index.location, synchronous="NORMAL")
     try:
         queue, outbox = JobQueue(index), Outbox(index)
         now = time.time()
@@ -245,7 +245,7 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
         return EXIT_OK
     out = Console() if sys.stdout.isatty() else Console(width=220)
     if not jobs:
-        out.print(f"No jobs in {config.index.path}")
+        out.print(f"No jobs in {config.index.describe()}")
         return EXIT_OK
     table = Table(title="Jobs (newest first)")
     for column in ("id", "route", "pipeline", "series", "state", "attempts", "created", "finished", "last error / why not"):
@@ -419,10 +419,10 @@ def cmd_routes(config: NodeConfig, args: argparse.Namespace) -> int:
         reports = facts_from_files(paths, config, calling_ae=args.calling_ae, called_ae=args.called_ae)
         where = "in " + ", ".join(args.targets)
     elif len(args.targets) == 1 and all(c.isdigit() or c == "." for c in args.targets[0]):
-        if not config.index.path.exists():
-            return _fail(EXIT_USAGE, f"no index at {config.index.path}")
-        reports = facts_from_index(config.index.path, args.targets[0], config)
-        where = f"for study {args.targets[0]} in {config.index.path}"
+        if not config.index.exists():
+            return _fail(EXIT_USAGE, f"no index at {config.index.describe()}")
+        reports = facts_from_index(config.index.location, args.targets[0], config)
+        where = f"for study {args.targets[0]} in {config.index.describe()}"
     else:
         missing = next(t for t in args.targets if not Path(t).exists())
         return _fail(EXIT_USAGE, f"routes test: {missing} is neither a file, a folder nor a Study Instance UID")

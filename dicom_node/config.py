@@ -151,7 +151,33 @@ class StorageSection(_Section):
 
 
 class IndexSection(_Section):
+    """Where the index lives: ``path`` (SQLite, the embedded default for one machine) or ``url``
+    (``postgresql://user@host:port/database``: one index for listeners, workers and senders on
+    several machines; index_postgres.py). With a url, ``path``'s folder still holds this
+    machine's metrics files and nothing else."""
+
     path: Path = Path("./var/index.sqlite")
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("index.url: only postgresql://... URLs (leave it out for the SQLite file at index.path)")
+        return value
+
+    @property
+    def location(self) -> Path | str:
+        """What Index() opens: the PostgreSQL URL when set, else the SQLite file."""
+        return self.url or self.path
+
+    def describe(self) -> str:
+        """The location for messages (a URL's password replaced)."""
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.url) if self.url else str(self.path)
+
+    def exists(self) -> bool:
+        """Whether there is an index to read (a PostgreSQL index is assumed to be there)."""
+        return self.url is not None or self.path.exists()
 
 
 class SyslogSection(_Section):

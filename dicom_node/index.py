@@ -30,6 +30,8 @@ from .errors import IndexError_
 from .instance import InstanceHeader
 
 SCHEMA_VERSION = 1
+#: "No limit" for a LIMIT ? parameter, on both backends (SQLite's -1 is an error on PostgreSQL).
+_NO_LIMIT = 2**62
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,6 +107,19 @@ CREATE TABLE IF NOT EXISTS receipts (
 """
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (comments dropped; none holds a ';' in a string)."""
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [part.strip() for part in text.split(";") if part.strip()]
+
+
+def _redacted(location: str) -> str:
+    """A database URL without its password, for messages."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", location)
+
+
 class State(str, Enum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
@@ -143,29 +158,58 @@ class Completed:
 class Index:
     """Thread-safe access to the index database; one connection, one writer at a time."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
+        #: A file path (SQLite, the embedded default) or a ``postgresql://`` URL (index_postgres.py).
         self.path = path
+        self.dialect = "postgresql" if str(path).startswith(("postgresql://", "postgres://")) else "sqlite"
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # timeout=0: lock waits are retried in _begin_immediate (readers never wait in WAL).
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(series)")}
-            if "routed_version" not in columns:  # an index written before routing existed
-                self._db.execute("ALTER TABLE series ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
-            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(studies)")}
-            if "routed_version" not in columns:  # an index written before study rules existed: its studies count as routed
-                self._db.execute("ALTER TABLE studies ADD COLUMN version_started_at REAL NOT NULL DEFAULT 0")
-                self._db.execute("ALTER TABLE studies ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
-                self._db.execute("UPDATE studies SET routed_version = version, version_started_at = first_received_at")
-            self._db.execute("CREATE INDEX IF NOT EXISTS studies_unrouted ON studies(study_uid) WHERE routed_version < version")
-        except sqlite3.Error as exc:
-            raise IndexError_(f"cannot open index {path}: {exc}") from exc
+            if self.dialect == "postgresql":
+                self._open_postgres(str(path))
+            else:
+                self._open_sqlite(Path(path), synchronous)
+        except self._errors as exc:
+            raise IndexError_(f"cannot open index {_redacted(str(path))}: {exc}") from exc
         self._lock = threading.RLock()
+
+    def _open_sqlite(self, path: Path, synchronous: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # timeout=0: lock waits are retried in _begin_immediate (readers never wait in WAL).
+        self._db: Any = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(series)")}
+        if "routed_version" not in columns:  # an index written before routing existed
+            self._db.execute("ALTER TABLE series ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(studies)")}
+        if "routed_version" not in columns:  # an index written before study rules existed: its studies count as routed
+            self._db.execute("ALTER TABLE studies ADD COLUMN version_started_at REAL NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE studies ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE studies SET routed_version = version, version_started_at = first_received_at")
+        self._db.execute("CREATE INDEX IF NOT EXISTS studies_unrouted ON studies(study_uid) WHERE routed_version < version")
+
+    def _open_postgres(self, url: str) -> None:
+        from .index_postgres import DatabaseError, PgConnection
+
+        self._errors = (DatabaseError,)
+        self._db = PgConnection(url)
+        self._db.execute("BEGIN")  # under the write lock: several processes may start at once
+        try:
+            for statement in _statements(_SCHEMA):
+                self._db.execute(statement)
+            self._db.execute("CREATE INDEX IF NOT EXISTS studies_unrouted ON studies(study_uid) WHERE routed_version < version")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _columns(self, db: Any, table: str) -> set[str]:
+        if self.dialect == "postgresql":
+            return set(self._db.columns(table))
+        return {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -182,16 +226,16 @@ class Index:
                     raise
                 try:
                     self._db.execute("COMMIT")
-                except sqlite3.Error:
+                except self._errors:
                     # A COMMIT that fails (SQLITE_FULL when the disk fills, SQLITE_IOERR) may leave the
                     # transaction open: its rows would stay visible to this connection and the next
                     # BEGIN would fail. Roll back (an error here means SQLite already did).
                     try:
                         self._db.execute("ROLLBACK")
-                    except sqlite3.Error:
+                    except self._errors:
                         pass
                     raise
-            except sqlite3.Error as exc:
+            except self._errors as exc:
                 raise IndexError_(f"index write failed: {exc}") from exc
 
     #: Longest a writer waits for another process's write lock before giving up.
@@ -225,7 +269,7 @@ class Index:
                 if statement.strip():
                     db.execute(statement)
             for table, columns in (added_columns or {}).items():
-                present = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                present = self._columns(db, table)
                 for column, definition in columns.items():
                     if column not in present:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
@@ -234,7 +278,7 @@ class Index:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
+            except self._errors as exc:
                 raise IndexError_(f"index read failed: {exc}") from exc
 
     def close(self) -> None:
@@ -280,7 +324,7 @@ class Index:
                     transfer_syntax_uid = excluded.transfer_syntax_uid, path = excluded.path,
                     size = excluded.size, calling_ae = excluded.calling_ae, called_ae = excluded.called_ae,
                     peer_address = excluded.peer_address, received_at = excluded.received_at,
-                    series_version = excluded.series_version, receive_count = receive_count + 1
+                    series_version = excluded.series_version, receive_count = instances.receive_count + 1
                 """,
                 (
                     header.sop_instance_uid, header.sop_class_uid, header.series_instance_uid,
@@ -307,9 +351,10 @@ class Index:
                 accession_number, state, version, first_received_at, last_received_at, version_started_at)
             VALUES(?, ?, ?, ?, ?, ?, 'receiving', 1, ?, ?, ?)
             ON CONFLICT(study_uid) DO UPDATE SET
-                last_received_at = max(last_received_at, excluded.last_received_at),
-                version_started_at = CASE WHEN state = 'complete' THEN excluded.last_received_at ELSE version_started_at END,
-                version = CASE WHEN state = 'complete' THEN version + 1 ELSE version END,
+                last_received_at = max(studies.last_received_at, excluded.last_received_at),
+                version_started_at = CASE WHEN studies.state = 'complete' THEN excluded.last_received_at
+                                          ELSE studies.version_started_at END,
+                version = CASE WHEN studies.state = 'complete' THEN studies.version + 1 ELSE studies.version END,
                 state = 'receiving', completed_at = NULL
             """,
             (
@@ -326,9 +371,9 @@ class Index:
                 series_number, calling_ae, state, version, instance_count, first_received_at, last_received_at)
             VALUES(?, ?, ?, ?, ?, ?, ?, 'receiving', 1, ?, ?, ?)
             ON CONFLICT(series_uid) DO UPDATE SET
-                last_received_at = max(last_received_at, excluded.last_received_at),
-                instance_count = instance_count + excluded.instance_count,
-                version = CASE WHEN state = 'complete' THEN version + 1 ELSE version END,
+                last_received_at = max(series.last_received_at, excluded.last_received_at),
+                instance_count = series.instance_count + excluded.instance_count,
+                version = CASE WHEN series.state = 'complete' THEN series.version + 1 ELSE series.version END,
                 state = 'receiving', completed_at = NULL
             RETURNING version
             """,
@@ -375,10 +420,10 @@ class Index:
         """Studies with their series, newest first (``limit``: only that many), for ``dicom-node
         status`` and the dashboard."""
         studies = [dict(r) for r in self.query("SELECT * FROM studies ORDER BY last_received_at DESC LIMIT ?",
-                                                (-1 if limit is None else limit,))]
+                                                (_NO_LIMIT if limit is None else limit,))]
         series = self.query("SELECT * FROM series WHERE study_uid IN (SELECT study_uid FROM studies ORDER BY "
                             "last_received_at DESC LIMIT ?) ORDER BY series_number, first_received_at",
-                            (-1 if limit is None else limit,))
+                            (_NO_LIMIT if limit is None else limit,))
         by_study: dict[str, list[dict[str, Any]]] = {}
         for row in series:
             by_study.setdefault(row["study_uid"], []).append(dict(row))

@@ -47,7 +47,7 @@ DELIVERY_FAILURES = Counter("dicom_node_delivery_failures", "Failed delivery att
 class StateCollector:
     """Gauges read from the index and the disk when scraped."""
 
-    def __init__(self, index_path: Path, storage_path: Path) -> None:
+    def __init__(self, index_path: Path | str, storage_path: Path) -> None:
         self.index_path = index_path
         self.storage_path = storage_path
 
@@ -58,18 +58,26 @@ class StateCollector:
         jobs = GaugeMetricFamily("dicom_node_jobs", "Analysis jobs in the queue by state", labels=["state"])
         deliveries = GaugeMetricFamily("dicom_node_deliveries_queued", "Deliveries by state", labels=["state"])
         studies = GaugeMetricFamily("dicom_node_series", "Series in the index by state", labels=["state"])
+        postgres = str(self.index_path).startswith(("postgresql://", "postgres://"))
         try:
-            db = sqlite3.connect(f"file:{self.index_path}?mode=ro", uri=True, timeout=1)
+            if postgres:
+                from .index_postgres import DatabaseError, PgConnection
+
+                db: Any = PgConnection(str(self.index_path))
+                errors: tuple[type[BaseException], ...] = (DatabaseError,)
+            else:
+                db = sqlite3.connect(f"file:{self.index_path}?mode=ro", uri=True, timeout=1)
+                errors = (sqlite3.Error,)
             try:
                 for table, family in (("jobs", jobs), ("deliveries", deliveries), ("series", studies)):
                     try:
                         for state, count in db.execute(f"SELECT state, count(*) FROM {table} GROUP BY state"):
                             family.add_metric([state], count)
-                    except sqlite3.OperationalError:
+                    except errors:
                         pass  # a table a later stage creates, not there yet
             finally:
                 db.close()
-        except sqlite3.Error:
+        except Exception:  # noqa: BLE001 - a scrape never fails on the index: the gauges are left out
             pass
         yield from (jobs, deliveries, studies)
         disk = GaugeMetricFamily("dicom_node_disk_free_bytes", "Free space where instances are stored", labels=["path"])
@@ -80,7 +88,7 @@ class StateCollector:
         yield disk
 
 
-def exposition(index_path: Path, storage_path: Path) -> tuple[bytes, str]:
+def exposition(index_path: Path | str, storage_path: Path) -> tuple[bytes, str]:
     """The text a Prometheus scrape gets: every process's counters plus the state gauges."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess

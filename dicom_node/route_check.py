@@ -72,10 +72,15 @@ def facts_from_files(paths: list[Path], config: NodeConfig, calling_ae: str = ""
     return reports
 
 
-def facts_from_index(index_path: Path, study_uid: str, config: NodeConfig) -> list[SeriesReport]:
-    """The series of a study in the node's index (opened read-only)."""
-    db = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
+def facts_from_index(location: Path | str, study_uid: str, config: NodeConfig) -> list[SeriesReport]:
+    """The series of a study in the node's index (a SQLite file opened read-only, or PostgreSQL)."""
+    if str(location).startswith(("postgresql://", "postgres://")):
+        from .index_postgres import PgConnection
+
+        db: Any = PgConnection(str(location))
+    else:
+        db = sqlite3.connect(f"file:{location}?mode=ro", uri=True)
+        db.row_factory = sqlite3.Row
     try:
         rows = db.execute("SELECT * FROM series WHERE study_uid = ? ORDER BY series_number, series_uid", (study_uid,)).fetchall()
         reports = []

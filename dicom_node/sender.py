@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
@@ -178,40 +179,87 @@ class Sender:
 
 
 class SenderLock:
-    """One sender per index: an exclusive ``flock`` on ``<index>.sender.lock``. Every process
-    that may send (``serve``, ``serve --role sender`` on the same machine) tries it on each tick;
-    the holder sends, the others stand by, and when the holder dies the kernel releases the lock
-    and a standby takes over within one interval. Two senders never deliver the same row twice."""
+    """One sender per index. SQLite: an exclusive ``flock`` on ``<index>.sender.lock`` (one
+    machine); PostgreSQL: a session advisory lock held by a connection of its own (any number
+    of machines). Every process that may send (``serve``, ``serve --role sender``) tries it on
+    each tick; the holder sends, the others stand by, and when the holder dies (its file handle
+    or its database session goes) a standby takes over within one interval. Two senders never
+    deliver the same row twice."""
 
-    def __init__(self, index_path: Path) -> None:
-        self.path = Path(f"{index_path}.sender.lock")
+    #: The PostgreSQL advisory lock key ("SEND").
+    POSTGRES_KEY = 0x53454E44
+
+    def __init__(self, location: Path | str) -> None:
+        self.location = location
+        self.postgres = str(location).startswith(("postgresql://", "postgres://"))
+        self.path = None if self.postgres else Path(f"{location}.sender.lock")
         self._fd: int | None = None
-        self._standby_logged = False
+        self._conn: Any = None
+        self._state = ""
 
     def acquire(self) -> bool:
         """Whether this process holds the lock (taking it if it is free)."""
+        held = self._acquire_postgres() if self.postgres else self._acquire_file()
+        state = "active" if held else "standby"
+        if state != self._state:  # one line per change, not per tick
+            if held:
+                log.info("This process (%d) is the sender for this index", os.getpid())
+            else:
+                log.info("Another process is the sender for this index (%s); standing by",
+                         self.path if self.path is not None else "PostgreSQL advisory lock")
+            self._state = state
+        return held
+
+    def _acquire_file(self) -> bool:
         if self._fd is not None:
             return True
+        assert self.path is not None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            if not self._standby_logged:
-                log.info("Another process is the sender for this index (%s is locked); standing by", self.path)
-                self._standby_logged = True
             return False
         self._fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        log.info("This process (%d) is the sender for this index", os.getpid())
         return True
+
+    def _acquire_postgres(self) -> bool:
+        import psycopg
+
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:  # the session went (database restarted): the lock went with it
+                log.warning("The sender's database session was lost; taking the sender lock again")
+                self._close_connection()
+        try:
+            conn = psycopg.connect(str(self.location), autocommit=True, connect_timeout=5)
+        except psycopg.Error as exc:
+            log.warning("Sender lock: cannot reach the index database (%s); not sending this round", exc)
+            return False
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", (self.POSTGRES_KEY,)).fetchone()[0]:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def _close_connection(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
+            pass
+        self._conn = None
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        if self._conn is not None:
+            self._close_connection()
 
 
 class SenderScheduler:

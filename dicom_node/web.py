@@ -68,7 +68,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=200 if not problems else 503)
 
     def metrics(request: Request) -> Response:
-        body, content_type = exposition(config.index.path, config.storage.path)
+        body, content_type = exposition(config.index.location, config.storage.path)
         return Response(body, media_type=content_type)
 
     def studies(request: Request) -> Response:

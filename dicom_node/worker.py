@@ -102,7 +102,7 @@ class Worker:
                  clock: Callable[[], float] = time.time, audit: AuditLog | None = None) -> None:
         self.config = config
         self._audit = audit  # opened on first use: most jobs write nothing there
-        self.index = index or Index(config.index.path, synchronous="NORMAL")
+        self.index = index or Index(config.index.location, synchronous="NORMAL")
         self.jobs = JobQueue(self.index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
         self.outbox = Outbox(self.index)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"

@@ -127,3 +127,38 @@ def dcmtk_reference_datasets(dcmtk: Dcmtk, folder: Path, storescu_args: list[str
         scp.terminate()
         scp.wait(timeout=10)
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p) for p in folder.iterdir() if p.is_file()}
+
+
+# -- the index on both backends -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL for the session (dicom_node/postgres_local.py); each test that
+    asks for the postgresql index gets a database of its own in it."""
+    from dicom_node.postgres_local import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+def new_postgres_database(server: Any) -> str:
+    """A fresh database in ``server``; its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"index_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's index lives: a SQLite file, or a fresh database in the session's PostgreSQL
+    (the index, jobs and outbox tests run on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "index.sqlite"
+    return new_postgres_database(request.getfixturevalue("postgres_server"))

@@ -23,8 +23,8 @@ def _receipt(at: float) -> Receipt:
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Index:
-    idx = Index(tmp_path / "index.sqlite")
+def index(index_location: Path | str) -> Index:
+    idx = Index(index_location)
     yield idx
     idx.close()
 
@@ -40,8 +40,33 @@ def test_records_routing_attributes(index: Index) -> None:
     assert (series["modality"], series["body_part_examined"], series["series_description"], series["instance_count"]) == ("CT", "CHEST", "Axial", 1)
 
 
-def test_wal_mode(index: Index) -> None:
-    assert index.query("PRAGMA journal_mode")[0][0] == "wal"
+def test_wal_mode_and_one_writer_at_a_time(index: Index, index_location: Path | str) -> None:
+    """SQLite in WAL mode; on both, a write transaction waits for another process's (PostgreSQL:
+    the advisory lock that gives the SQLite statements their meaning there)."""
+    import threading
+    import time
+
+    if index.dialect == "sqlite":
+        assert index.query("PRAGMA journal_mode")[0][0] == "wal"
+    other = Index(index_location)
+    entered = threading.Event()
+
+    def hold() -> None:
+        with other.transaction() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES('holder', 'x')")
+            entered.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    entered.wait(10)
+    started = time.monotonic()
+    index.set_meta("waiter", "y")
+    waited = time.monotonic() - started
+    thread.join()
+    other.close()
+    assert waited >= 0.3, f"the second writer went ahead after {waited:.2f} s"
+    assert (index.get_meta("holder"), index.get_meta("waiter")) == ("x", "y")
 
 
 def test_duplicates_are_recorded_not_counted(index: Index) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ def new_job(series: str, priority: str = "routine", version: int = 1) -> NewJob:
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(Index(tmp_path / "index.sqlite"), max_attempts=3, retry_base_seconds=10)
+def queue(index_location: Path | str) -> Iterator[JobQueue]:
+    jobs = JobQueue(Index(index_location), max_attempts=3, retry_base_seconds=10)
+    yield jobs
+    jobs.index.close()
 
 
 def add(queue: JobQueue, job: NewJob, now: float = 0.0) -> bool:

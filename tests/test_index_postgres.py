@@ -1,0 +1,106 @@
+"""The index on PostgreSQL (dicom_node/index_postgres.py): the statement translation, and the
+whole node on one PostgreSQL index as separate role processes, through a database restart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from dicom_node.index_postgres import to_postgres
+
+from .conftest import TEST_SCU, config_dict, new_postgres_database
+from .external_ai import ExternalAI
+from .peers import free_port, stop_process, wait_for, wait_for_port
+from .test_scp import send
+
+
+@pytest.mark.parametrize("sqlite, postgres", [
+    ("SELECT * FROM t WHERE a = ? AND b LIKE 'x?%'", "SELECT * FROM t WHERE a = %s AND b LIKE 'x?%'"),
+    ("SELECT a % 2 FROM t WHERE b = ?", "SELECT a %% 2 FROM t WHERE b = %s"),
+    ("INSERT OR IGNORE INTO t(a) VALUES(?)", "INSERT INTO t(a) VALUES(%s) ON CONFLICT DO NOTHING"),
+    ("INSERT OR IGNORE INTO t(a) VALUES(?) RETURNING id", "INSERT INTO t(a) VALUES(%s) ON CONFLICT DO NOTHING RETURNING id"),
+    ("UPDATE t SET a = max(t.a, excluded.a), b = min(b, ?)", "UPDATE t SET a = GREATEST(t.a, excluded.a), b = LEAST(b, %s)"),
+    ("SELECT max(a) FROM t", "SELECT max(a) FROM t"),
+    ("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, x REAL, b BLOB)",
+     "CREATE TABLE t (id BIGSERIAL PRIMARY KEY, n BIGINT NOT NULL, x DOUBLE PRECISION, b BYTEA)"),
+])
+def test_statements_written_for_sqlite_are_translated(sqlite: str, postgres: str) -> None:
+    assert to_postgres(sqlite) == postgres
+
+
+def _serve(path: Path, role: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve", "--role", role],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_restart(
+        tmp_path: Path, postgres_server: object) -> None:
+    """Listener, worker and sender processes on one PostgreSQL index: a study in, its SEG and SR
+    out; the database is killed and restarted; the processes reconnect by themselves and the next
+    study goes through too. While the database is down the listener acknowledges nothing."""
+    from ai.phantom import make_phantom
+    from dicom_node.synthetic import write_volume_series
+
+    index_location = new_postgres_database(postgres_server)
+    pacs = ExternalAI("PACS")
+    port = free_port()
+    data = config_dict(
+        tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 1},
+        index={"path": str(tmp_path / "local" / "index.sqlite"), "url": index_location},
+        peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1, "receive": False},
+               {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "send": False}],
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["pacs"]}],
+        pipelines={"baseline": {"kind": "classical"}}, results={"path": str(tmp_path / "results")},
+        jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": 30},
+        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2})
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    procs = {}
+    try:
+        procs["listener"] = _serve(path, "listener", tmp_path / "listener.log")
+        wait_for_port(port, procs["listener"])
+        procs["worker"] = _serve(path, "worker", tmp_path / "worker.log")
+        procs["sender"] = _serve(path, "sender", tmp_path / "sender.log")
+
+        def study(seed: int) -> tuple[str, list[Path]]:
+            phantom = make_phantom(seed, shape=(16, 64, 64), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+            files = write_volume_series(phantom.volume, tmp_path / f"ct{seed}", seed=seed)
+            return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID), files
+
+        def results_of(study_uid: str) -> list[str]:
+            return sorted(d.Modality for d in pacs.received if str(d.StudyInstanceUID) == study_uid)
+
+        first, files = study(3)
+        assert send(port, files) == [0] * len(files)
+        wait_for(lambda: results_of(first) == ["SEG", "SR"], 120, "the first study's SEG and SR")
+
+        server = postgres_server  # the session's cluster: killed (SIGKILL) and started again
+        server.kill()  # type: ignore[attr-defined]
+        down, down_files = study(4)
+        statuses = send(port, down_files[:2])
+        assert all(s != 0 for s in statuses), f"acknowledged while the index was down: {statuses}"
+        server.restart()  # type: ignore[attr-defined]
+
+        second, files = study(5)
+        deadline = time.monotonic() + 60
+        while (statuses := send(port, files)) != [0] * len(files) and time.monotonic() < deadline:
+            time.sleep(1)  # the listener's first statements after the restart reconnect
+        assert statuses == [0] * len(files)
+        wait_for(lambda: results_of(second) == ["SEG", "SR"], 120, "the second study's SEG and SR after the restart")
+        assert results_of(first) == ["SEG", "SR"]  # nothing went twice
+        out = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "status", "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and first in out.stdout and second in out.stdout
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                stop_process(proc, 30)
+        pacs.stop()
