@@ -104,3 +104,67 @@ def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_r
             if proc.poll() is None:
                 stop_process(proc, 30)
         pacs.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_host_killed_mid_job_on_postgresql_and_the_job_completes_once_elsewhere(
+        tmp_path: Path, postgres_server: object) -> None:
+    """The worker role's whole process group (a host) dies with SIGKILL while the model runs; a
+    worker role started as another host claims the job when its lease expires; the PACS gets one
+    SEG and one SR."""
+    import os
+    import signal
+
+    from ai.phantom import make_phantom
+    from dicom_node.index import Index
+    from dicom_node.synthetic import write_volume_series
+
+    url = new_postgres_database(postgres_server)
+    pacs = ExternalAI("PACS")
+    port = free_port()
+    data = config_dict(
+        tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 1},
+        index={"path": str(tmp_path / "local" / "index.sqlite"), "url": url},
+        peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1, "receive": False},
+               {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "send": False}],
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "organs", "destinations": ["pacs"]}],
+        pipelines={"organs": {"kind": "model", "model": "ct-organs", "device": "cpu"}},
+        results={"path": str(tmp_path / "results")}, jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": 3},
+        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2})
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(role: str, name: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve", "--role", role],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # its own "host"
+        procs.append(proc)
+        return proc
+
+    index = Index(url)
+    try:
+        wait_for_port(port, start("listener", "listener"))
+        first_host = start("worker", "worker-host-1")
+        start("sender", "sender")
+        phantom = make_phantom(21, shape=(80, 192, 192), spacing=(2.0, 1.5, 1.5), liver_lesions=(0, 0), lung_nodules=(0, 0))
+        files = write_volume_series(phantom.volume, tmp_path / "ct", seed=21)
+        assert send(port, files) == [0] * len(files)
+        wait_for(lambda: index.query("SELECT 1 FROM jobs WHERE state = 'running'"), 120, "the job to start")
+        time.sleep(1.0)  # into the model
+        os.killpg(first_host.pid, signal.SIGKILL)  # the host: the role process and its worker process
+        first_host.wait(timeout=30)
+        assert index.query("SELECT state FROM jobs")[0]["state"] == "running", "the job finished before the kill"
+        start("worker", "worker-host-2")
+        wait_for(lambda: sorted(d.Modality for d in pacs.received) == ["SEG", "SR"], 180,
+                 "the SEG and SR after the worker host died")
+        job = index.query("SELECT state, attempts FROM jobs")[0]
+        assert (job["state"], job["attempts"]) == ("done", 2)
+        time.sleep(1.0)  # nothing else on its way
+        assert sorted(d.Modality for d in pacs.received) == ["SEG", "SR"]
+    finally:
+        index.close()
+        for proc in procs:
+            if proc.poll() is None:
+                stop_process(proc, 30)
+        pacs.stop()
