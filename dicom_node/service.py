@@ -62,12 +62,6 @@ class HandedServer(HandshakeServerMixin, ThreadedAssociationServer):  # type: ig
         pass
 
 
-#: What ``serve --role`` runs: ``all`` (one machine, the default); ``listener`` (DICOM listener,
-#: completion, routing, web service, retention); ``worker`` (the analysis worker processes);
-#: ``sender`` (the outbox sender; one per index sends, the others stand by: sender.SenderLock).
-ROLES = ("all", "listener", "worker", "sender")
-
-
 class Downstream:
     """What follows completion, run beside the sweep: routing (after every sweep), the outbox
     sender (its own schedule) and the analysis worker processes; ``sender`` and ``workers``
@@ -177,7 +171,9 @@ def start_retention(config: NodeConfig, index: Index, audit: AuditLog) -> Retent
 
 class Node:
     """A listener process: DICOM server + durable store + index (+ recovery and sweep when it
-    runs alone, which is what tests and single-worker deployments use)."""
+    runs alone, which is what tests and single-worker deployments use). ``role``: ``all`` also
+    runs the sender and the analysis workers; ``listener`` leaves them to ``serve --role
+    worker|sender`` processes."""
 
     #: How long stop() waits for open associations to end before aborting them.
     DRAIN_SECONDS = 10.0
