@@ -187,6 +187,19 @@ def test_pseudonyms_are_consistent_per_site_and_unlinkable_across_sites() -> Non
         PseudonymKey(b"short")
 
 
+def test_a_key_file_is_read_byte_for_byte(tmp_path: Path) -> None:
+    """``head -c 32 /dev/urandom`` may write whitespace bytes at either end: they are key, not
+    padding (a CI run once lost one and refused a 32-byte key as 31)."""
+    path = tmp_path / "site.key"
+    secret = b"\n\t " + bytes(range(40, 66)) + b" \r\n"
+    path.write_bytes(secret)
+    path.chmod(0o600)
+    assert PseudonymKey.from_file(path).uid("1.2.3") == PseudonymKey(secret).uid("1.2.3")
+    path.write_bytes(b"x" * 31)
+    with pytest.raises(Exception, match="31 bytes"):
+        PseudonymKey.from_file(path)
+
+
 def test_a_study_sent_twice_gets_the_same_uids_and_intervals_survive_modified_dates() -> None:
     engine = Deidentifier(Profile("long", frozenset({"retain_longitudinal_modified_dates"})), KEY)
     first = dcmread(get_testdata_file("CT_small.dcm"))

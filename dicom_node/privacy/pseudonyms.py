@@ -43,7 +43,7 @@ class PseudonymKey:
     @classmethod
     def from_file(cls, path: Path) -> PseudonymKey:
         try:
-            secret = path.read_bytes().strip()
+            secret = path.read_bytes()  # every byte, as written: a random key may begin or end with "whitespace"
             mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"deidentification.key_file {path}: {exc}") from None
