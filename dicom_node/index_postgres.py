@@ -5,7 +5,7 @@ position).
 
 What differs between the two is said here, once:
 
-- placeholders: ``?`` becomes ``%s`` (and a literal ``%`` doubles), outside quoted strings;
+- placeholders: ``?`` becomes ``%s`` outside quoted strings; every literal ``%`` doubles;
 - ``INSERT OR IGNORE`` becomes ``INSERT ... ON CONFLICT DO NOTHING``; two-argument ``max`` and
   ``min`` become ``GREATEST`` and ``LEAST``;
 - DDL: ``INTEGER PRIMARY KEY`` becomes ``BIGSERIAL PRIMARY KEY``, ``INTEGER`` ``BIGINT`` (file
@@ -41,7 +41,9 @@ _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 
 def to_postgres(sql: str) -> str:
     """A statement written for SQLite, as PostgreSQL takes it (the module docstring's rules)."""
-    sql = _TOKENS.sub(lambda m: "%s" if m.group(0) == "?" else "%%" if m.group(0) == "%" else m.group(0), sql)
+    # psycopg reads every '%' as a placeholder, in quoted strings too: they double everywhere,
+    # while a '?' in a quoted string stays a character.
+    sql = _TOKENS.sub(lambda m: "%s" if m.group(0) == "?" else m.group(0).replace("%", "%%"), sql)
     sql = _TWO_ARGUMENT.sub(lambda m: f"{'GREATEST' if m.group(1).lower() == 'max' else 'LEAST'}({m.group(2)}, {m.group(3)})",
                             sql)
     if _INSERT_OR_IGNORE.search(sql):

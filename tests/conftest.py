@@ -162,3 +162,23 @@ def index_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str
     if request.param == "sqlite":
         return tmp_path / "index.sqlite"
     return new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], Any]]:
+    """Opens indexes on one backend: ``open_index("name.sqlite")`` is an Index in a SQLite file
+    of that name, or in a fresh PostgreSQL database (routing's tests run on both); all are
+    closed at teardown."""
+    from dicom_node.index import Index
+
+    opened: list[Index] = []
+    server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
+
+    def open_one(name: str) -> Index:
+        index = Index(tmp_path / name if server is None else new_postgres_database(server))
+        opened.append(index)
+        return index
+
+    yield open_one
+    for index in opened:
+        index.close()

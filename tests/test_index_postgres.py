@@ -21,7 +21,7 @@ from .test_scp import send
 
 
 @pytest.mark.parametrize("sqlite, postgres", [
-    ("SELECT * FROM t WHERE a = ? AND b LIKE 'x?%'", "SELECT * FROM t WHERE a = %s AND b LIKE 'x?%'"),
+    ("SELECT * FROM t WHERE a = ? AND b LIKE 'x?%'", "SELECT * FROM t WHERE a = %s AND b LIKE 'x?%%'"),
     ("SELECT a % 2 FROM t WHERE b = ?", "SELECT a %% 2 FROM t WHERE b = %s"),
     ("INSERT OR IGNORE INTO t(a) VALUES(?)", "INSERT INTO t(a) VALUES(%s) ON CONFLICT DO NOTHING"),
     ("INSERT OR IGNORE INTO t(a) VALUES(?) RETURNING id", "INSERT INTO t(a) VALUES(%s) ON CONFLICT DO NOTHING RETURNING id"),

@@ -217,17 +217,17 @@ def test_results_go_deidentified_to_a_research_destination_and_identified_to_the
         pacs.stop()
 
 
-def test_a_study_sent_to_two_peers_can_be_answered_by_each_and_by_nobody_else(tmp_path: Path,
-                                                                                make_config: Callable[..., NodeConfig]) -> None:
-    """One site key gives every peer the same pseudonyms: the map keeps a row per peer."""
-    from dicom_node.index import Index
+def test_a_study_sent_to_two_peers_can_be_answered_by_each_and_by_nobody_else(
+        open_index: Callable[[str], object], make_config: Callable[..., NodeConfig]) -> None:
+    """One site key gives every peer the same pseudonyms: the map keeps a row per peer (on both
+    index backends)."""
     from dicom_node.privacy import pseudonym_map
     from dicom_node.privacy.reidentify import returning
 
     config = make_config(peers=[{"name": "a", "ae_title": "AI_A", "host": "127.0.0.1", "port": 104},
                                 {"name": "b", "ae_title": "AI_B", "host": "127.0.0.1", "port": 105}])
-    index = Index(tmp_path / "index.sqlite")
-    with index.transaction() as db:
+    index = open_index("index.sqlite")
+    with index.transaction() as db:  # type: ignore[attr-defined]
         for peer in ("a", "b"):
             pseudonym_map.record(db, [("2.25.1", "1.2.3", "uid"), ("2.25.2", "1.2.3.4", "uid")], "1.2.3", "r", peer, "p", 0)
         back = returning(db, "2.25.1", "AI_B", config.peers)

@@ -39,13 +39,17 @@ def study_of(files: list[Path]) -> str:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> Iterator[Callable[..., tuple[NodeConfig, Index, Retention]]]:
+def setup(tmp_path: Path, make_config: Callable[..., NodeConfig],
+          index_location: Path | str) -> Iterator[Callable[..., tuple[NodeConfig, Index, Retention]]]:
+    """Retention on each index backend (SQLite, PostgreSQL)."""
     opened: list[tuple[Index, AuditLog]] = []
+    where = {"url": index_location} if isinstance(index_location, str) else {"path": str(index_location)}
 
     def make(routes: list | None = None, **retention: object) -> tuple[NodeConfig, Index, Retention]:
         config = make_config(peers=PEERS, routes=routes or [], pipelines={"p": {"kind": "classical"}},
-                             retention={"enabled": True, **retention}, results={"path": str(tmp_path / "results")})
-        index, audit = Index(config.index.path), AuditLog(config.audit.path)
+                             retention={"enabled": True, **retention}, results={"path": str(tmp_path / "results")},
+                             index=where)
+        index, audit = Index(config.index.location), AuditLog(config.audit.path)
         opened.append((index, audit))
         return config, index, Retention(config, index, audit, clock=lambda: 10 * DAY)
 

@@ -51,8 +51,9 @@ def config(make_config: Callable[..., NodeConfig]) -> NodeConfig:
     return make_config(peers=PEERS, routes=ROUTES, pipelines={"organs": {"kind": "classical"}})
 
 
-def test_a_completed_series_becomes_jobs_once_per_version(tmp_path: Path, config: NodeConfig) -> None:
-    index = Index(tmp_path / "index.sqlite")
+def test_a_completed_series_becomes_jobs_once_per_version(open_index: Callable[[str], Index],
+        tmp_path: Path, config: NodeConfig) -> None:
+    index = open_index("index.sqlite")
     queue = JobQueue(index)
     store(index, header("1.1", "1.1.1"), "PACS", now=0)
     store(index, header("1.1", "1.1.2"), "PACS", now=0)
@@ -69,8 +70,9 @@ def test_a_completed_series_becomes_jobs_once_per_version(tmp_path: Path, config
     assert len(queue.list()) == 2
 
 
-def test_return_to_sender_only_when_the_sender_may_receive(tmp_path: Path, config: NodeConfig) -> None:
-    index = Index(tmp_path / "index.sqlite")
+def test_return_to_sender_only_when_the_sender_may_receive(open_index: Callable[[str], Index],
+        tmp_path: Path, config: NodeConfig) -> None:
+    index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
     store(index, header("2.1", "2.1.1"), "CT01", now=0)
@@ -106,9 +108,10 @@ def test_routes_must_name_known_pipelines_and_receiving_peers(make_config: Calla
                     pipelines={"p": {"kind": "classical"}})
 
 
-def test_forward_queues_each_instance_once_per_version(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+def test_forward_queues_each_instance_once_per_version(open_index: Callable[[str], Index],
+        tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
     config = make_config(peers=PEERS, routes=[{"name": "archive", "match": {"modality": "CT"}, "forward": ["pacs", "viewer"]}])
-    index = Index(tmp_path / "index.sqlite")
+    index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
     outbox = Outbox(index)
@@ -244,10 +247,11 @@ def routed(index: Index, config: NodeConfig, series: str, description: str, body
     return [j.route for j in jobs], forwards
 
 
-def test_rules_act_in_order_until_one_stops_and_the_fallback_only_when_none_matched(
+def test_rules_act_in_order_until_one_stops_and_the_fallback_only_when_none_matched(open_index: Callable[[str], Index],
+        
         tmp_path: Path, make_config: Callable[..., NodeConfig], caplog: pytest.LogCaptureFixture) -> None:
     config = make_config(peers=PEERS, routes=RULES, pipelines={"organs": {"kind": "classical"}})
-    index = Index(tmp_path / "index.sqlite")
+    index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
     # chest: archive continues, chest stops before abdomen
@@ -262,10 +266,11 @@ def test_rules_act_in_order_until_one_stops_and_the_fallback_only_when_none_matc
     assert routed(index, config, "5.4", "T1", "HEAD", 1, modality="MR") == ([], ["everything-else"])
 
 
-def test_a_fallback_alone_is_named_when_nothing_matches(tmp_path: Path, make_config: Callable[..., NodeConfig],
+def test_a_fallback_alone_is_named_when_nothing_matches(open_index: Callable[[str], Index],
+        tmp_path: Path, make_config: Callable[..., NodeConfig],
                                                         caplog: pytest.LogCaptureFixture) -> None:
     config = make_config(peers=PEERS, routes=RULES[:4], pipelines={"organs": {"kind": "classical"}})
-    index = Index(tmp_path / "index.sqlite")
+    index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
     caplog.set_level("INFO", logger="dicom_node.routing")
@@ -295,10 +300,11 @@ def study_rule(**study: Any) -> dict[str, Any]:
             "pipeline": "organs", "destinations": ["viewer"], "study": study}
 
 
-def test_a_study_rule_waits_for_the_quiet_study_then_acts_on_its_matching_series(
+def test_a_study_rule_waits_for_the_quiet_study_then_acts_on_its_matching_series(open_index: Callable[[str], Index],
+        
         tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
     config = make_config(peers=PEERS, routes=[study_rule(quiet_seconds=50)], pipelines={"organs": {"kind": "classical"}})
-    index = Index(tmp_path / "index.sqlite")
+    index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
     store(index, header("7.1", "7.1.1"), "PACS", 0)
@@ -312,14 +318,15 @@ def test_a_study_rule_waits_for_the_quiet_study_then_acts_on_its_matching_series
     assert (decision["outcome"], decision["reason"]) == ("fired", "quiet for 50 s")
 
 
-def test_required_series_fire_early_or_at_the_maximum_wait(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+def test_required_series_fire_early_or_at_the_maximum_wait(open_index: Callable[[str], Index],
+        tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
     required = [{"attribute": "SeriesDescription", "regex": "arterial", "ignore_case": True},
                 {"attribute": "SeriesDescription", "regex": "venous", "ignore_case": True}]
     pipelines = {"organs": {"kind": "classical"}}
     for on_timeout, expected in (("process", ["8.1"]), ("discard", [])):
         config = make_config(peers=PEERS, pipelines=pipelines, routes=[
             study_rule(required_series=required, max_wait_seconds=600, on_timeout=on_timeout)])
-        index = Index(tmp_path / f"{on_timeout}.sqlite")
+        index = open_index(f"{on_timeout}.sqlite")
         JobQueue(index)
         Outbox(index)
         store(index, header("8.1", "8.1.1", description="Arterial phase"), "PACS", 0)
@@ -333,7 +340,7 @@ def test_required_series_fire_early_or_at_the_maximum_wait(tmp_path: Path, make_
 
     config = make_config(peers=PEERS, pipelines=pipelines,
                          routes=[study_rule(required_series=required, max_wait_seconds=600)])
-    index = Index(tmp_path / "both.sqlite")
+    index = open_index("both.sqlite")
     JobQueue(index)
     Outbox(index)
     store(index, header("9.1", "9.1.1", description="Arterial phase"), "PACS", 0)
@@ -345,14 +352,15 @@ def test_required_series_fire_early_or_at_the_maximum_wait(tmp_path: Path, make_
     assert sorted(j.series_uid for j in route_completed(index, config, now=20)) == ["9.1", "9.2", "9.3"]
 
 
-def test_study_rules_stop_and_fallback_per_study(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+def test_study_rules_stop_and_fallback_per_study(open_index: Callable[[str], Index],
+        tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
     routes = [
         {**study_rule(quiet_seconds=10), "name": "ct-study", "on_match": "stop"},
         {"name": "also", "trigger": "study", "forward": ["pacs"]},
         {"name": "other", "trigger": "study", "fallback": True, "forward": ["viewer"]},
     ]
     config = make_config(peers=PEERS, routes=routes, pipelines={"organs": {"kind": "classical"}})
-    index = Index(tmp_path / "index.sqlite")
+    index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
     store(index, header("10.1", "10.1.1"), "PACS", 0)
@@ -365,10 +373,11 @@ def test_study_rules_stop_and_fallback_per_study(tmp_path: Path, make_config: Ca
     assert [r["study_uid"] for r in index.query("SELECT study_uid FROM studies WHERE routed_version = version")] == ["1.2.3", "1.2.4"]
 
 
-def test_return_to_sender_forwards_the_originals_back_to_the_peer_that_sent_them(
+def test_return_to_sender_forwards_the_originals_back_to_the_peer_that_sent_them(open_index: Callable[[str], Index],
+        
         tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
     config = make_config(peers=PEERS, routes=[{"name": "echo-back", "match": {"modality": "CT"}, "forward": ["sender"]}])
-    index = Index(tmp_path / "index.sqlite")
+    index = open_index("index.sqlite")
     JobQueue(index)
     outbox = Outbox(index)
     store(index, header("12.1", "12.1.1"), "PACS", now=0)  # PACS may receive: it gets the series back
