@@ -86,6 +86,14 @@ def start_node(workdir: Path, config: dict[str, Any]) -> PeerProcess:
 
 
 
+def serve_role(config_path: Path, role: str, log: Path, own_session: bool = False) -> subprocess.Popen[bytes]:
+    """``dicom-node serve --role ROLE`` in a subprocess logging to ``log``; ``own_session``: a
+    process group of its own (a "host" a test can kill whole)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config_path), "serve", "--role", role],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=own_session)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from dicom_node.index_postgres import to_postgres
 
 from .conftest import TEST_SCU, config_dict, new_postgres_database
 from .external_ai import ExternalAI
-from .peers import free_port, stop_process, wait_for, wait_for_port
+from .peers import free_port, serve_role, stop_process, wait_for, wait_for_port
 from .test_scp import send
 
 
@@ -34,10 +34,20 @@ def test_statements_written_for_sqlite_are_translated(sqlite: str, postgres: str
     assert to_postgres(sqlite) == postgres
 
 
-def _serve(path: Path, role: str, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve", "--role", role],
-                                stdout=out, stderr=subprocess.STDOUT)
+def write_config(tmp_path: Path, url: str, port: int, pacs_port: int, pipeline: dict, lease_seconds: float) -> Path:
+    """A node on the PostgreSQL index ``url`` whose CT route sends ``pipeline``'s results to the PACS."""
+    data = config_dict(
+        tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 1},
+        index={"path": str(tmp_path / "local" / "index.sqlite"), "url": url},
+        peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1, "receive": False},
+               {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port, "send": False}],
+        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "p", "destinations": ["pacs"]}],
+        pipelines={"p": pipeline}, results={"path": str(tmp_path / "results")},
+        jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": lease_seconds},
+        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2})
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @pytest.mark.slow
@@ -49,26 +59,15 @@ def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_r
     from ai.phantom import make_phantom
     from dicom_node.synthetic import write_volume_series
 
-    index_location = new_postgres_database(postgres_server)
     pacs = ExternalAI("PACS")
     port = free_port()
-    data = config_dict(
-        tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 1},
-        index={"path": str(tmp_path / "local" / "index.sqlite"), "url": index_location},
-        peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1, "receive": False},
-               {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "send": False}],
-        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["pacs"]}],
-        pipelines={"baseline": {"kind": "classical"}}, results={"path": str(tmp_path / "results")},
-        jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": 30},
-        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2})
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = write_config(tmp_path, new_postgres_database(postgres_server), port, pacs.port, {"kind": "classical"}, 30)
     procs = {}
     try:
-        procs["listener"] = _serve(path, "listener", tmp_path / "listener.log")
+        procs["listener"] = serve_role(path, "listener", tmp_path / "listener.log")
         wait_for_port(port, procs["listener"])
-        procs["worker"] = _serve(path, "worker", tmp_path / "worker.log")
-        procs["sender"] = _serve(path, "sender", tmp_path / "sender.log")
+        procs["worker"] = serve_role(path, "worker", tmp_path / "worker.log")
+        procs["sender"] = serve_role(path, "sender", tmp_path / "sender.log")
 
         def study(seed: int) -> tuple[str, list[Path]]:
             phantom = make_phantom(seed, shape=(16, 64, 64), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
@@ -122,23 +121,11 @@ def test_a_worker_host_killed_mid_job_on_postgresql_and_the_job_completes_once_e
     url = new_postgres_database(postgres_server)
     pacs = ExternalAI("PACS")
     port = free_port()
-    data = config_dict(
-        tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 1},
-        index={"path": str(tmp_path / "local" / "index.sqlite"), "url": url},
-        peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1, "receive": False},
-               {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "send": False}],
-        routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "organs", "destinations": ["pacs"]}],
-        pipelines={"organs": {"kind": "model", "model": "ct-organs", "device": "cpu"}},
-        results={"path": str(tmp_path / "results")}, jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": 3},
-        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2})
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = write_config(tmp_path, url, port, pacs.port, {"kind": "model", "model": "ct-organs", "device": "cpu"}, 3)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(role: str, name: str) -> subprocess.Popen[bytes]:
-        with open(tmp_path / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve", "--role", role],
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # its own "host"
+        proc = serve_role(path, role, tmp_path / f"{name}.log", own_session=True)  # its own "host"
         procs.append(proc)
         return proc
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
@@ -17,16 +16,10 @@ from dicom_node.synthetic import write_volume_series
 
 from .conftest import TEST_SCU, config_dict
 from .external_ai import ExternalAI
-from .peers import free_port, stop_process, wait_for, wait_for_port
+from .peers import free_port, serve_role, stop_process, wait_for, wait_for_port
 from .test_scp import send
 
 pytestmark = pytest.mark.slow
-
-
-def serve(path: Path, role: str, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve", "--role", role],
-                                stdout=out, stderr=subprocess.STDOUT)
 
 
 def test_listener_worker_and_two_senders_as_separate_processes(tmp_path: Path) -> None:
@@ -43,11 +36,11 @@ def test_listener_worker_and_two_senders_as_separate_processes(tmp_path: Path) -
     path.write_text(yaml.safe_dump(data))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs["listener"] = serve(path, "listener", tmp_path / "listener.log")
+        procs["listener"] = serve_role(path, "listener", tmp_path / "listener.log")
         wait_for_port(port, procs["listener"])
-        procs["worker"] = serve(path, "worker", tmp_path / "worker.log")
-        procs["sender-a"] = serve(path, "sender", tmp_path / "sender-a.log")
-        procs["sender-b"] = serve(path, "sender", tmp_path / "sender-b.log")
+        procs["worker"] = serve_role(path, "worker", tmp_path / "worker.log")
+        procs["sender-a"] = serve_role(path, "sender", tmp_path / "sender-a.log")
+        procs["sender-b"] = serve_role(path, "sender", tmp_path / "sender-b.log")
         lock = Path(f"{tmp_path / 'index.sqlite'}.sender.lock")
         holder = int(wait_for(lambda: lock.exists() and lock.read_text().strip(), 60, "a sender holding the lock"))
         standby = next(name for name in ("sender-a", "sender-b") if procs[name].pid != holder)
