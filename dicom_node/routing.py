@@ -75,14 +75,9 @@ def _header_at(path: str, mtime_ns: int, size: int) -> Dataset | None:
 def read_rule_header(path: str | Path, fallback: Dataset) -> Dataset:
     """The header rules evaluate: the file's, over ``fallback`` (the index's attributes), so an
     unreadable file still matches on what the index knows."""
-    try:
-        stat = os.stat(path)
-        version = (stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        version = (-1, -1)
     header = Dataset()
     header.update(fallback)
-    found = _header_at(str(path), *version)
+    found = _header_at(str(path), *_file_version(str(path)))
     if found is not None:
         header.update(found)
     return header
@@ -246,14 +241,17 @@ def _file_version(path: str) -> tuple[int, int]:
         return -1, -1
 
 
-_ENGINES: dict[tuple[int, str], Deidentifier] = {}
+_ENGINES: dict[tuple[str, str, int], Deidentifier] = {}
 
 
 def deidentifier(config: NodeConfig, profile: str) -> Deidentifier:
-    """The engine of ``profile``, made once per configuration (it reads the key file)."""
-    key = (id(config.deidentification), profile)
+    """The engine of ``profile``, made once per profile and key file version (it reads the key
+    file; the next sweep after the key file changes reads it again)."""
+    section = config.deidentification
+    spec = section.profiles[profile].model_dump_json() if profile in section.profiles else ""
+    key = (f"{profile}\0{spec}", str(section.key_file), _file_version(str(section.key_file))[0] if section.key_file else -1)
     if key not in _ENGINES:
-        _ENGINES[key] = config.deidentification.deidentifier(profile)
+        _ENGINES[key] = section.deidentifier(profile)
     return _ENGINES[key]
 
 

@@ -16,6 +16,7 @@ and the de-identification declarations are removed (the object identifies the pa
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ def reidentify(ds: Dataset, db: sqlite3.Connection, original: Dataset) -> int:
     mapped = _map_uids(ds, mapping)
     for keyword in PATIENT_AND_STUDY:
         if keyword in original:
-            ds[keyword] = original[keyword]
+            ds[keyword] = copy.deepcopy(original[keyword])  # the caller's header (a cache) stays its own
         elif keyword in ds:
             delattr(ds, keyword)
     for keyword in DECLARATIONS:
