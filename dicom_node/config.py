@@ -150,6 +150,16 @@ class StorageSection(_Section):
     min_free_mb: int = Field(1024, ge=0)
 
 
+def is_postgres_url(location: object) -> bool:
+    """Whether an index location (index.url or index.path) names a PostgreSQL database."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def redacted(location: object) -> str:
+    """An index location for messages: a URL's password replaced by ***."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(location))
+
+
 class IndexSection(_Section):
     """Where the index lives: ``path`` (SQLite, the embedded default for one machine) or ``url``
     (``postgresql://user@host:port/database``: one index for listeners, workers and senders on
@@ -162,7 +172,7 @@ class IndexSection(_Section):
     @field_validator("url")
     @classmethod
     def _postgres_only(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+        if value is not None and not is_postgres_url(value):
             raise ValueError("index.url: only postgresql://... URLs (leave it out for the SQLite file at index.path)")
         return value
 
@@ -173,7 +183,7 @@ class IndexSection(_Section):
 
     def describe(self) -> str:
         """The location for messages (a URL's password replaced)."""
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.url) if self.url else str(self.path)
+        return redacted(self.url) if self.url else str(self.path)
 
     def exists(self) -> bool:
         """Whether there is an index to read (a PostgreSQL index is assumed to be there)."""

@@ -26,6 +26,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .config import is_postgres_url, redacted
 from .errors import IndexError_
 from .instance import InstanceHeader
 
@@ -113,13 +114,6 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in text.split(";") if part.strip()]
 
 
-def _redacted(location: str) -> str:
-    """A database URL without its password, for messages."""
-    import re
-
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", location)
-
-
 class State(str, Enum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
@@ -161,7 +155,7 @@ class Index:
     def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
         #: A file path (SQLite, the embedded default) or a ``postgresql://`` URL (index_postgres.py).
         self.path = path
-        self.dialect = "postgresql" if str(path).startswith(("postgresql://", "postgres://")) else "sqlite"
+        self.dialect = "postgresql" if is_postgres_url(path) else "sqlite"
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         try:
             if self.dialect == "postgresql":
@@ -169,7 +163,7 @@ class Index:
             else:
                 self._open_sqlite(Path(path), synchronous)
         except self._errors as exc:
-            raise IndexError_(f"cannot open index {_redacted(str(path))}: {exc}") from exc
+            raise IndexError_(f"cannot open index {redacted(path)}: {exc}") from exc
         self._lock = threading.RLock()
 
     def _open_sqlite(self, path: Path, synchronous: str) -> None:

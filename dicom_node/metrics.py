@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from .config import is_postgres_url
 from .metrics_folder import ENV
 
 INSTANCES_RECEIVED = Counter("dicom_node_instances_received", "Instances stored and acknowledged, per calling AE title",
@@ -58,7 +59,7 @@ class StateCollector:
         jobs = GaugeMetricFamily("dicom_node_jobs", "Analysis jobs in the queue by state", labels=["state"])
         deliveries = GaugeMetricFamily("dicom_node_deliveries_queued", "Deliveries by state", labels=["state"])
         studies = GaugeMetricFamily("dicom_node_series", "Series in the index by state", labels=["state"])
-        postgres = str(self.index_path).startswith(("postgresql://", "postgres://"))
+        postgres = is_postgres_url(self.index_path)
         try:
             if postgres:
                 from .index_postgres import DatabaseError, PgConnection

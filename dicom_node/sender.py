@@ -24,7 +24,7 @@ from pynetdicom import AE, _config
 
 from . import metrics
 from .audit import AuditLog
-from .config import NodeConfig
+from .config import NodeConfig, is_postgres_url
 from .logs import log_context
 from .errors import ConfigError, IndexError_, PeerError
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
@@ -191,7 +191,7 @@ class SenderLock:
 
     def __init__(self, location: Path | str) -> None:
         self.location = location
-        self.postgres = str(location).startswith(("postgresql://", "postgres://"))
+        self.postgres = is_postgres_url(location)
         self.path = None if self.postgres else Path(f"{location}.sender.lock")
         self._fd: int | None = None
         self._conn: Any = None
