@@ -52,6 +52,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
 
     # Before anything imports prometheus_client: every process of the node counts into one folder.
     use_folder(config.index.path.parent / "metrics")
+    config = _with_queues(config, args)
     from .service import Node, Supervisor
 
     _setup_logging(args.verbose, config)
@@ -86,6 +87,13 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     finally:
         node.stop()
     return EXIT_OK
+
+
+def _with_queues(config: NodeConfig, args: argparse.Namespace) -> NodeConfig:
+    """``config`` with ``--queues`` (the job queues this machine's workers take) in jobs.queues."""
+    if not getattr(args, "queues", None):
+        return config
+    return config.model_copy(update={"jobs": config.jobs.model_copy(update={"queues": list(args.queues)})})
 
 
 def _serve_downstream(config: NodeConfig, role: str) -> int:
@@ -215,14 +223,14 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
     from .index import Index
-    from .jobs import JobQueue
+    from .job_engine import job_queue
     from .outbox import Outbox
 
     if not config.index.exists():
         return _fail(EXIT_USAGE, f"no index at {config.index.describe()} (has the node run with this configuration?)")
     index = Index(config.index.location, synchronous="NORMAL")
     try:
-        queue, outbox = JobQueue(index), Outbox(index)
+        queue, outbox = job_queue(index, config), Outbox(index)
         now = time.time()
         if args.retry is not None:
             if not queue.retry(args.retry, now):
@@ -281,7 +289,7 @@ def cmd_worker(config: NodeConfig, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    worker = Worker(config)
+    worker = Worker(_with_queues(config, args))
     try:
         done = worker.run(stop, burst=args.burst)
     finally:
@@ -501,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="all (default): everything on this machine; listener: DICOM listener, completion, routing, "
                             "web service, retention; worker: the analysis workers; sender: the outbox sender (one "
                             "per index sends, others stand by)")
+    serve.add_argument("--queues", nargs="+", metavar="QUEUE",
+                       help="the job queues this machine's workers take (default jobs.queues, else gpu and default "
+                            "where torch sees a GPU, default alone where it does not)")
     serve.set_defaults(func=cmd_serve)
 
     echo = sub.add_parser("echo", help="C-ECHO a configured peer")
@@ -527,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one analysis worker (serve starts jobs.workers of them itself)")
     worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+    worker.add_argument("--queues", nargs="+", metavar="QUEUE", help="the job queues to take (as serve --queues)")
     worker.add_argument("-v", "--verbose", action="store_true")
     worker.set_defaults(func=cmd_worker)
 

@@ -462,6 +462,9 @@ class PipelineSpec(_Section):
     model: str | None = None
     path: Path | None = None
     device: str = "auto"
+    #: The job queue its series go to (job_engine.queue_for): by default ``gpu`` for device
+    #: cuda[:N], else ``default``; a site may name its own (a big-memory host, say).
+    queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     # kind command (dicom_node/command_pipeline.py): the program and its arguments ({in} and
     # {out} become the work folders), how long it may run, what it is called in the results,
     # its domain (dicom_node's gate holds every series against it: at least the modality),
@@ -506,6 +509,18 @@ class JobsSection(_Section):
     max_attempts: int = Field(3, ge=1)
     retry_base_seconds: float = Field(30.0, ge=0)
     poll_seconds: float = Field(1.0, gt=0)
+    #: Who hands jobs to workers (job_engine.py): ``lease``, the node's own lease loop on the
+    #: index (the embedded default for one machine); ``procrastinate``, the procrastinate job
+    #: engine in the PostgreSQL index (several hosts; jobs deferred in the transaction that
+    #: routes the series); ``auto``: procrastinate when index.url is set, else lease.
+    engine: Literal["auto", "lease", "procrastinate"] = "auto"
+    #: The queues this machine's workers take (``serve --queues`` overrides): a job goes to its
+    #: pipelines' queue (``gpu`` when one wants cuda, else ``default``, or a pipeline's own
+    #: ``queue:``). Unset: ``gpu`` and ``default`` where torch sees a GPU, else ``default``.
+    queues: list[str] | None = None
+    #: procrastinate: a worker that has not renewed its heartbeat for this long is taken as dead
+    #: and its job runs again elsewhere (heartbeats every third of it).
+    stalled_seconds: float = Field(30.0, gt=0)
 
 
 class DeliverySection(_Section):
@@ -686,6 +701,19 @@ class NodeConfig(_Section):
             raise ValueError(f"peers {', '.join(needing)} use tls: node.tls (certificate, private_key, "
                              "ca_certificates) must be set")
         return self
+
+    @model_validator(mode="after")
+    def _check_job_engine(self) -> NodeConfig:
+        if self.jobs.engine == "procrastinate" and self.index.url is None:
+            raise ValueError("jobs.engine: procrastinate keeps its jobs in PostgreSQL: set index.url (or use lease)")
+        return self
+
+    @property
+    def job_engine(self) -> Literal["lease", "procrastinate"]:
+        """The engine jobs run on (``jobs.engine``, ``auto`` resolved by the index backend)."""
+        if self.jobs.engine == "auto":
+            return "procrastinate" if self.index.url is not None else "lease"
+        return self.jobs.engine
 
     @model_validator(mode="after")
     def _check_routes(self) -> NodeConfig:

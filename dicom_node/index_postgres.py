@@ -136,6 +136,11 @@ class PgConnection:
         cursor.executemany(to_postgres(sql), [tuple(r) for r in rows])
         return cursor
 
+    def execute_script(self, sql: str) -> None:
+        """Run a script written for PostgreSQL as it is (no translation, no parameters: a
+        third party's schema, such as procrastinate's)."""
+        self._usable().execute(sql)  # type: ignore[arg-type]  # psycopg takes a str it need not parse
+
     def columns(self, table: str) -> set[str]:
         """The column names of ``table`` (what PRAGMA table_info gives on SQLite)."""
         rows = self._usable().execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "

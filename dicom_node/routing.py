@@ -41,6 +41,7 @@ from pydicom.errors import InvalidDicomError
 from .config import NodeConfig, Peer, Route
 from .errors import ConfigError
 from .index import Index
+from .job_engine import dispatch_for, queue_for
 from .jobs import JobQueue, NewJob, job_key
 from .logs import log_context
 from .outbox import Candidate, Outbox, forward_key
@@ -281,8 +282,9 @@ def _act(db: sqlite3.Connection, route: Route, series: sqlite3.Row, config: Node
         calling_ae=series["calling_ae"],
         destinations=tuple(resolve_destinations(route, series["calling_ae"], config.peers)),
         priority=route.priority,
+        queue=queue_for(config, route.pipeline_names),
     )
-    return job if JobQueue.add(db, job, now, config.jobs.max_attempts) else None
+    return job if JobQueue.add(db, job, now, config.jobs.max_attempts, dispatch_for(config)) else None
 
 
 def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob]:

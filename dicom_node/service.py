@@ -30,7 +30,7 @@ from .dispatch import Dispatcher, Receiver
 from .config import NodeConfig
 from .errors import NodeError
 from .index import Index
-from .jobs import JobQueue
+from .job_engine import job_queue
 from .outbox import Outbox
 from .process import StopFlag, die_with_parent
 from .recovery import RecoveryReport, mark_clean_shutdown, recover
@@ -72,7 +72,7 @@ class Downstream:
         self.config = config
         self.index = index
         # Create the tables before any worker process opens the database.
-        JobQueue(index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
+        job_queue(index, config)
         self.outbox = Outbox(index)
         self.runs_workers = workers
         self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds) \

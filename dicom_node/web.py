@@ -33,7 +33,7 @@ from starlette.routing import Route
 from .config import NodeConfig
 from .dashboard import render_dashboard, render_login
 from .index import Index
-from .jobs import JobQueue
+from .job_engine import job_queue
 from .metrics import exposition
 from .outbox import Outbox
 from .route_check import describe_route
@@ -47,7 +47,7 @@ OPEN_PATHS = ("/health", "/ready", "/login")
 def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None,
                token: str | None = None) -> Starlette:
     """The ASGI app. ``readiness``: what keeps the node from taking work ([] when ready)."""
-    jobs, outbox = JobQueue(index), Outbox(index)
+    jobs, outbox = job_queue(index, config), Outbox(index)
     readiness = readiness or (lambda: [])
 
     def health(request: Request) -> Response:

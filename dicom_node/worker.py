@@ -35,6 +35,7 @@ from .audit import AuditLog
 from .config import NodeConfig
 from .errors import NodeError, VolumeError
 from .index import Index
+from .job_engine import job_queue, run_procrastinate_worker, worker_queues
 from .jobs import Job, JobQueue, LeaseLost
 from .logs import log_context, setup_logging
 from .command_pipeline import CommandOutputError, CommandPipeline
@@ -99,11 +100,14 @@ class Worker:
     """Claims and runs jobs until stopped (or, in burst mode, until the queue is empty)."""
 
     def __init__(self, config: NodeConfig, index: Index | None = None, owner: str | None = None,
-                 clock: Callable[[], float] = time.time, audit: AuditLog | None = None) -> None:
+                 clock: Callable[[], float] = time.time, audit: AuditLog | None = None,
+                 queues: list[str] | None = None) -> None:
         self.config = config
+        #: The job queues this worker takes (job_engine.worker_queues: GPU pipelines need a GPU).
+        self.queues = worker_queues(config, queues)
         self._audit = audit  # opened on first use: most jobs write nothing there
         self.index = index or Index(config.index.location, synchronous="NORMAL")
-        self.jobs = JobQueue(self.index, config.jobs.max_attempts, config.jobs.retry_base_seconds)
+        self.jobs = job_queue(self.index, config)
         self.outbox = Outbox(self.index)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
@@ -256,7 +260,7 @@ class Worker:
         def beat() -> None:
             while not stop_beat.wait(lease / 3):
                 try:
-                    self.jobs.heartbeat(job.id, self.owner, self.clock(), lease)
+                    self.jobs.heartbeat(job.id, self.owner, self.clock(), lease, attempt=job.attempts)
                 except LeaseLost:
                     lost.set()
                     return
@@ -276,7 +280,7 @@ class Worker:
             with self.index.transaction() as db:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
-                JobQueue.mark_done(db, job.id, self.owner, now, outcome.pipeline)
+                JobQueue.mark_done(db, job.id, self.owner, now, outcome.pipeline, attempt=job.attempts)
         except LeaseLost as exc:
             log.warning("%s; another worker will finish it", exc)
             return False
@@ -286,7 +290,8 @@ class Worker:
             permanent = isinstance(exc, PermanentJobError)
             message = f"{type(exc).__name__}: {exc}"
             try:
-                state = self.jobs.fail(job.id, self.owner, message, self.clock(), permanent=permanent)
+                state = self.jobs.fail(job.id, self.owner, message, self.clock(), permanent=permanent,
+                                       attempt=job.attempts)
             except (LeaseLost, NodeError) as inner:
                 log.error("Job %d failed (%s) and could not be recorded: %s", job.id, message, inner)
                 return False
@@ -316,7 +321,7 @@ class Worker:
             with self.index.transaction() as db:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
-                JobQueue.mark_not_applicable(db, job.id, self.owner, reasons, now)
+                JobQueue.mark_not_applicable(db, job.id, self.owner, reasons, now, attempt=job.attempts)
         except (LeaseLost, NodeError, OSError) as inner:
             log.error("Job %d is not applicable (%s) and could not be recorded: %s", job.id, reasons, inner)
             return False
@@ -356,10 +361,12 @@ class Worker:
     def run(self, stop: threading.Event | Any, burst: bool = False) -> int:
         """Claim and run jobs until ``stop`` is set (or, with ``burst``, the queue is empty).
         Returns the number of jobs finished."""
+        if self.config.job_engine == "procrastinate":
+            return run_procrastinate_worker(self, stop, self.queues, burst)
         done = 0
         while not stop.is_set():
             try:
-                job = self.jobs.claim(self.owner, self.clock(), self.config.jobs.lease_seconds)
+                job = self.jobs.claim(self.owner, self.clock(), self.config.jobs.lease_seconds, self.queues)
             except NodeError as exc:
                 log.error("Cannot claim a job, will try again: %s", exc)
                 job = None
