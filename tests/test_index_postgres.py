@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -34,7 +35,8 @@ def test_statements_written_for_sqlite_are_translated(sqlite: str, postgres: str
     assert to_postgres(sqlite) == postgres
 
 
-def write_config(tmp_path: Path, url: str, port: int, pacs_port: int, pipeline: dict, lease_seconds: float) -> Path:
+def write_config(tmp_path: Path, url: str, port: int, pacs_port: int, pipeline: dict, lease_seconds: float,
+                 name: str = "node.yaml", **overrides: Any) -> Path:
     """A node on the PostgreSQL index ``url`` whose CT route sends ``pipeline``'s results to the PACS."""
     data = config_dict(
         tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 1},
@@ -43,9 +45,9 @@ def write_config(tmp_path: Path, url: str, port: int, pacs_port: int, pipeline: 
                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port, "send": False}],
         routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "p", "destinations": ["pacs"]}],
         pipelines={"p": pipeline}, results={"path": str(tmp_path / "results")},
-        jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": lease_seconds},
-        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2})
-    path = tmp_path / "node.yaml"
+        jobs={"workers": 1, "poll_seconds": 0.2, "lease_seconds": lease_seconds, "stalled_seconds": lease_seconds},
+        delivery={"interval_seconds": 0.2, "retry_base_seconds": 0.5, "retry_max_seconds": 2}, **overrides)
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -109,8 +111,8 @@ def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_r
 def test_a_worker_host_killed_mid_job_on_postgresql_and_the_job_completes_once_elsewhere(
         tmp_path: Path, postgres_server: object) -> None:
     """The worker role's whole process group (a host) dies with SIGKILL while the model runs; a
-    worker role started as another host claims the job when its lease expires; the PACS gets one
-    SEG and one SR."""
+    worker role started as another host gets the job from procrastinate once the dead worker's
+    heartbeat is 3 s old; the PACS gets one SEG and one SR."""
     import os
     import signal
 
@@ -147,11 +149,86 @@ def test_a_worker_host_killed_mid_job_on_postgresql_and_the_job_completes_once_e
                  "the SEG and SR after the worker host died")
         job = index.query("SELECT state, attempts FROM jobs")[0]
         assert (job["state"], job["attempts"]) == ("done", 2)
+        assert "handed out again" in (tmp_path / "worker-host-2.log").read_text()  # procrastinate's stalled sweep
         time.sleep(1.0)  # nothing else on its way
         assert sorted(d.Modality for d in pacs.received) == ["SEG", "SR"]
     finally:
         index.close()
         for proc in procs:
+            if proc.poll() is None:
+                stop_process(proc, 30)
+        pacs.stop()
+
+
+@pytest.mark.slow
+def test_a_listener_host_killed_mid_study_and_the_pacs_retry_to_another_listener_completes_it(
+        tmp_path: Path, postgres_server: object) -> None:
+    """Two listener hosts behind one AE title on one PostgreSQL index and one storage folder.
+    The PACS sends a study to the first; after 6 instances are acknowledged that host dies
+    (SIGKILL of its process group) and the next C-STORE fails; the PACS sends what was not
+    acknowledged to the second. The series completes with every instance, once: one job, one
+    SEG over all 16 slices and one SR at the PACS."""
+    import os
+    import signal
+
+    from pynetdicom import AE
+
+    from ai.phantom import make_phantom
+    from dicom_node.index import Index
+    from dicom_node.synthetic import write_volume_series
+
+    url = new_postgres_database(postgres_server)
+    pacs = ExternalAI("PACS")
+    ports = {"a": free_port(), "b": free_port()}
+    # The PACS's retry comes within seconds here; a series is complete after 8 s without an instance.
+    paths = {host: write_config(tmp_path, url, port, pacs.port, {"kind": "classical"}, 30, name=f"node-{host}.yaml",
+                                completion={"series_stable_seconds": 8, "study_stable_seconds": 10,
+                                            "sweep_interval_seconds": 0.2})
+             for host, port in ports.items()}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    index = Index(url)
+    try:
+        for host in ports:
+            procs[host] = serve_role(paths[host], "listener", tmp_path / f"listener-{host}.log", own_session=True)
+            wait_for_port(ports[host], procs[host])
+        procs["worker"] = serve_role(paths["a"], "worker", tmp_path / "worker.log")
+        procs["sender"] = serve_role(paths["a"], "sender", tmp_path / "sender.log")
+        phantom = make_phantom(8, shape=(16, 64, 64), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+        files = write_volume_series(phantom.volume, tmp_path / "ct", seed=8)
+        series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+        ae = AE(ae_title=TEST_SCU)
+        meta = pydicom.dcmread(files[0], stop_before_pixels=True).file_meta
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", ports["a"], ae_title="AI_NODE")
+        assert assoc.is_established
+        acknowledged = []
+        for path in files[:6]:
+            assert int(assoc.send_c_store(path).Status) == 0
+            acknowledged.append(path)
+        os.killpg(procs["a"].pid, signal.SIGKILL)  # the first listener host
+        procs["a"].wait(timeout=30)
+        if assoc.is_established:  # the PACS may not have noticed the connection drop yet
+            assert "Status" not in assoc.send_c_store(files[6]), "a C-STORE was answered by a dead host"
+        wait_for(lambda: not assoc.is_established, 10, "the PACS to see the association drop")
+        retry = [p for p in files if p not in acknowledged]
+        assert send(ports["b"], retry) == [0] * len(retry)  # the PACS's retry, to the other listener
+
+        wait_for(lambda: sorted(d.Modality for d in pacs.received) == ["SEG", "SR"], 120, "the study's SEG and SR")
+        [series] = index.query("SELECT state, version, instance_count FROM series WHERE series_uid = ?", (series_uid,))
+        assert (series["state"], series["version"], series["instance_count"]) == ("complete", 1, 16)
+        assert [(j["state"], j["attempts"]) for j in index.query("SELECT state, attempts FROM jobs")] == [("done", 1)]
+        seg = next(d for d in pacs.received if d.Modality == "SEG")
+        referenced = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence
+                      for i in s.ReferencedInstanceSequence}
+        assert referenced == {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+        stored = index.query("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))
+        assert len(stored) == 16 and all(Path(r["path"]).exists() for r in stored)  # both hosts' files, one folder
+        time.sleep(1.0)  # nothing else on its way
+        assert sorted(d.Modality for d in pacs.received) == ["SEG", "SR"]
+    finally:
+        index.close()
+        for proc in procs.values():
             if proc.poll() is None:
                 stop_process(proc, 30)
         pacs.stop()
