@@ -29,7 +29,7 @@ from dicom_node.synthetic import write_volume_series
 from dicom_node.web import create_app
 from dicom_node.worker import Worker
 
-from .conftest import TEST_SCU, config_dict
+from .conftest import TEST_SCU, config_dict, new_postgres_database
 from .peers import stop_process, wait_for
 from .test_viewer import CHROMIUM, CHROMIUM_ARGS
 
@@ -54,15 +54,19 @@ def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A node with its web service, one analysed series (classical baseline) whose results
-    cannot be delivered (the viewer is down)."""
+    cannot be delivered (the viewer is down); on the SQLite index (lease engine) and on a
+    PostgreSQL one (procrastinate)."""
     from dicom_node.config import parse_config
 
     tmp = tmp_path_factory.mktemp("web")
+    index = {"path": str(tmp / "index.sqlite")}
+    if request.param == "postgresql":
+        index["url"] = new_postgres_database(request.getfixturevalue("postgres_server"))
     config = parse_config(config_dict(
-        tmp,
+        tmp, index=index,
         peers=[{"name": "scu", "ae_title": TEST_SCU, "host": "127.0.0.1", "port": 1},
                {"name": "viewer", "ae_title": "VIEWER", "host": "127.0.0.1", "port": DOWN, "send": False}],
         routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": ["viewer"]}],
@@ -82,10 +86,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         baseline = metrics(httpx.get(f"http://127.0.0.1:{node.web.port}/metrics", timeout=30).text)
         assert send(node.port, files) == [0] * len(files)
         wait_for(lambda: node.index.query("SELECT 1 FROM jobs"), 30, "the series to be routed")
-        assert Worker(config).run(Event(), burst=True) == 1
+        worker = Worker(config)
+        try:
+            assert worker.run(Event(), burst=True) == 1
+        finally:
+            worker.close()
         wait_for(lambda: node.index.query("SELECT 1 FROM deliveries WHERE attempts > 0"), 30, "a failed delivery")
         yield {"node": node, "url": f"http://127.0.0.1:{node.web.port}", "files": files, "config": config,
-               "baseline": baseline}
+               "baseline": baseline, "backend": request.param}
     finally:
         node.stop()
 
@@ -106,6 +114,7 @@ def test_health_ready_and_the_json_api(running: dict[str, Any]) -> None:
         assert [(j["route"], j["state"]) for j in series["jobs"]] == [("ct", "done")]
         jobs = client.get("/api/jobs").json()
         assert jobs["counts"] == {"done": 1}
+        assert client.post(f"/api/jobs/{jobs['jobs'][0]['id']}/retry").status_code == 409  # done, not dead
         failing = client.get("/api/deliveries", params={"state": "failing"}).json()["deliveries"]
         assert failing and all(d["peer"] == "viewer" and d["attempts"] >= 1 for d in failing)
         assert "Connection refused" in failing[0]["last_error"] or "could not" in failing[0]["last_error"].lower() \
