@@ -221,6 +221,35 @@ def cmd_status(config: NodeConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate(config: NodeConfig, args: argparse.Namespace) -> int:
+    """Bring the index's schema to this release's revision (or ``--to`` one), or say where it is."""
+    from . import schema
+
+    where = config.index.describe()
+    if not config.index.exists():
+        return _fail(EXIT_USAGE, f"no index at {where} (serve creates it at revision {schema.HEAD})")
+    try:
+        before = schema.revision_at(config.index.location)
+        if args.status:
+            state = "current" if before == schema.HEAD else "behind: run dicom-node migrate" if before in (None, *schema.revisions()) \
+                else "newer than this release"
+            print(f"index {where}: schema revision {before or 'none (before migrations)'}; this release: "
+                  f"{schema.HEAD} ({state})")
+            return EXIT_OK if before == schema.HEAD else EXIT_FAILED
+        target = args.to or "head"
+        if target != "head" and before is not None and schema.revisions().index(target) < schema.revisions().index(before):
+            schema.downgrade(config.index.location, target)
+        else:
+            schema.upgrade(config.index.location, target)
+        after = schema.revision_at(config.index.location)
+    except (ValueError, NodeError) as exc:
+        return _fail(EXIT_FAILED, f"index {where}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - Alembic's and the driver's errors, said plainly
+        return _fail(EXIT_FAILED, f"index {where}: migration failed: {type(exc).__name__}: {exc}")
+    print(f"index {where}: schema revision {before or 'none'} -> {after}")
+    return EXIT_OK
+
+
 def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
     from .index import Index
     from .job_engine import job_queue
@@ -535,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--retry", type=int, metavar="JOB_ID", help="queue a dead-lettered job again")
     jobs.add_argument("--retry-delivery", type=int, metavar="DELIVERY_ID", help="queue a dead-lettered delivery again")
     jobs.set_defaults(func=cmd_jobs)
+
+    migrate = sub.add_parser("migrate", help="upgrade the index's schema to this release's revision (every process "
+                                             "also does it when it opens an older index)")
+    migrate.add_argument("--status", action="store_true", help="say which revision the index is at; exit 1 unless current")
+    migrate.add_argument("--to", metavar="REVISION", help="upgrade or downgrade to REVISION (a release's rollback)")
+    migrate.set_defaults(func=cmd_migrate)
 
     worker = sub.add_parser("worker", help="run one analysis worker (serve starts jobs.workers of them itself)")
     worker.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")

@@ -29,90 +29,10 @@ from typing import Any
 from .config import is_postgres_url, redacted
 from .errors import IndexError_
 from .instance import InstanceHeader
+from .schema import ensure_current
 
-SCHEMA_VERSION = 1
 #: "No limit" for a LIMIT ? parameter, on both backends (SQLite's -1 is an error on PostgreSQL).
 _NO_LIMIT = 2**62
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    patient_id TEXT NOT NULL DEFAULT '',
-    patient_name TEXT NOT NULL DEFAULT '',
-    study_date TEXT NOT NULL DEFAULT '',
-    study_description TEXT NOT NULL DEFAULT '',
-    accession_number TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1,
-    first_received_at REAL NOT NULL,
-    last_received_at REAL NOT NULL,
-    completed_at REAL,
-    -- when the current version began (the first instance, or the one that re-opened the study)
-    version_started_at REAL NOT NULL DEFAULT 0,
-    routed_version INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
-    modality TEXT NOT NULL DEFAULT '',
-    body_part_examined TEXT NOT NULL DEFAULT '',
-    series_description TEXT NOT NULL DEFAULT '',
-    series_number INTEGER,
-    calling_ae TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1,
-    instance_count INTEGER NOT NULL DEFAULT 0,
-    first_received_at REAL NOT NULL,
-    last_received_at REAL NOT NULL,
-    completed_at REAL,
-    routed_version INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS series_by_state ON series(state, last_received_at);
-CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    sop_class_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL REFERENCES series(series_uid),
-    study_uid TEXT NOT NULL,
-    instance_number INTEGER,
-    transfer_syntax_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    calling_ae TEXT NOT NULL DEFAULT '',
-    called_ae TEXT NOT NULL DEFAULT '',
-    peer_address TEXT NOT NULL DEFAULT '',
-    received_at REAL NOT NULL,
-    series_version INTEGER NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
--- What each study rule (routes with trigger: study) decided for a study version.
-CREATE TABLE IF NOT EXISTS study_routes (
-    study_uid TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    route TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    decided_at REAL NOT NULL,
-    PRIMARY KEY (study_uid, version, route)
-);
-CREATE TABLE IF NOT EXISTS receipts (
-    id INTEGER PRIMARY KEY,
-    sop_instance_uid TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    calling_ae TEXT NOT NULL DEFAULT '',
-    peer_address TEXT NOT NULL DEFAULT '',
-    outcome TEXT NOT NULL
-);
-"""
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of a schema script (comments dropped; none holds a ';' in a string)."""
-    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
-    return [part.strip() for part in text.split(";") if part.strip()]
-
 
 class State(str, Enum):
     RECEIVING = "receiving"
@@ -162,7 +82,13 @@ class Index:
                 self._open_postgres(str(path))
             else:
                 self._open_sqlite(Path(path), synchronous)
-        except self._errors as exc:
+            # The tables, at the revision this release reads (schema.py: Alembic migrations).
+            ensure_current(self._db, self.dialect, path)
+        except (*self._errors, IndexError_) as exc:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+            if isinstance(exc, IndexError_):
+                raise
             raise IndexError_(f"cannot open index {redacted(path)}: {exc}") from exc
         self._lock = threading.RLock()
 
@@ -174,36 +100,12 @@ class Index:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(series)")}
-        if "routed_version" not in columns:  # an index written before routing existed
-            self._db.execute("ALTER TABLE series ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(studies)")}
-        if "routed_version" not in columns:  # an index written before study rules existed: its studies count as routed
-            self._db.execute("ALTER TABLE studies ADD COLUMN version_started_at REAL NOT NULL DEFAULT 0")
-            self._db.execute("ALTER TABLE studies ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")
-            self._db.execute("UPDATE studies SET routed_version = version, version_started_at = first_received_at")
-        self._db.execute("CREATE INDEX IF NOT EXISTS studies_unrouted ON studies(study_uid) WHERE routed_version < version")
 
     def _open_postgres(self, url: str) -> None:
         from .index_postgres import DatabaseError, PgConnection
 
         self._errors = (DatabaseError,)
         self._db = PgConnection(url)
-        self._db.execute("BEGIN")  # under the write lock: several processes may start at once
-        try:
-            for statement in _statements(_SCHEMA):
-                self._db.execute(statement)
-            self._db.execute("CREATE INDEX IF NOT EXISTS studies_unrouted ON studies(study_uid) WHERE routed_version < version")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-
-    def _columns(self, db: Any, table: str) -> set[str]:
-        if self.dialect == "postgresql":
-            return set(self._db.columns(table))
-        return {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -253,20 +155,6 @@ class Index:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.0002)
-
-    def create_tables(self, schema: str, added_columns: dict[str, dict[str, str]] | None = None) -> None:
-        """Create the tables a later stage keeps in this database (jobs, outbox), if missing, and
-        add the columns a later release gave them (``{table: {column: definition}}``) to a
-        database an earlier release made."""
-        with self.transaction() as db:
-            for statement in schema.strip().split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            for table, columns in (added_columns or {}).items():
-                present = self._columns(db, table)
-                for column, definition in columns.items():
-                    if column not in present:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -141,11 +141,5 @@ class PgConnection:
         third party's schema, such as procrastinate's)."""
         self._usable().execute(sql)  # type: ignore[arg-type]  # psycopg takes a str it need not parse
 
-    def columns(self, table: str) -> set[str]:
-        """The column names of ``table`` (what PRAGMA table_info gives on SQLite)."""
-        rows = self._usable().execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
-                                      "AND table_schema = current_schema()", (table,)).fetchall()
-        return {r[0] for r in rows}
-
     def close(self) -> None:
         self._conn.close()

@@ -26,6 +26,9 @@ A job is one route applied to one version of one completed series. Its life::
 * A job carries a queue (``default``, ``gpu``, or a pipeline's own): a worker takes only the
   queues it serves, so GPU pipelines reach GPU workers.
 * Every function takes ``now`` from the caller (tests need no clock tricks).
+
+The table's columns are the index schema's (dicom_node/migrations: 0001 made it, 0002 added
+``queue``).
 """
 
 from __future__ import annotations
@@ -38,33 +41,6 @@ from enum import Enum
 from typing import Any, Protocol
 
 from .index import Index
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,
-    route TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    series_version INTEGER NOT NULL,
-    calling_ae TEXT NOT NULL DEFAULT '',
-    destinations TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    not_before REAL NOT NULL,
-    lease_owner TEXT,
-    lease_expires REAL,
-    last_error TEXT NOT NULL DEFAULT '',
-    ran_pipeline TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, priority DESC, not_before);
-"""
 
 DEFAULT_QUEUE = "default"
 
@@ -152,10 +128,6 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self.dispatch = dispatch
-        # ran_pipeline: which of a route's pipelines ran (a route may list several; the gate picks);
-        # queue: which workers may take it.
-        index.create_tables(_SCHEMA, {"jobs": {"ran_pipeline": "TEXT NOT NULL DEFAULT ''",
-                                               "queue": f"TEXT NOT NULL DEFAULT '{DEFAULT_QUEUE}'"}})
 
     # -- producing -------------------------------------------------------------------------
 

@@ -24,27 +24,6 @@ from typing import Any
 
 from .index import Index
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL,
-    job_key TEXT NOT NULL,
-    object TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    candidates TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    queued_at REAL NOT NULL,
-    last_error TEXT NOT NULL DEFAULT '',
-    delivered_at REAL,
-    delivered_variant TEXT,
-    UNIQUE(job_key, object, peer)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
-"""
-
-
 FORWARD_PREFIX = "forward:"
 
 
@@ -106,7 +85,6 @@ class RetryPolicy:
 class Outbox:
     def __init__(self, index: Index) -> None:
         self.index = index
-        index.create_tables(_SCHEMA)
 
     @staticmethod
     def add(db: sqlite3.Connection, job_id: int, job_key: str, obj: str, peer: str, candidates: list[Candidate],

@@ -66,12 +66,6 @@ class Retention:
         self.audit = audit
         self.clock = clock
         self.free_bytes = free_bytes or (lambda: shutil.disk_usage(config.storage.path).free)
-        # The tables later stages own, so the checks can name them on a fresh index.
-        from .jobs import JobQueue
-        from .outbox import Outbox
-
-        JobQueue(index)
-        Outbox(index)
 
     # -- studies -------------------------------------------------------------------------
 

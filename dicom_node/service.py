@@ -71,7 +71,7 @@ class Downstream:
                  workers: bool = True) -> None:
         self.config = config
         self.index = index
-        # Create the tables before any worker process opens the database.
+        # procrastinate's schema (PostgreSQL) before any worker process opens the database.
         job_queue(index, config)
         self.outbox = Outbox(index)
         self.runs_workers = workers

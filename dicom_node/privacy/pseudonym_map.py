@@ -12,31 +12,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pseudonyms (
-    pseudonym TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    original TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    route TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (pseudonym, peer)
-)
-"""
-
-
-def ensure(db: sqlite3.Connection) -> None:
-    """Create the table if this index has none yet (cheap: SQLite checks its schema)."""
-    db.execute(SCHEMA)
-
-
 def record(db: sqlite3.Connection, pairs: Iterable[tuple[str, str, str]], study_uid: str, route: str, peer: str,
            profile: str, now: float) -> None:
     """Remember (pseudonym, original, kind) pairs sent to ``peer``; a pair already known for that
     peer keeps its first row."""
-    ensure(db)
     db.executemany("INSERT OR IGNORE INTO pseudonyms(pseudonym, original, kind, study_uid, route, peer, profile, created_at) "
                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                    [(p, o, kind, study_uid, route, peer, profile, now) for p, o, kind in pairs])
@@ -44,13 +23,11 @@ def record(db: sqlite3.Connection, pairs: Iterable[tuple[str, str, str]], study_
 
 def lookup(db: sqlite3.Connection, pseudonym: str) -> list[sqlite3.Row]:
     """The rows of ``pseudonym``, one per peer it went to (none: not one the node handed out)."""
-    ensure(db)
     return db.execute("SELECT * FROM pseudonyms WHERE pseudonym = ? ORDER BY created_at", (pseudonym.strip(),)).fetchall()
 
 
 def originals(db: sqlite3.Connection, pseudonyms: Iterable[str]) -> dict[str, str]:
     """pseudonym -> original for those of ``pseudonyms`` the node handed out."""
-    ensure(db)
     wanted = sorted({p.strip() for p in pseudonyms if p})
     found: dict[str, str] = {}
     for start in range(0, len(wanted), 500):
