@@ -58,6 +58,7 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     _setup_logging(args.verbose, config)
     if args.role in ("all", "worker"):
         _check_pipelines(config)
+        _warn_unserved_queues(config)
     if args.role in ("all", "sender"):
         _check_deidentification(config)
     if args.role in ("worker", "sender"):
@@ -226,10 +227,10 @@ def cmd_migrate(config: NodeConfig, args: argparse.Namespace) -> int:
     from . import schema
 
     where = config.index.describe()
-    if not config.index.exists():
-        return _fail(EXIT_USAGE, f"no index at {where} (serve creates it at revision {schema.HEAD})")
+    if args.status and not config.index.exists():
+        return _fail(EXIT_FAILED, f"no index at {where} yet (migrate or serve creates it at revision {schema.HEAD})")
     try:
-        before = schema.revision_at(config.index.location)
+        before = schema.revision_at(config.index.location) if config.index.exists() else None
         if args.status:
             state = "current" if before == schema.HEAD else "behind: run dicom-node migrate" if before in (None, *schema.revisions()) \
                 else "newer than this release"
@@ -252,7 +253,7 @@ def cmd_migrate(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
     from .index import Index
-    from .job_engine import job_queue
+    from .job_engine import job_queue, procrastinate_counts
     from .outbox import Outbox
 
     if not config.index.exists():
@@ -272,20 +273,24 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
             print(f"delivery {args.retry_delivery} queued again")
             return EXIT_OK
         jobs, deliveries = queue.list(args.limit), outbox.list(args.limit * 4)
+        # procrastinate's own view (todo / doing / failed), beside the jobs table's
+        engine = {"name": config.job_engine, "procrastinate_jobs": procrastinate_counts(index)}
     finally:
         index.close()
     if args.json:
         for row in deliveries:
             row["candidates"] = json.loads(row["candidates"])
-        json.dump({"jobs": jobs, "deliveries": deliveries}, sys.stdout, indent=2, default=str)
+        json.dump({"engine": engine, "jobs": jobs, "deliveries": deliveries}, sys.stdout, indent=2, default=str)
         print()
         return EXIT_OK
     out = Console() if sys.stdout.isatty() else Console(width=220)
     if not jobs:
         out.print(f"No jobs in {config.index.describe()}")
         return EXIT_OK
-    table = Table(title="Jobs (newest first)")
-    for column in ("id", "route", "pipeline", "series", "state", "attempts", "created", "finished", "last error / why not"):
+    waiting = ", ".join(f"{k} {v}" for k, v in sorted(engine["procrastinate_jobs"].items()))
+    table = Table(title=f"Jobs (newest first; engine {engine['name']}{': ' + waiting if waiting else ''})")
+    for column in ("id", "route", "pipeline", "queue", "series", "state", "attempts", "created", "finished",
+                   "last error / why not"):
         table.add_column(column)
     colours = {"done": "green", "dead": "red", "running": "yellow", "queued": "", "delivered": "green", "pending": "yellow",
                "not applicable": "cyan"}
@@ -293,7 +298,7 @@ def cmd_jobs(config: NodeConfig, args: argparse.Namespace) -> int:
         tried = job["pipeline"]
         ran = job.get("ran_pipeline") or ""
         shown = tried if not ran or ran == tried else f"{tried} -> {ran}"
-        table.add_row(str(job["id"]), job["route"], shown, f"{job['series_uid']} v{job['series_version']}",
+        table.add_row(str(job["id"]), job["route"], shown, job["queue"], f"{job['series_uid']} v{job['series_version']}",
                       f"[{colours.get(job['state'], 'red')}]{job['state']}[/]" if colours.get(job["state"], "red") else job["state"],
                       f"{job['attempts']}/{job['max_attempts']}", _when(job["created_at"]), _when(job["finished_at"]),
                       job["last_error"])
@@ -401,6 +406,18 @@ def _check_pipelines(config: NodeConfig) -> None:
     problems = pipeline_problems(config)
     if problems:
         raise ConfigError("a configured pipeline cannot run:\n  " + "\n  ".join(problems))
+
+
+def _warn_unserved_queues(config: NodeConfig) -> None:
+    """Say which routes' jobs no worker here takes (a GPU pipeline on a machine without one):
+    they wait for a worker on another machine, or for ever on a single one."""
+    from .job_engine import unserved_queues, worker_queues
+
+    serving = worker_queues(config)
+    for queue, routes in unserved_queues(config, serving).items():
+        logging.getLogger("dicom_node").warning(
+            "Jobs of route(s) %s go to queue %r, which no worker here takes (this machine's workers take %s; "
+            "--queues / jobs.queues): they wait for a worker that serves it", ", ".join(routes), queue, ", ".join(serving))
 
 
 def _check_deidentification(config: NodeConfig) -> None:

@@ -84,6 +84,8 @@ class Index:
                 self._open_sqlite(Path(path), synchronous)
             # The tables, at the revision this release reads (schema.py: Alembic migrations).
             ensure_current(self._db, self.dialect, path)
+            if self.dialect == "sqlite":
+                self._db.execute("PRAGMA busy_timeout=0")
         except (*self._errors, IndexError_) as exc:
             if getattr(self, "_db", None) is not None:
                 self._db.close()
@@ -97,6 +99,9 @@ class Index:
         # timeout=0: lock waits are retried in _begin_immediate (readers never wait in WAL).
         self._db: Any = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
         self._db.row_factory = sqlite3.Row
+        # Opening waits for another process that is creating or upgrading the index (switching to
+        # WAL takes an exclusive lock); after it, lock waits are _begin_immediate's.
+        self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")

@@ -86,12 +86,30 @@ def worker_queues(config: NodeConfig, override: Sequence[str] | None = None,
     return [GPU_QUEUE, DEFAULT_QUEUE] if has_gpu() else [DEFAULT_QUEUE]
 
 
+def unserved_queues(config: NodeConfig, queues: Sequence[str]) -> dict[str, list[str]]:
+    """Queues some route's jobs go to that ``queues`` leave to other machines: queue -> routes."""
+    unserved: dict[str, list[str]] = {}
+    for route in config.routes:
+        if route.pipeline_names:
+            queue = queue_for(config, route.pipeline_names)
+            if queue not in queues:
+                unserved.setdefault(queue, []).append(route.name)
+    return unserved
+
+
 # -- procrastinate ---------------------------------------------------------------------------
 
 class ProcrastinateDispatch:
     """Defers a jobs row to procrastinate on the caller's transaction (jobs.Dispatch)."""
 
+    def __init__(self) -> None:
+        self._schema_seen: set[str] = set()  # databases known to hold procrastinate's schema
+
     def defer(self, db: Any, job_id: int, queue: str, priority: int, not_before: float | None) -> None:
+        url = getattr(db, "url", "")
+        if url not in self._schema_seen:
+            _install_schema(db)  # in this transaction: a process that routes before any worker started
+            self._schema_seen.add(url)
         db.execute(_DEFER, (queue, TASK_NAME, priority, json.dumps({"job_id": job_id}), not_before))
 
 
@@ -112,14 +130,20 @@ def ensure_procrastinate_schema(index: Index) -> None:
     """Install procrastinate's schema into the index database once (under the index's write
     lock, so processes starting together install it once). Upgrades follow procrastinate's own
     migration files (docs/deploy/README.md)."""
-    from procrastinate.schema import SchemaManager
-
     if index.query("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present")[0]["present"]:
         return
     with index.transaction() as db:
-        if db.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present").fetchone()["present"]:
-            return
-        db.execute_script(SchemaManager.get_schema())
+        _install_schema(db)
+
+
+def _install_schema(db: Any) -> None:
+    """procrastinate's schema, inside the caller's write transaction (which holds the index's
+    write lock, so two processes never install it twice), unless it is there."""
+    from procrastinate.schema import SchemaManager
+
+    if db.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present").fetchone()["present"]:
+        return
+    db.execute_script(SchemaManager.get_schema())
     log.info("Installed the procrastinate job engine's schema in the index database")
 
 
@@ -228,4 +252,4 @@ def procrastinate_counts(index: Index) -> dict[str, int]:
 
 
 __all__ = ["GPU_QUEUE", "TASK_NAME", "ProcrastinateDispatch", "dispatch_for", "ensure_procrastinate_schema",
-           "job_queue", "procrastinate_counts", "queue_for", "run_procrastinate_worker", "worker_queues"]
+           "job_queue", "procrastinate_counts", "queue_for", "run_procrastinate_worker", "unserved_queues", "worker_queues"]

@@ -3,6 +3,7 @@ whole node on one PostgreSQL index as separate role processes, through a databas
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -100,6 +101,12 @@ def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_r
         out = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "status", "--json"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and first in out.stdout and second in out.stdout
+        out = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "jobs", "--json"],
+                             capture_output=True, text=True, timeout=60)
+        listed = json.loads(out.stdout)
+        # procrastinate ran them and keeps nothing of a finished job; the jobs table is the record
+        assert listed["engine"] == {"name": "procrastinate", "procrastinate_jobs": {}}
+        assert sorted(j["state"] for j in listed["jobs"]) == ["done", "done"]
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -215,3 +215,33 @@ def test_a_stalled_procrastinate_worker_s_job_runs_again_elsewhere(make_config: 
         assert procrastinate_counts(worker.index) == {}  # done and deleted: nothing left to hand out
     finally:
         worker.close()
+
+
+def test_serve_says_which_routes_jobs_no_worker_here_takes(tmp_path: Path) -> None:
+    """A route whose pipeline wants CUDA on a machine whose workers take only the default queue:
+    serve names the route and the queue at start instead of leaving its jobs waiting unexplained."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .conftest import config_dict
+    from .peers import free_port, stop_process, wait_for
+
+    data = config_dict(tmp_path, node={"port": free_port()}, peers=PEERS, pipelines=PIPELINES,
+                       routes=[{"name": "ct-gpu", "match": {"modality": "CT"}, "pipeline": "gpu-only",
+                                "destinations": ["pacs"]},
+                               {"name": "mr", "match": {"modality": "MR"}, "pipeline": "cpu", "destinations": ["pacs"]}],
+                       results={"path": str(tmp_path / "results")}, jobs={"workers": 1, "queues": ["default"]})
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve"], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        line = wait_for(lambda: next((x for x in log.read_text().splitlines() if "no worker here takes" in x), None), 60,
+                        "the warning")
+        assert "ct-gpu" in line and "'gpu'" in line and "mr" not in line.split("go to")[0]
+    finally:
+        stop_process(proc, 30)

@@ -163,3 +163,8 @@ def test_migrate_says_where_the_index_stands_and_upgrades_it(tmp_path: Path) -> 
     assert back.returncode == 0 and f"{schema.HEAD} -> 0001" in back.stdout
     wrong = migrate("--to", "nonsense")
     assert wrong.returncode == 1 and "nonsense" in wrong.stderr
+    # A new machine: migrate (a unit's ExecStartPre) creates the index.
+    config.write_text(yaml.safe_dump(config_dict(tmp_path, index={"path": str(tmp_path / "new" / "index.sqlite")})))
+    assert migrate("--status").returncode == 1
+    created = migrate()
+    assert created.returncode == 0 and f"none -> {schema.HEAD}" in created.stdout
