@@ -107,15 +107,19 @@ class ProcrastinateDispatch:
 
     def defer(self, db: Any, job_id: int, queue: str, priority: int, not_before: float | None) -> None:
         url = getattr(db, "url", "")
-        if url not in self._schema_seen:
-            _install_schema(db)  # in this transaction: a process that routes before any worker started
+        # In this transaction: a process may route before any worker installed it. Remembered
+        # only once seen committed (this transaction may still roll back).
+        if url not in self._schema_seen and _install_schema(db):
             self._schema_seen.add(url)
         db.execute(_DEFER, (queue, TASK_NAME, priority, json.dumps({"job_id": job_id}), not_before))
 
 
+_PROCRASTINATE = ProcrastinateDispatch()  # one per process: it remembers where the schema is
+
+
 def dispatch_for(config: NodeConfig) -> ProcrastinateDispatch | None:
     """What must hear of queued jobs under ``config`` (None: the lease engine finds them itself)."""
-    return ProcrastinateDispatch() if config.job_engine == "procrastinate" else None
+    return _PROCRASTINATE if config.job_engine == "procrastinate" else None
 
 
 def job_queue(index: Index, config: NodeConfig) -> JobQueue:
@@ -136,15 +140,16 @@ def ensure_procrastinate_schema(index: Index) -> None:
         _install_schema(db)
 
 
-def _install_schema(db: Any) -> None:
+def _install_schema(db: Any) -> bool:
     """procrastinate's schema, inside the caller's write transaction (which holds the index's
-    write lock, so two processes never install it twice), unless it is there."""
+    write lock, so two processes never install it twice), unless it is there. True when it was."""
     from procrastinate.schema import SchemaManager
 
     if db.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present").fetchone()["present"]:
-        return
+        return True
     db.execute_script(SchemaManager.get_schema())
     log.info("Installed the procrastinate job engine's schema in the index database")
+    return False
 
 
 def _app(url: str) -> Any:

@@ -15,7 +15,8 @@ from ai.phantom import make_phantom
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.index import Index
-from dicom_node.job_engine import TASK_NAME, job_queue, procrastinate_counts, queue_for, worker_queues
+from dicom_node.job_engine import (TASK_NAME, dispatch_for, job_queue, procrastinate_counts, queue_for,
+                                   worker_queues)
 from dicom_node.jobs import JobQueue, JobState, LeaseLost, NewJob
 from dicom_node.outbox import Candidate, Outbox
 from dicom_node.routing import route_completed
@@ -112,11 +113,13 @@ def test_procrastinate_hears_of_a_job_in_the_transaction_that_queues_it(make_con
     config = engine_config(make_config, tmp_path, pg_url, "cpu", max_attempts=2)
     index = Index(pg_url)
     try:
-        queue = job_queue(index, config)
+        # No worker has installed procrastinate's schema yet: the routing transaction does,
+        # and a rollback takes the schema back with the job (the next routing installs it again).
+        queue = JobQueue(index, 2, 10, dispatch_for(config))
         with pytest.raises(RuntimeError), index.transaction() as db:
             assert JobQueue.add(db, new_job(), 100.0, 2, queue.dispatch)
             raise RuntimeError("routing failed after queueing")
-        assert queue.list() == [] and procrastinate_jobs(index) == []
+        assert queue.list() == [] and procrastinate_counts(index) == {}
 
         with index.transaction() as db:
             assert JobQueue.add(db, new_job(queue="gpu"), 100.0, 2, queue.dispatch)
