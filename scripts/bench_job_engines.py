@@ -11,13 +11,16 @@ Engines, each on a job that does no work (so the engine's own overhead is what s
                  UPDATE SKIP LOCKED LIMIT 1)``, then done; idle workers wait on LISTEN/NOTIFY
   procrastinate  procrastinate 3 (PostgreSQL, LISTEN/NOTIFY) with its sync defer and its worker,
                  concurrency 1 per process
+  node           the node on procrastinate as it runs (dicom_node/job_engine.py): jobs rows
+                 deferred in the transaction that queues them, run_procrastinate_worker starting
+                 each row at its next attempt and committing its end fenced by that attempt
 
 For each: jobs per second draining ``--jobs`` queued jobs with 1, 2 and 4 worker processes, and
 the claim latency (enqueue to the job starting) of ``--latency-jobs`` jobs sent one at a time to
 one idle worker (median and 95th percentile). PostgreSQL is a throwaway cluster this script
 starts on loopback (dicom_node/postgres_local.py) and stops.
 
-    .venv/bin/python scripts/bench_job_engines.py [--jobs 2000] [--workers 1 2 4] [--engines sqlite pg-skip-locked procrastinate]
+    .venv/bin/python scripts/bench_job_engines.py [--jobs 2000] [--workers 1 2 4] [--engines sqlite pg-skip-locked procrastinate node]
 """
 
 from __future__ import annotations
@@ -114,6 +117,70 @@ def worker_procrastinate(url: str, drain: bool) -> None:
                    delete_jobs="never")
 
 
+def node_config(url: str, work: Path):  # type: ignore[no-untyped-def]
+    from dicom_node.config import parse_config
+
+    return parse_config({"index": {"url": url, "path": str(work / "local" / "index.sqlite")},
+                         "storage": {"path": str(work / "storage")}, "jobs": {"poll_seconds": 0.2}}, "bench")
+
+
+class NoWorkWorker:
+    """The node's worker as run_procrastinate_worker drives it, with an analysis that does
+    nothing: the job's end is committed at its attempt (the fence) and nothing else happens."""
+
+    def __init__(self, url: str, work: Path, out: str) -> None:
+        from dicom_node.index import Index
+        from dicom_node.job_engine import job_queue
+
+        self.config = node_config(url, work)
+        self.index = Index(url)
+        self.jobs = job_queue(self.index, self.config)
+        self.owner = f"w{os.getpid()}"
+        self.clock = time.time
+        self.out = out
+
+    def run_job(self, job) -> bool:  # type: ignore[no-untyped-def]
+        from dicom_node.jobs import JobQueue
+
+        if self.out:
+            created = self.index.query("SELECT created_at FROM jobs WHERE id = ?", (job.id,))[0]["created_at"]
+            with open(self.out, "a") as fh:
+                fh.write(f"{time.time() - created}\n")
+        with self.index.transaction() as db:
+            JobQueue.mark_done(db, job.id, self.owner, time.time(), "none", attempt=job.attempts)
+        return True
+
+
+def worker_node(url: str, work: str, drain: bool, out: str) -> None:
+    import threading
+
+    from dicom_node.job_engine import run_procrastinate_worker
+
+    worker = NoWorkWorker(url, Path(work), out)
+    run_procrastinate_worker(worker, threading.Event(), ["default"], burst=drain)  # type: ignore[arg-type]
+
+
+def add_node_jobs(url: str, work: Path, first: int, count: int, reset: bool) -> None:
+    """Queue ``count`` jobs as routing does (rows deferred in the same transaction)."""
+    from dicom_node.index import Index
+    from dicom_node.job_engine import job_queue
+    from dicom_node.jobs import JobQueue, NewJob
+
+    index = Index(url)
+    try:
+        queue = job_queue(index, node_config(url, work))
+        with index.transaction() as db:
+            if reset:
+                for table in ("procrastinate_events", "procrastinate_jobs", "jobs"):
+                    db.execute(f"DELETE FROM {table}")
+            now = time.time()
+            for n in range(first, first + count):
+                JobQueue.add(db, NewJob(f"bench:{n}", "bench", "none", f"1.2.{n}", "1.2", 1, "X", (), "routine"), now, 3,
+                             queue.dispatch)
+    finally:
+        index.close()
+
+
 # -- the parent: set up, start workers, time -------------------------------------------------------
 
 def spawn(role: str, *args: str) -> subprocess.Popen[bytes]:
@@ -123,6 +190,9 @@ def spawn(role: str, *args: str) -> subprocess.Popen[bytes]:
 def fill(engine: str, count: int, work: Path, url: str) -> str:
     """Queue ``count`` jobs; return the worker arguments for this engine."""
     now = time.time()
+    if engine == "node":
+        add_node_jobs(url, work, 0, count, reset=True)
+        return url
     if engine == "sqlite":
         from dicom_node.index import Index
         from dicom_node.jobs import JobQueue, NewJob
@@ -157,14 +227,14 @@ def throughput(engine: str, count: int, workers: int, work: Path, url: str, poll
     """Jobs per second between the first and the last job finishing (the workers' start-up,
     a Python import, is not the engine's cost), every job checked finished."""
     target = fill(engine, count, work, url)
-    args = [target, str(poll)] if engine == "sqlite" else [target]
+    args = [target, str(poll)] if engine == "sqlite" else [target, str(work)] if engine == "node" else [target]
     procs = [spawn(engine, *args, "--drain") for _ in range(workers)]
     for proc in procs:
         proc.wait(timeout=300)
-    if engine == "sqlite":
+    if engine in ("sqlite", "node"):
         from dicom_node.index import Index
 
-        index = Index(Path(target))
+        index = Index(Path(target) if engine == "sqlite" else target)
         first, last, finished = index.query("SELECT min(finished_at), max(finished_at), count(*) FROM jobs "
                                             "WHERE state = 'done'")[0]
         index.close()
@@ -184,13 +254,15 @@ def throughput(engine: str, count: int, workers: int, work: Path, url: str, poll
 def latency(engine: str, jobs: int, work: Path, url: str, poll: float) -> list[float]:
     target = fill(engine, 0, work, url)
     out = work / f"latency-{engine}-{time.monotonic_ns()}.txt"
-    args = [target, str(poll)] if engine == "sqlite" else [target]
+    args = [target, str(poll)] if engine == "sqlite" else [target, str(work)] if engine == "node" else [target]
     proc = spawn(engine, *args, "--out", str(out))
     try:
         time.sleep(2.0)  # the worker is up and idle
         for n in range(jobs):
             now = time.time()
-            if engine == "sqlite":
+            if engine == "node":
+                add_node_jobs(url, work, 100_000 + n, 1, reset=False)
+            elif engine == "sqlite":
                 from dicom_node.index import Index
                 from dicom_node.jobs import JobQueue, NewJob
 
@@ -228,7 +300,7 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=30)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--poll", type=float, default=1.0, help="the sqlite workers' poll interval (jobs.poll_seconds)")
-    parser.add_argument("--engines", nargs="*", default=["sqlite", "pg-skip-locked", "procrastinate"])
+    parser.add_argument("--engines", nargs="*", default=["sqlite", "pg-skip-locked", "procrastinate", "node"])
     args = parser.parse_args()
     if args.role == "sqlite":
         worker_sqlite(args.target[0], float(args.target[1]), args.drain, args.out)
@@ -238,6 +310,9 @@ def main() -> int:
         return 0
     if args.role == "procrastinate":
         worker_procrastinate(args.target[0], args.drain)
+        return 0
+    if args.role == "node":
+        worker_node(args.target[0], args.target[1], args.drain, args.out)
         return 0
 
     from dicom_node.postgres_local import start_postgres
