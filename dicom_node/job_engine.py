@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 TASK_NAME = "dicom_node.analyse"
 GPU_QUEUE = "gpu"
 
+#: Whether a database holds procrastinate's schema (one row, column ``present``).
+_SCHEMA_PRESENT = "SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present"
 _DEFER = ("SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(?, ?, ?, NULL, NULL, ?::jsonb, to_timestamp(?))]"
           "::procrastinate_job_to_defer_v1[])")
 
@@ -134,7 +136,7 @@ def ensure_procrastinate_schema(index: Index) -> None:
     """Install procrastinate's schema into the index database once (under the index's write
     lock, so processes starting together install it once). Upgrades follow procrastinate's own
     migration files (docs/deploy/README.md)."""
-    if index.query("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present")[0]["present"]:
+    if index.query(_SCHEMA_PRESENT)[0]["present"]:
         return
     with index.transaction() as db:
         _install_schema(db)
@@ -145,7 +147,7 @@ def _install_schema(db: Any) -> bool:
     write lock, so two processes never install it twice), unless it is there. True when it was."""
     from procrastinate.schema import SchemaManager
 
-    if db.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present").fetchone()["present"]:
+    if db.execute(_SCHEMA_PRESENT).fetchone()["present"]:
         return True
     db.execute_script(SchemaManager.get_schema())
     log.info("Installed the procrastinate job engine's schema in the index database")
@@ -249,7 +251,7 @@ def procrastinate_counts(index: Index) -> dict[str, int]:
     """procrastinate's jobs by status (for ``status`` and tests); {} on the lease engine."""
     if index.dialect != "postgresql":
         return {}
-    if not index.query("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present")[0]["present"]:
+    if not index.query(_SCHEMA_PRESENT)[0]["present"]:
         return {}
     return {r["status"]: r["n"] for r in index.query(
         "SELECT status::text AS status, count(*) AS n FROM procrastinate_jobs WHERE task_name = ? GROUP BY status",
