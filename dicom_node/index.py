@@ -188,6 +188,13 @@ class Index:
         rows = self.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return rows[0] if rows else None
 
+    def owner_of_path(self, path: Path, other_than: str) -> str | None:
+        """The SOP Instance UID of an instance other than ``other_than`` whose file is ``path``, if
+        any: a file that belongs to another instance must not be replaced by this one."""
+        rows = self.query("SELECT sop_instance_uid FROM instances WHERE path = ? AND sop_instance_uid <> ? LIMIT 1",
+                          (str(path), other_than))
+        return str(rows[0][0]) if rows else None
+
     def record_instance(self, header: InstanceHeader, path: Path, size: int, receipt: Receipt, outcome: Outcome) -> None:
         """Record a stored instance, and open (or re-open) its series and study.
 

@@ -13,6 +13,7 @@ pydicom and pydicom-data ship.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -28,21 +29,48 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from .errors import InvalidInstanceError
 
+log = logging.getLogger(__name__)
+
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
 
-_UID_CLEAN = re.compile(r"[^0-9.]")
+#: PS3.5 9.1: components of digits separated by single dots, at most 64 characters in all.
+_UID_SYNTAX = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_LEADING_ZERO = re.compile(r"(?:^|\.)0[0-9]")
+UID_MAX_LENGTH = 64
 
 
-def clean_uid(uid: str) -> str:
-    """A UID made safe as a file name: only digits and dots survive, never empty or '.'/'..'."""
-    cleaned = _UID_CLEAN.sub("", uid).strip(".")
-    if not cleaned:
-        raise InvalidInstanceError(f"UID {uid!r} has no digits to name a file with")
-    return cleaned
+def checked_uid(uid: str, name: str = "UID") -> str:
+    """``uid`` without the standard's trailing padding, refused unless it is a UID by PS3.5 9.1.
+
+    The UID itself names the instance's file and folders, so what is refused here is what could
+    make two different UIDs share a path (anything but digits and dots, an empty component, a
+    dot at either end) or a path leave the storage folder. A component with a leading zero
+    breaks the standard's rule but is a lapse real modalities make and harms no path: accepted,
+    with a warning.
+    """
+    value = uid.rstrip("\x00 ")
+    if not value:
+        raise InvalidInstanceError(f"{name} is empty")
+    if len(value) > UID_MAX_LENGTH:
+        raise InvalidInstanceError(f"{name} is {len(value)} characters long, over the {UID_MAX_LENGTH} a UID may have")
+    if _UID_SYNTAX.fullmatch(value) is None:
+        raise InvalidInstanceError(f"{name} is not a UID (digits and dots only): {value[:24]!r}")
+    if _LEADING_ZERO.search(value):
+        log.warning("%s %s has a component with a leading zero (PS3.5 9.1 forbids it); accepted as it is", name, value)
+    return value
+
+
+def uid_path_component(uid: str) -> str:
+    """A UID as a file or folder name: the UID itself, refused (InvalidInstanceError) unless valid.
+
+    Names are never "cleaned": cleaning maps different UIDs to one name, and a second instance
+    (another patient's) would then overwrite an acknowledged one.
+    """
+    return checked_uid(uid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +165,9 @@ def _read_header(path: Path, fast: bool) -> InstanceHeader:
                ("StudyInstanceUID", header.study_instance_uid), ("SeriesInstanceUID", header.series_instance_uid)) if not value]
     if missing:
         raise InvalidInstanceError(f"required attribute(s) missing or empty: {', '.join(missing)}")
+    for name, value in (("StudyInstanceUID", header.study_instance_uid), ("SeriesInstanceUID", header.series_instance_uid),
+                        ("SOPInstanceUID", header.sop_instance_uid)):
+        checked_uid(value, name)
     return header
 
 

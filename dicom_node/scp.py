@@ -283,6 +283,10 @@ class StorageSCP:
                             caller.ae_title, requested, header.sop_instance_uid)
             final = self.store.path_for(header)
             known = self.index.instance(header.sop_instance_uid)
+            if (known is None or known["path"] != str(final)) and final.exists():
+                owner = self.index.owner_of_path(final, header.sop_instance_uid)
+                if owner is not None:  # never replace another instance's acknowledged file
+                    raise InvalidInstanceError(f"path of another instance ({owner}); not stored")
             if known is not None and final.exists() and filecmp.cmp(received, final, shallow=False):
                 outcome = Outcome.DUPLICATE
             else:

@@ -1,7 +1,7 @@
 """The storage folder: where acknowledged instances live, written so a crash never shows half a file.
 
-Layout: ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` (UIDs cleaned to digits and
-dots). Files being received live in ``<root>/.incoming/`` (a dot folder every reader skips) on
+Layout: ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, named by the UIDs themselves
+(a UID that is not digits and dots is refused, never cleaned: two UIDs must never share a path). Files being received live in ``<root>/.incoming/`` (a dot folder every reader skips) on
 the same file system, so making one durable is fsync + rename + fsync of the folder, never a
 copy. Start-up removes what a crash left in ``.incoming`` and any ``.*.part`` file.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Durability
 from .errors import DiskFullError, StoreError
-from .instance import InstanceHeader, clean_uid
+from .instance import InstanceHeader, uid_path_component
 
 INCOMING_DIR = ".incoming"
 SUFFIX = ".dcm"
@@ -64,9 +64,9 @@ class InstanceStore:
         """Where an instance lives; the same UIDs always give the same path."""
         return (
             self.root
-            / clean_uid(header.study_instance_uid)
-            / clean_uid(header.series_instance_uid)
-            / (clean_uid(header.sop_instance_uid) + SUFFIX)
+            / uid_path_component(header.study_instance_uid)
+            / uid_path_component(header.series_instance_uid)
+            / (uid_path_component(header.sop_instance_uid) + SUFFIX)
         )
 
     def check_free_space(self) -> None:
@@ -137,7 +137,7 @@ class InstanceStore:
     def write_bytes(self, data: bytes, header: InstanceHeader) -> Path:
         """Write a whole file from memory (the non-streamed path), atomically and durably."""
         try:
-            tmp = self.incoming / f".{clean_uid(header.sop_instance_uid)}.{os.getpid()}.part"
+            tmp = self.incoming / f".{uid_path_component(header.sop_instance_uid)}.{os.getpid()}.part"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()

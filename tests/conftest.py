@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,35 @@ def dataset_bytes(path: Path) -> bytes:
         read_preamble(fp, False)
         _read_file_meta_info(fp)
         return fp.read()
+
+
+@contextmanager
+def pydicom_values_unchecked() -> Iterator[None]:
+    """pydicom's value checks off (reading and writing), as a careless or hostile sender has them."""
+    from pydicom import config as pydicom_config
+
+    modes = pydicom_config.settings.reading_validation_mode, pydicom_config.settings.writing_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    try:
+        yield
+    finally:
+        pydicom_config.settings.reading_validation_mode, pydicom_config.settings.writing_validation_mode = modes
+
+
+def with_uids(source: Path, dest: Path, **uids: str) -> Path:
+    """A copy of ``source`` with attributes set to any value, valid or not (StudyInstanceUID=...):
+    what a careless or hostile sender may put in a dataset. The file meta's SOP Instance UID
+    follows the dataset's."""
+    from pydicom import dcmread
+
+    with pydicom_values_unchecked():
+        ds = dcmread(source)
+        for keyword, value in uids.items():
+            setattr(ds, keyword, value)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(dest, enforce_file_format=True)
+    return dest
 
 
 def config_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

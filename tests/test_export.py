@@ -59,3 +59,27 @@ def test_a_folder_is_exported_deidentified_with_a_summary_of_what_was_held_back(
     assert inside.returncode == 2 and "is inside IN" in inside.stderr
     unknown = subprocess.run(command[:-1] + ["nosuch"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "no profile named 'nosuch'" in unknown.stderr
+
+
+def test_a_kept_uid_that_is_not_a_uid_never_names_a_path(tmp_path: Path) -> None:
+    """With Retain UIDs the instance's own UIDs name its output path: one that is not a UID (here
+    a path that climbs out of OUT) is refused and counted, never written."""
+    from .conftest import with_uids
+
+    source = tmp_path / "in"
+    [good] = write_ct_series(source / "ct", 1, 32, 32, seed=43)
+    with_uids(good, source / "ct" / "bad.dcm", SOPInstanceUID="../../../escaped")
+    key = tmp_path / "site.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump({"deidentification": {"key_file": str(key), "profiles": {
+        "keep": {"options": ["retain_uids"]}}}}))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "deidentify", str(source),
+                             str(out), "--profile", "keep"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 instance(s) de-identified" in result.stdout
+    assert "bad.dcm" in result.stdout and "not a UID" in result.stdout
+    assert [p.name for p in tmp_path.rglob("escaped*")] == []
+    assert len(list(out.rglob("*.dcm"))) == 1

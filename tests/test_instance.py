@@ -12,8 +12,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dicom_node.errors import InvalidInstanceError
-from dicom_node.instance import _plain_file_meta_transfer_syntax, _read_header, _scan_dataset, clean_uid, read_header
+from dicom_node.instance import _plain_file_meta_transfer_syntax, _read_header, _scan_dataset, checked_uid, read_header
 from dicom_node.synthetic import write_ct_series
+
+from .conftest import with_uids
 
 
 def _testfile(name: str) -> Path:
@@ -167,8 +169,27 @@ def test_not_dicom_and_missing_uids(tmp_path: Path) -> None:
         read_header(junk)
 
 
-def test_clean_uid() -> None:
-    assert clean_uid("1.2.3") == "1.2.3"
-    assert clean_uid("../1.2/3\x00") == "1.23"
-    with pytest.raises(InvalidInstanceError):
-        clean_uid("../..")
+@pytest.mark.parametrize("bad", ["1.2.3a", "1.2/3", "../1.2", "1..2", ".1.2", "1.2.", "1.2 .3", "1.2\x003", "",
+                                 "1." + "2" * 63, "1.2.-3", "１.2"])
+def test_checked_uid_refuses_what_is_not_a_uid(bad: str) -> None:
+    with pytest.raises(InvalidInstanceError, match="SOPInstanceUID"):
+        checked_uid(bad, "SOPInstanceUID")
+
+
+def test_checked_uid_strips_padding_and_accepts_leading_zeros_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    assert checked_uid("1.2.840.10008.1.2\x00") == "1.2.840.10008.1.2"
+    assert checked_uid("1.2.3 ") == "1.2.3"
+    assert checked_uid("1." + "2" * 62) == "1." + "2" * 62  # 64 characters: the most a UID may have
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="dicom_node.instance"):
+        assert checked_uid("1.2.03.0.4") == "1.2.03.0.4"
+    assert "leading zero" in caplog.text
+
+
+def test_read_header_refuses_an_instance_whose_uids_are_not_uids(tmp_path: Path) -> None:
+    [good] = write_ct_series(tmp_path / "s", 1, 16, 16)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        bad = with_uids(good, tmp_path / f"bad-{keyword}.dcm", **{keyword: "1.2.3x"})
+        for fast in (True, False):
+            with pytest.raises(InvalidInstanceError, match=keyword):
+                _read_header(bad, fast=fast)

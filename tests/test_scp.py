@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,12 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from dicom_node.audit import read_audit
 from dicom_node.config import NodeConfig
+from dicom_node.index import Outcome, Receipt
+from dicom_node.instance import read_header
 from dicom_node.service import Node
 from dicom_node.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, Dcmtk, dataset_bytes, dcmtk_reference_datasets
+from .conftest import TEST_SCU, Dcmtk, dataset_bytes, dcmtk_reference_datasets, pydicom_values_unchecked, with_uids
 
 
 def _testfile(name: str) -> Path:
@@ -354,3 +358,72 @@ def test_an_association_audit_record_names_its_studies_and_patient_ids(node: Nod
     assert record["studies"] == [{"study_uid": header.StudyInstanceUID, "patient_id": header.PatientID,
                                   "sop_classes": {header.SOPClassUID: 2}}]
     assert record["dicom"]["EventIdentification"]["EventID"]["originalText"] == "DICOM Instances Transferred"
+
+
+# Pairs of UIDs that differ only in what the old file naming ("keep digits and dots") dropped:
+# the second of each pair named the same file as the first and overwrote it.
+_COLLIDING = [
+    ("SOPInstanceUID", "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.77a"),
+    ("SOPInstanceUID", "1.2.826.0.1.3680043.8.498.7.7", "1.2.826.0.1.3680043.8.498.7/.7"),
+    ("SOPInstanceUID", "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.7 7"),
+    ("SOPInstanceUID", "1.2.826.0.1.3680043.8.498.77", ".1.2.826.0.1.3680043.8.498.77"),
+    ("SeriesInstanceUID", "1.2.826.0.1.3680043.8.498.88", "1.2.826.0.1.3680043.8.498.88-"),
+    ("StudyInstanceUID", "1.2.826.0.1.3680043.8.498.99", "../1.2.826.0.1.3680043.8.498.99"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "first", "second"), _COLLIDING)
+def test_another_patients_instance_never_overwrites_an_acknowledged_one(node: Node, tmp_path: Path, keyword: str,
+                                                                        first: str, second: str) -> None:
+    """Two different UIDs that once shared a path: the valid one is stored, the other refused with
+    0xC210 and the reason, and every acknowledged instance reads back byte for byte."""
+    [source] = write_ct_series(tmp_path / "s", 1, 32, 32)
+    original = with_uids(source, tmp_path / "a.dcm", **{keyword: first})
+    other = with_uids(source, tmp_path / "b.dcm", PatientID="ANOTHER-PATIENT", PatientName="Other^Patient",
+                      **{keyword: second})
+    assert send(node.port, [original]) == [0]
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    assert assoc.is_established
+    status = _send_file_raw(assoc, other)
+    assoc.release()
+    assert status.Status == 0xC210
+    assert keyword in status.ErrorComment and "not a UID" in status.ErrorComment
+    assert_stored_unchanged(node, [original])
+    assert len(list(node.store.iter_files())) == 1
+    assert [r["sop_instance_uid"] for r in node.index.query("SELECT sop_instance_uid FROM instances")] == [
+        str(dcmread(original, stop_before_pixels=True).SOPInstanceUID)]
+
+
+def _send_file_raw(assoc: object, path: Path) -> Any:
+    """C-STORE a file's bytes as they are (no decode, no value checks on the way)."""
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        with pydicom_values_unchecked():
+            return assoc.send_c_store(path)  # type: ignore[attr-defined]
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def test_a_path_owned_by_another_instance_in_the_index_is_never_replaced(node: Node, tmp_path: Path) -> None:
+    """An index from before UIDs named files by themselves may hold an instance whose file sits where
+    a valid UID's file now goes: the newcomer is refused, the old file and row stay."""
+    [source] = write_ct_series(tmp_path / "s", 1, 32, 32)
+    header = read_header(source)
+    final = node.store.path_for(header)
+    final.parent.mkdir(parents=True)
+    legacy = with_uids(source, final, SOPInstanceUID=header.sop_instance_uid + "x", PatientID="LEGACY")
+    before = legacy.read_bytes()
+    node.index.record_instance(dataclasses.replace(header, sop_instance_uid=header.sop_instance_uid + "x", patient_id="LEGACY"),
+                               final, len(before), Receipt("OLD", "AI_NODE", "127.0.0.1", 0.0), Outcome.NEW)
+    ae = AE(ae_title=TEST_SCU)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AI_NODE")
+    status = _send_file_raw(assoc, source)
+    assoc.release()
+    assert status.Status == 0xC210
+    assert "path of another instance" in status.ErrorComment
+    assert final.read_bytes() == before
+    assert node.index.instance(header.sop_instance_uid) is None

@@ -18,6 +18,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from ..errors import InvalidInstanceError
+from ..instance import uid_path_component
 from ..store import write_dataset_atomically
 from .deidentify import Deidentifier
 
@@ -61,7 +63,12 @@ def export(files: Iterable[Path], target: Path, engine: Deidentifier,
             continue
         report = engine.apply(ds)
         summary.actions.update(report.actions)
-        study, series, instance = (report.uids.get(u, u) for u in uids)
+        try:  # a UID the profile keeps names a path as it is: refused unless it is a UID
+            study, series, instance = (uid_path_component(report.uids.get(u, u)) for u in uids)
+        except InvalidInstanceError as exc:
+            summary.unreadable.append((path, str(exc)))
+            progress(path)
+            continue
         out = target / study / series / f"{instance}.dcm"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_dataset_atomically(ds, out)
