@@ -25,6 +25,7 @@ from rich.table import Table
 
 from .config import DEFAULT_CONFIG_PATH, NodeConfig, load_config, resolve_config_path
 from .errors import ConfigError, NodeError, PeerError
+from .file_modes import readable_secrets, restrict_new_files
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,6 +57,8 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     from .service import Node, Supervisor
 
     _setup_logging(args.verbose, config)
+    for problem in readable_secrets(config):
+        logging.getLogger("dicom_node").warning("%s", problem)
     if args.role in ("all", "worker"):
         _check_pipelines(config)
         _warn_unserved_queues(config)
@@ -642,6 +645,7 @@ _MISSING_HINT = "`dicom-node init` writes the commented default there; or give -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    restrict_new_files()  # before anything is written: the index, audit trail and results are owner-only
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
