@@ -86,6 +86,19 @@ def dicom_message(event: str, fields: dict[str, Any], when: str, node_ae: str) -
                     "ParticipantObjectTypeCode": SYSTEM_OBJECT, "ParticipantObjectTypeCodeRole": ROLE_SECURITY_RESOURCE,
                     "ParticipantObjectIDTypeCode": {"csd-code": "12", "codeSystemName": "RFC-3881", "originalText": "URI"},
                     "ParticipantObjectDetail": [{"type": "Alert Description", "value": str(fields.get("reason", ""))}]}]}
+    if event == "security_alert":
+        kind = {"audit_tampered": codes.DCM.ObjectSecurityAttributesChanged,
+                "login_failed": codes.DCM.UseOfRestrictedFunction}.get(str(fields.get("alert")),
+                                                                      codes.DCM.SecurityConfiguration)
+        return {"EventIdentification": _event(codes.DCM.SecurityAlert, "E", when,
+                                              OUTCOME_SERIOUS_FAILURE if fields.get("alert") == "audit_tampered"
+                                              else OUTCOME_MINOR_FAILURE, [kind]),
+                "ActiveParticipant": [node], "AuditSourceIdentification": source,
+                "ParticipantObjectIdentification": [{
+                    "ParticipantObjectID": str(fields.get("object", "")),
+                    "ParticipantObjectTypeCode": SYSTEM_OBJECT, "ParticipantObjectTypeCodeRole": ROLE_SECURITY_RESOURCE,
+                    "ParticipantObjectIDTypeCode": {"csd-code": "12", "codeSystemName": "RFC-3881", "originalText": "URI"},
+                    "ParticipantObjectDetail": [{"type": "Alert Description", "value": str(fields.get("description", ""))}]}]}
     if event == "association" and fields.get("studies"):
         outcome = OUTCOME_SUCCESS if not fields.get("instances_failed") else OUTCOME_MINOR_FAILURE
         objects: list[dict[str, Any]] = []

@@ -109,7 +109,7 @@ def _serve_downstream(config: NodeConfig, role: str) -> int:
     from .service import Downstream
 
     index = Index(config.index.location, synchronous="NORMAL")
-    audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog) if role == "sender" else None
+    audit = AuditLog.from_config(config) if role == "sender" else None
     downstream = Downstream(config, index, audit, sender=role == "sender", workers=role == "worker")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -495,19 +495,24 @@ def cmd_routes(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(config: NodeConfig | None, args: argparse.Namespace) -> int:
-    from .audit import verify
+    from .audit import default_key_path, load_key, records_after_last_checkpoint, verify
 
     if args.path is None and config is None:
         config = load_config(args.config, missing_hint=_MISSING_HINT)
     path = args.path or config.audit.path  # type: ignore[union-attr]
     if not path.exists():
         return _fail(EXIT_USAGE, f"no audit file at {path}")
-    checked, breaks = verify(path)
+    key_path = (config.audit.key_file if config is not None else None) or default_key_path(path)
+    key = load_key(key_path) if key_path.exists() else None
+    if key is None:
+        print(f"{path}: no audit key at {key_path}: checkpoint signatures not checked")
+    checked, breaks = verify(path, key)
     for item in breaks:
         print(f"{path}:{item.line}: {item.problem}")
     if breaks:
         return _fail(EXIT_FAILED, f"{path}: the chain is broken in {len(breaks)} place(s) of {checked} record(s)")
-    print(f"{path}: {checked} record(s), the chain is whole")
+    print(f"{path}: {checked} record(s), the chain is whole; {records_after_last_checkpoint(path)} record(s) after "
+          "the last checkpoint")
     return EXIT_OK
 
 

@@ -206,6 +206,12 @@ class AuditSection(_Section):
     path: Path = Path("./var/audit.jsonl")
     #: Also send the DICOM audit messages to an audit repository.
     syslog: SyslogSection | None = None
+    #: The key that signs checkpoints and the anchor (audit.py); default ``<path>.key``, made
+    #: owner-only with 32 random bytes at the first start. Keep a copy off the machine.
+    key_file: Path | None = None
+    #: A signed checkpoint after this many records or seconds, whichever comes first.
+    checkpoint_records: int = Field(100, ge=1)
+    checkpoint_seconds: float = Field(300.0, gt=0)
 
 
 class Peer(_Section):

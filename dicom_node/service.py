@@ -191,7 +191,7 @@ class Node:
         # storage folder (fsynced per file) is the source of truth: after any unclean stop,
         # recovery re-indexes what the index lacks, so an extra fsync per commit buys nothing.
         self.index = Index(config.index.location, synchronous="NORMAL")
-        self.audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog)
+        self.audit = AuditLog.from_config(config)
         self.scp = StorageSCP(self.store, self.index, self.audit)
         self.ae = build_ae(config, self.store, log_pdus=log_pdus)
         self.downstream = Downstream(config, self.index, self.audit, sender=role == "all", workers=role == "all") \
@@ -326,7 +326,7 @@ class Supervisor:
         self.log_pdus = log_pdus
         self.store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
         self.index = Index(config.index.location, synchronous="NORMAL")
-        self.audit = AuditLog(config.audit.path, config.node.ae_title, config.audit.syslog)
+        self.audit = AuditLog.from_config(config)
         self.downstream = Downstream(config, self.index, self.audit, sender=role == "all", workers=role == "all")
         self.completion = CompletionScheduler(self.index, config.completion, after_sweep=self.downstream.route)
         self.recovery: RecoveryReport | None = None

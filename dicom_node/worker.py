@@ -326,7 +326,7 @@ class Worker:
             log.error("Job %d is not applicable (%s) and could not be recorded: %s", job.id, reasons, inner)
             return False
         if self._audit is None:
-            self._audit = AuditLog(self.config.audit.path, self.config.node.ae_title, self.config.audit.syslog)
+            self._audit = AuditLog.from_config(self.config)
         self._audit.write("job_not_applicable", job=job.id, route=job.route, series_uid=job.series_uid,
                          series_version=job.series_version,
                          pipelines=[{"pipeline": name, "model": model, "reasons": list(decision.reasons),

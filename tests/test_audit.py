@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
+
+import pytest
 
 from dicom_node.audit import AuditLog, read_audit
 
@@ -146,7 +149,7 @@ def test_messages_reach_a_syslog_repository_over_tls_with_octet_counting(tmp_pat
         conn, _ = listener.accept()
         with context.wrap_socket(conn, server_side=True) as tls:
             buffer = b""
-            while len(frames) < 2:
+            while len(frames) < 3:
                 chunk = tls.recv(65536)
                 if not chunk:
                     break
@@ -160,19 +163,129 @@ def test_messages_reach_a_syslog_repository_over_tls_with_octet_counting(tmp_pat
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    log = AuditLog(tmp_path / "audit.jsonl", "AI_NODE", SyslogSection(host="127.0.0.1", port=port, ca_certificates=ca.pem))
+    log = AuditLog(tmp_path / "audit.jsonl", "AI_NODE", SyslogSection(host="127.0.0.1", port=port, ca_certificates=ca.pem),
+                   key_file=tmp_path / "audit.key", checkpoint_records=2)
     log.write("listener_started", pid=5)
     log.write("association", outcome="rejected", reason="calling AE title not recognised", calling_ae="X", address="127.0.0.1")
     log.write("job_not_applicable", job=3)  # not a DICOM audit event: the file only
     thread.join(timeout=30)
     log.close()
     listener.close()
-    assert len(frames) == 2
+    assert len(frames) == 3
+    # The signed checkpoint after the second record goes to the repository too, off this machine.
+    checkpoint = re.match(rb"^<85>1 \S+ \S+ AI_NODE \d+ AUDIT-CHECKPOINT - \xef\xbb\xbf(.*)$", frames[2], re.S)
+    assert checkpoint, frames[2][:120]
+    assert json.loads(checkpoint.group(1))["checkpoint"] == 1 and json.loads(checkpoint.group(1))["seq"] == 3
+    assert read_audit(tmp_path / "audit.jsonl")[2]["mac"] == json.loads(checkpoint.group(1))["mac"]
     header = re.compile(rb"^<(\d+)>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ AI_NODE \d+ DICOM-AUDIT - \xef\xbb\xbf")
     priorities = []
-    for frame in frames:
+    for frame in frames[:2]:
         match = header.match(frame)
         assert match, frame[:120]
         priorities.append(int(match.group(1)))
         assert "EventIdentification" in json.loads(frame[match.end():])
     assert priorities == [85, 84]  # authpriv.notice, then authpriv.warning for the security alert
+
+
+def _anchored_trail(tmp_path: Path, records: int = 120, every: int = 25) -> tuple[Path, Path]:
+    """A trail written by the node with a key: checkpoints every ``every`` records."""
+    path, key = tmp_path / "audit.jsonl", tmp_path / "audit.key"
+    log = AuditLog(path, "AI_NODE", key_file=key, checkpoint_records=every)
+    for k in range(records):
+        log.write("association", outcome="released", n=k)
+    log.close()
+    return path, key
+
+
+def _problems(path: Path, key: Path) -> list[str]:
+    from dicom_node.audit import load_key, verify
+
+    return [b.problem for b in verify(path, load_key(key))[1]]
+
+
+def test_an_anchored_trail_verifies_whole_with_signed_checkpoints(tmp_path: Path) -> None:
+    from dicom_node.audit import records_after_last_checkpoint
+    from dicom_node.cli import main
+
+    path, key = _anchored_trail(tmp_path)
+    records = read_audit(path)
+    checkpoints = [r for r in records if r["event"] == "audit_checkpoint"]
+    assert [c["checkpoint"] for c in checkpoints] == [1, 2, 3, 4]  # one after every 25 records
+    assert all(len(c["mac"]) == 64 for c in checkpoints)
+    assert _problems(path, key) == []
+    assert records_after_last_checkpoint(path) == len(records) - 1 - records.index(checkpoints[-1])
+    assert key.stat().st_mode & 0o077 == 0
+    assert main(["audit", "verify", str(path)]) == 0
+
+
+@pytest.mark.parametrize("cut", [1, 50])
+def test_cutting_the_end_is_named_by_verify_and_by_the_next_write(tmp_path: Path, cut: int) -> None:
+    path, key = _anchored_trail(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-cut]))
+    last = len(lines)
+    assert _problems(path, key)[0] == (f"{cut} record(s) missing at the end: the file ends at seq {last - cut}, "
+                                       f"the node wrote up to seq {last}")
+    # The node's next write notices, records a Security Alert, and goes on.
+    log = AuditLog(path, "AI_NODE", key_file=key, checkpoint_records=25)
+    log.write("listener_started", pid=1)
+    log.close()
+    records = read_audit(path)
+    alert = records[last - cut]
+    assert alert["event"] == "security_alert" and alert["alert"] == "audit_tampered"
+    assert f"{cut} record(s) removed from its end" in alert["description"]
+    assert alert["dicom"]["EventIdentification"]["EventID"]["csd-code"] == "110113"
+    assert any("the node found the trail tampered with" in p and "removed from its end" in p
+               for p in _problems(path, key))
+
+
+def test_a_rewritten_last_record_is_named_and_the_next_record_does_not_hide_it(tmp_path: Path) -> None:
+    path, key = _anchored_trail(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    forged = lines[-1].replace(b'"outcome": "released"', b'"outcome": "aborted"')
+    assert forged != lines[-1]
+    path.write_bytes(b"".join(lines[:-1] + [forged]))
+    assert _problems(path, key) == [f"record seq {len(lines)} was changed after the node wrote it (it differs from the "
+                                    "anchor)"]
+    # Rewrite, then the node appends: the chain is whole again, but the alert stays in the trail.
+    log = AuditLog(path, "AI_NODE", key_file=key, checkpoint_records=25)
+    log.write("listener_started", pid=1)
+    log.close()
+    assert _problems(path, key) == [f"the node found the trail tampered with: the last record (seq {len(lines)}) was "
+                                    "changed after the node wrote it"]
+
+
+def test_a_removed_checkpoint_is_named_even_when_the_chain_is_rebuilt(tmp_path: Path) -> None:
+    from dicom_node.audit import GENESIS, line_hash
+
+    path, key = _anchored_trail(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    where = next(n for n, line in enumerate(lines) if b'"checkpoint": 2,' in line)
+    path.write_bytes(b"".join(lines[:where] + lines[where + 1:]))
+    problems = _problems(path, key)
+    assert "checkpoint 3 follows checkpoint 1: checkpoint(s) 2-2 removed" in problems
+    # Someone without the key removes it and re-chains every record after it: the signatures say so.
+    records = [json.loads(line) for line in lines[:where] + lines[where + 1:]]
+    prev, out = GENESIS, []
+    for seq, record in enumerate(records, start=1):
+        record["seq"], record["prev"] = seq, prev
+        line = json.dumps(record).encode()
+        out.append(line + b"\n")
+        prev = line_hash(line)
+    path.write_bytes(b"".join(out))
+    problems = _problems(path, key)
+    assert "checkpoint 3's signature does not match: the records before it were changed and chained again, or the " \
+           "checkpoint is forged" in problems
+    assert any(p.startswith("1 record(s) missing at the end") for p in problems)
+    # And with the anchor removed too, the missing anchor is named.
+    (tmp_path / "audit.jsonl.anchor").unlink()
+    assert any("audit.jsonl.anchor is missing" in p for p in _problems(path, key))
+
+
+def test_a_forged_anchor_is_refused(tmp_path: Path) -> None:
+    path, key = _anchored_trail(tmp_path)
+    anchor = tmp_path / "audit.jsonl.anchor"
+    data = json.loads(anchor.read_text())
+    data["seq"] -= 5
+    anchor.write_text(json.dumps(data))
+    assert _problems(path, key) == [f"the anchor {anchor} is not signed by the audit key (forged or changed)"]

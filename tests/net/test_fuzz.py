@@ -73,7 +73,7 @@ def test_the_listener_survives_hostile_connections(tmp_path: Path) -> None:
         peer.stop()
     node_dir = tmp_path / "node"
     allowed = {"storage", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite.sender.lock",
-               "index.sqlite.migrate.lock", "audit.jsonl",
+               "index.sqlite.migrate.lock", "audit.jsonl", "audit.jsonl.key", "audit.jsonl.anchor",
                "node.log", "node.yaml",
                "metrics"}  # the processes' Prometheus counts (metrics_folder.py)
     assert {p.name for p in node_dir.iterdir()} <= allowed, sorted(p.name for p in node_dir.iterdir())
