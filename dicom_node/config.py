@@ -11,8 +11,10 @@ README's commands run the node from the repository root.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
+import string
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -101,6 +103,12 @@ class NodeSection(_Section):
     #: Seconds a PDU may take from its first byte to its last: a peer trickling a byte at a time
     #: (each byte resetting the network timeout) is aborted.
     pdu_timeout_seconds: float = Field(60.0, gt=0)
+    #: Seconds a new connection may take to send its whole A-ASSOCIATE-RQ; until it has, it holds
+    #: no association slot (admission.py), and after this long it is closed.
+    association_request_seconds: float = Field(10.0, gt=0)
+    #: Connections one source address may have waiting for their A-ASSOCIATE-RQ (or their TLS
+    #: handshake) at once; more are refused. 0: no cap.
+    max_pending_per_address: int = Field(8, ge=0)
     #: Listener processes behind the port (the supervising process accepts and hands each
     #: connection to the least busy), so concurrent associations are not serialised by one
     #: interpreter's lock. 0: two per CPU core, at most 8.
@@ -567,6 +575,11 @@ class RetentionSection(_Section):
         return self
 
 
+class WebTlsSection(_Section):
+    certificate: Path
+    private_key: Path
+
+
 class WebSection(_Section):
     """The web service ``serve`` starts beside the listener: /health, /ready, /metrics, the JSON
     API and the dashboard. On loopback by default; bound anywhere else it needs a bearer token
@@ -576,6 +589,19 @@ class WebSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)  # 0: any free port (tests)
     token_file: Path | None = None
+    #: Host names (Host header) the service answers besides loopback and web.host (web_guard.py).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(65536, ge=1024)
+    max_header_bytes: int = Field(16384, ge=4096)
+    #: A request must arrive whole within this long (slow and silent connections are closed).
+    request_timeout_seconds: float = Field(10.0, gt=0)
+    max_concurrency: int = Field(32, ge=1)
+    #: How long a browser's sign-in lasts.
+    session_hours: float = Field(12.0, gt=0)
+    #: Failed sign-ins allowed per client address within 5 minutes before it must wait.
+    login_attempts: int = Field(5, ge=1)
+    #: HTTPS for the dashboard and API: {certificate, private_key} (PEM files).
+    tls: WebTlsSection | None = None
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebSection:
@@ -592,9 +618,25 @@ class WebSection(_Section):
             token = self.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"web.token_file {self.token_file}: {exc}") from None
-        if len(token) < 16:
-            raise ConfigError(f"web.token_file {self.token_file}: the token is shorter than 16 characters")
+        if token_bits(token) < 128:
+            raise ConfigError(f"web.token_file {self.token_file}: the token has under 128 bits of randomness (make one "
+                              "with: openssl rand -hex 32)")
         return token
+
+
+def token_bits(token: str) -> float:
+    """A generous estimate of a token's strength: its length times the bits per character of the
+    alphabet it draws from (hex, or the character classes it uses); a token of fewer than 8
+    distinct characters is no secret at all (0)."""
+    if len(set(token)) < 8:
+        return 0.0
+    if all(c in string.hexdigits for c in token) and (token.islower() or token.isupper() or token.isdigit()):
+        alphabet = 16
+    else:
+        classes = [(str.isdigit, 10), (str.islower, 26), (str.isupper, 26)]
+        alphabet = sum(size for test, size in classes if any(test(c) for c in token))
+        alphabet += 32 if any(not c.isalnum() for c in token) else 0
+    return len(token) * math.log2(alphabet)
 
 
 def _is_loopback(host: str) -> bool:

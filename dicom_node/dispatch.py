@@ -14,36 +14,25 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
+from .admission import Admission
+
 log = logging.getLogger(__name__)
 
 CLOSED = "closed"
-#: A-ASSOCIATE-RJ: PDU type 3, length 4; result 2 (rejected-transient), source 3 (service-provider,
-#: presentation related), reason 2 (local-limit-exceeded).
-_LOCAL_LIMIT_RJ = bytes([0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x02, 0x03, 0x02])
-
-
-def _read_exactly(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class Dispatcher:
     """In the supervising process: accept on ``listener``, hand over, count what is open."""
 
     def __init__(self, listeners: list[tuple[socket.socket, bool]], channels: list[Connection], pids: list[int],
-                 max_associations: int = 0, on_refused: Callable[[str, int, str], None] | None = None) -> None:
+                 max_associations: int = 0, on_refused: Callable[[str, int, str], None] | None = None,
+                 request_seconds: float = 10.0, max_pending_per_address: int = 8) -> None:
         #: (listening socket, whether its connections are TLS): the plain and the TLS port.
         self.listeners = listeners
         #: node.max_associations over all listener processes together (0: no limit here); each
@@ -57,6 +46,10 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Plain connections wait here until their A-ASSOCIATE-RQ is whole (admission.py).
+        self.admission = Admission(self._admit, request_seconds=request_seconds,
+                                   max_pending_per_address=max_pending_per_address,
+                                   has_slot=self._has_slot if max_associations else None, on_refused=on_refused)
 
     def start(self) -> None:
         self._accepting = []
@@ -67,6 +60,7 @@ class Dispatcher:
         self._threads = self._accepting + [
             threading.Thread(target=self._closed_loop, args=(n,), name=f"dicom-node-dispatch-{n}", daemon=True)
             for n in range(len(self.channels))]
+        self.admission.start()
         for thread in self._threads:
             thread.start()
 
@@ -76,6 +70,7 @@ class Dispatcher:
             thread.join(timeout=5)
         for listener, _ in self.listeners:
             listener.close()
+        self.admission.stop()
 
     def _accept_loop(self, listener: socket.socket, tls: bool) -> None:
         while not self._stopped.is_set():
@@ -87,47 +82,30 @@ class Dispatcher:
                 if not self._stopped.is_set():
                     log.error("Accepting a connection failed: %s", exc)
                 continue
-            if self.max_associations:
-                with self._lock:
-                    full = sum(self.open_counts) >= self.max_associations
-                if full:  # answered in a thread of its own: the accept loop never reads
-                    threading.Thread(target=self._refuse, args=(conn, address, tls), daemon=True,
-                                     name="dicom-node-refuse").start()
-                    continue
-            try:
-                if not self._hand_over(conn, address, tls):
-                    log.error("No listener process left to take the connection from %s", address)
-            finally:
-                conn.close()  # the listener holds its own descriptor now
-
-    def _refuse(self, conn: socket.socket, address: Any, tls: bool) -> None:
-        """Over node.max_associations: read the A-ASSOCIATE-RQ (bounded, 5 s) and answer
-        A-ASSOCIATE-RJ, rejected-transient, service-provider (presentation), local limit exceeded,
-        as pynetdicom does; on the TLS port, close (a handshake just to refuse costs more)."""
-        host, port = (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
-        reason = f"local limit exceeded ({self.max_associations} associations open)"
-        try:
             if not tls:
-                conn.settimeout(5)
-                header = _read_exactly(conn, 6)
-                if header and header[0] == 0x01:
-                    length = struct.unpack(">L", header[2:6])[0]
-                    if length <= 1 << 16:
-                        _read_exactly(conn, length)
-                    conn.sendall(_LOCAL_LIMIT_RJ)
-                    # As after any A-ASSOCIATE-RJ (the ARTIM wait): let the peer read it and close
-                    # first, so no reset overtakes the answer.
-                    conn.shutdown(socket.SHUT_WR)
-                    conn.settimeout(2)
-                    while conn.recv(4096):
-                        pass
-        except OSError:
-            pass
+                self.admission.offer(conn, address)  # counted once its A-ASSOCIATE-RQ is whole
+                continue
+            if self.max_associations and not self._has_slot():
+                # TLS: a handshake just to refuse costs more than it tells the peer; close.
+                conn.close()
+                host, port = (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
+                reason = f"local limit exceeded ({self.max_associations} associations open)"
+                log.warning("Refused a TLS connection from %s:%d: %s", host, port, reason)
+                if self.on_refused is not None:
+                    self.on_refused(host, port, reason)
+                continue
+            self._admit(conn, address, True)
+
+    def _has_slot(self) -> bool:
+        with self._lock:
+            return sum(self.open_counts) < self.max_associations
+
+    def _admit(self, conn: socket.socket, address: Any, tls: bool) -> None:
+        try:
+            if not self._hand_over(conn, address, tls):
+                log.error("No listener process left to take the connection from %s", address)
         finally:
-            conn.close()
-        log.warning("Refused a connection from %s:%d: %s", host, port, reason)
-        if self.on_refused is not None:
-            self.on_refused(host, port, reason)
+            conn.close()  # the listener holds its own descriptor now
 
     def _hand_over(self, conn: socket.socket, address: Any, tls: bool = False) -> bool:
         """Give ``conn`` to the least busy live listener; a listener that cannot take it has

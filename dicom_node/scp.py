@@ -352,6 +352,12 @@ class StorageSCP:
         self.audit.write("association", outcome="rejected", reason=f"TLS: {reason}", address=address, port=port,
                          calling_ae="", called_ae="")
 
+    def on_admission_refused(self, address: str, port: int, reason: str) -> None:
+        """A connection admission.Admission refused before it became an association."""
+        metrics.ASSOCIATIONS.labels("rejected").inc()
+        self.audit.write("association", outcome="rejected", reason=reason, address=address, port=port,
+                         calling_ae="", called_ae="")
+
     def on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
         # The association's thread logs about this association from now on (logs.format json).

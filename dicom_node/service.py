@@ -37,6 +37,7 @@ from .recovery import RecoveryReport, mark_clean_shutdown, recover
 from .retention import Retention, RetentionScheduler
 from .route_check import describe_route
 from .routing import route_completed
+from .admission import Admission
 from .scp import StorageSCP, build_ae
 from .sender import Sender, SenderScheduler
 from .store import InstanceStore
@@ -60,6 +61,23 @@ class HandedServer(HandshakeServerMixin, ThreadedAssociationServer):  # type: ig
 
     def server_activate(self) -> None:
         pass
+
+
+class AdmittedServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's threaded server whose accepted connections wait in admission.Admission until
+    their A-ASSOCIATE-RQ is whole; only then does pynetdicom start an association for them."""
+
+    admission: Admission | None = None
+    #: socketserver listens with a backlog of 5: a burst of connections would wait in SYN retries
+    #: (seconds) before the room ever saw them.
+    request_queue_size = 128
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        assert self.admission is not None
+        self.admission.offer(request, client_address)
+
+    def admitted(self, conn: socket.socket, address: Any, tls: bool) -> None:
+        super().process_request(conn, address)
 
 
 class Downstream:
@@ -139,14 +157,15 @@ class Downstream:
                 proc.join()
 
 
-def start_web(config: NodeConfig, index: Index, readiness: Callable[[], list[str]]) -> WebServer | None:
+def start_web(config: NodeConfig, index: Index, readiness: Callable[[], list[str]],
+              audit: AuditLog | None = None) -> WebServer | None:
     """The web service (web.py) when ``web.enabled``; a port it cannot bind is logged, not fatal:
     the DICOM listener matters more than its dashboard."""
     if not config.web.enabled:
         return None
     from .web import WebServer
 
-    web = WebServer(config, index, readiness)
+    web = WebServer(config, index, readiness, audit)
     try:
         web.start()
     except OSError as exc:
@@ -202,6 +221,7 @@ class Node:
         self.retention: RetentionScheduler | None = None
         self.server: Any = None
         self.tls_server: Any = None
+        self.admission: Admission | None = None
         self.recovery: RecoveryReport | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -224,6 +244,7 @@ class Node:
         server.tls_context = server_context(tls)
         server.handshake_timeout = tls.handshake_timeout_seconds
         server.on_refused = self.scp.on_tls_refused
+        server.max_handshakes_per_address = self.config.node.max_pending_per_address
 
     def start(self) -> None:
         if self.standalone:
@@ -237,7 +258,14 @@ class Node:
             receiver.serve(self.server)
         else:
             if self.config.node.plain:
-                self.server = self.ae.start_server(address, block=False, evt_handlers=self.scp.handlers())
+                self.server = self.ae.make_server(address, evt_handlers=self.scp.handlers(), server_class=AdmittedServer)
+                threading.Thread(target=self.server.serve_forever, name="dicom-node-accept", daemon=True).start()
+                self.ae._servers.append(self.server)  # so ae.shutdown() stops it, as start_server would
+                self.admission = Admission(self.server.admitted, request_seconds=self.config.node.association_request_seconds,
+                                           max_pending_per_address=self.config.node.max_pending_per_address,
+                                           on_refused=self.scp.on_admission_refused)
+                self.server.admission = self.admission
+                self.admission.start()
             if self.config.node.tls is not None:
                 self.tls_server = self.ae.make_server((self.config.node.host, self.config.node.tls.port),
                                                       evt_handlers=self.scp.handlers(), server_class=TlsAssociationServer)
@@ -251,7 +279,8 @@ class Node:
         if self.downstream is not None:
             self.downstream.start()
         if self.standalone:
-            self.web = start_web(self.config, self.index, lambda: [] if self.server is not None else ["listener not started"])
+            self.web = start_web(self.config, self.index, lambda: [] if self.server is not None else ["listener not started"],
+                                 self.audit)
             self.retention = start_retention(self.config, self.index, self.audit)
         self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
                          port=self.port, pid=os.getpid())
@@ -274,6 +303,8 @@ class Node:
             self.server.server_close()
         elif self.server is not None:
             self.server.shutdown()  # no new associations
+        if self.admission is not None:
+            self.admission.stop()
         # Let associations in flight finish (their audit lines included) before aborting any.
         self.scp.drain(self.DRAIN_SECONDS)
         self.ae.shutdown()
@@ -379,11 +410,13 @@ class Supervisor:
         for listener, _ in listeners:
             listener.listen(128)
         self.dispatcher = Dispatcher(listeners, channels, [int(p.pid) for p in self._procs],
-                                     max_associations=self.config.node.max_associations, on_refused=self._refused)
+                                     max_associations=self.config.node.max_associations, on_refused=self._refused,
+                                     request_seconds=self.config.node.association_request_seconds,
+                                     max_pending_per_address=self.config.node.max_pending_per_address)
         self.dispatcher.start()
         self.completion.start()
         self.downstream.start()
-        self.web = start_web(self.config, self.index, self._readiness)
+        self.web = start_web(self.config, self.index, self._readiness, self.audit)
         self.retention = start_retention(self.config, self.index, self.audit)
         log.info("%d listener processes on %s:%d%s: %s", self.workers, self.config.node.host, self.port,
                  f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",

@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,9 @@ def peer_certificate(sock: Any) -> tuple[bool, dict[str, Any] | None]:
     return False, None
 
 
+_HANDSHAKE_LOCK = threading.Lock()
+
+
 class HandshakeServerMixin:
     """Serve TLS connections with the handshake in a thread of their own (bounded by
     ``handshake_timeout``), then as pynetdicom's threaded server would any connection.
@@ -104,11 +108,44 @@ class HandshakeServerMixin:
     tls_context: ssl.SSLContext | None = None
     handshake_timeout: float = 10.0
     on_refused: Callable[[str, int, str], None] | None = None
+    #: Handshakes in progress at once, in all and per source address (node.max_pending_per_address):
+    #: silent TLS connections cost one thread each until their handshake timeout, so they are bounded.
+    max_handshakes: int = 64
+    max_handshakes_per_address: int = 8
+    _handshaking: Counter[str] | None = None
 
     def process_tls_request(self, raw: socket.socket, address: Any) -> None:
+        host = str(address[0]) if isinstance(address, tuple) else str(address)
+        with _HANDSHAKE_LOCK:
+            if self._handshaking is None:
+                self._handshaking = Counter()
+            busy = sum(self._handshaking.values()) >= self.max_handshakes or (
+                self.max_handshakes_per_address and self._handshaking[host] >= self.max_handshakes_per_address)
+            if not busy:
+                self._handshaking[host] += 1
+        if busy:
+            reason = f"too many TLS handshakes in progress (from {host}, or in all)"
+            log.warning("TLS connection from %s refused: %s", host, reason)
+            raw.close()
+            if self.on_refused is not None:
+                self.on_refused(host, int(address[1]) if isinstance(address, tuple) else 0, reason)
+            return
         threading.Thread(target=self._handshake, args=(raw, address), name="dicom-node-tls-handshake", daemon=True).start()
 
     def _handshake(self, raw: socket.socket, address: Any) -> None:
+        host = str(address[0]) if isinstance(address, tuple) else str(address)
+        try:
+            handshaken = self._do_handshake(raw, address)
+        finally:
+            with _HANDSHAKE_LOCK:
+                assert self._handshaking is not None
+                self._handshaking[host] -= 1
+                if self._handshaking[host] <= 0:
+                    del self._handshaking[host]
+        if handshaken is not None:
+            self.process_request_thread(handshaken, address)  # type: ignore[attr-defined]
+
+    def _do_handshake(self, raw: socket.socket, address: Any) -> socket.socket | None:
         assert self.tls_context is not None
         host, port = (address[0], int(address[1])) if isinstance(address, tuple) else (str(address), 0)
         sock: socket.socket = raw
@@ -127,8 +164,8 @@ class HandshakeServerMixin:
                     each.close()
                 except OSError:
                     pass
-            return
-        self.process_request_thread(sock, address)  # type: ignore[attr-defined]
+            return None
+        return sock
 
 
 def _refusal(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .audit import AuditLog
 from .config import NodeConfig
 from .dashboard import render_dashboard, render_login
 from .index import Index
@@ -37,6 +38,7 @@ from .job_engine import job_queue
 from .metrics import exposition
 from .outbox import Outbox
 from .route_check import describe_route
+from .web_guard import LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,13 @@ OPEN_PATHS = ("/health", "/ready", "/login")
 
 
 def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None,
-               token: str | None = None) -> Starlette:
-    """The ASGI app. ``readiness``: what keeps the node from taking work ([] when ready)."""
+               token: str | None = None, audit: AuditLog | None = None) -> Any:
+    """The ASGI app, behind web_guard's RequestGuard. ``readiness``: what keeps the node from
+    taking work ([] when ready); ``audit``: where failed sign-ins are recorded."""
     jobs, outbox = job_queue(index, config), Outbox(index)
     readiness = readiness or (lambda: [])
+    sessions = Sessions(token, config.web.session_hours * 3600) if token else None
+    throttle = LoginThrottle(config.web.login_attempts)
 
     def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "pid": os.getpid()})
@@ -123,17 +128,21 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
                               **r.model_dump(mode="json", include={"destinations", "forward"}), "discard": r.discard,
                               "summary": describe_route(r, config)} for r in config.routes])
 
-    def audit(request: Request) -> Response:
+    def audit_tail(request: Request) -> Response:
         return JSONResponse(tail_audit(config.audit.path, _limit(request, 200)))
 
     def retry_delivery(request: Request) -> Response:
-        delivery_id = int(request.path_params["id"])
+        delivery_id = _row_id(request)
+        if delivery_id is None:
+            return JSONResponse({"error": "no such delivery"}, status_code=404)
         done = outbox.retry(delivery_id, time.time(), include_pending=True)
         log.info("Web: delivery %d %s", delivery_id, "queued again" if done else "not retried (delivered or unknown)")
         return _answer(request, {"retried": done}, 200 if done else 409)
 
     def retry_job(request: Request) -> Response:
-        job_id = int(request.path_params["id"])
+        job_id = _row_id(request)
+        if job_id is None:
+            return JSONResponse({"error": "no such job"}, status_code=404)
         done = jobs.retry(job_id, time.time())
         log.info("Web: job %d %s", job_id, "queued again" if done else "not retried (not dead-lettered)")
         return _answer(request, {"retried": done}, 200 if done else 409)
@@ -141,7 +150,9 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
     def preview(request: Request) -> Response:
         from .preview import job_preview
 
-        job_id = int(request.path_params["id"])
+        job_id = _row_id(request)
+        if job_id is None:
+            return JSONResponse({"error": "no such job"}, status_code=404)
         try:
             png = job_preview(index, job_id)
         except LookupError as exc:
@@ -169,15 +180,29 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return HTMLResponse(render_login(error=""))
+        client = request.client.host if request.client else "?"
+        now = time.time()
+        wait = throttle.retry_after(client, now)
+        if wait > 0:
+            log.warning("Web: sign-in from %s refused: too many failed attempts (%.0f s to wait)", client, wait)
+            return HTMLResponse(render_login(error="Too many failed attempts; try again later."), status_code=429,
+                                headers={"Retry-After": str(int(wait) + 1)})
         given = parse_qs((await request.body()).decode("utf-8", "replace")).get("token", [""])[0]
-        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+        if token is None or sessions is None or not hmac.compare_digest(given.encode(), token.encode()):
+            failures = throttle.failed(client, now)
+            log.warning("Web: failed sign-in from %s (%d within %.0f s)", client, failures, throttle.window)
+            if audit is not None:
+                audit.write("security_alert", alert="login_failed", object=f"{request.url.scheme}://{request.url.netloc}/login",
+                            address=client, description=f"failed sign-in to the web service ({failures} within "
+                                                        f"{throttle.window:.0f} s)")
             return HTMLResponse(render_login(error="That is not the node's token."), status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, sessions.issue(now), max_age=int(sessions.lifetime_seconds), httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
         return response
 
-    middleware = [Middleware(_TokenCheck, token=token)] if token else []
-    return Starlette(routes=[
+    middleware = [Middleware(_TokenCheck, token=token, sessions=sessions)] if token and sessions else []
+    app = Starlette(routes=[
         Route("/", dashboard),
         Route("/health", health),
         Route("/ready", ready),
@@ -193,21 +218,28 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         Route("/api/deliveries/{id:int}/retry", retry_delivery, methods=["POST"]),
         Route("/api/peers", peers),
         Route("/api/routes", routes),
-        Route("/api/audit", audit),
+        Route("/api/audit", audit_tail),
     ], middleware=middleware)
+    return RequestGuard(app, allowed_host_names(config.web.allowed_hosts, config.web.host), config.web.max_body_bytes,
+                        config.web.max_header_bytes)
 
 
 class _TokenCheck(BaseHTTPMiddleware):
-    def __init__(self, app: Any, token: str) -> None:
+    """Every path but OPEN_PATHS needs the bearer token, or a browser's valid session cookie."""
+
+    def __init__(self, app: Any, token: str, sessions: Sessions) -> None:
         super().__init__(app)
         self.token = token.encode()
+        self.sessions = sessions
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         if request.url.path in OPEN_PATHS:
             return await call_next(request)
         header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
-        if given and hmac.compare_digest(given.encode(), self.token):
+        if header.lower().startswith("bearer "):
+            if hmac.compare_digest(header[7:].strip().encode(), self.token):
+                return await call_next(request)
+        elif self.sessions.valid(request.cookies.get(COOKIE, ""), time.time()):
             return await call_next(request)
         log.warning("Web: refused %s %s from %s: no valid token", request.method, request.url.path,
                     request.client.host if request.client else "?")
@@ -230,6 +262,12 @@ def _limit(request: Request, default: int) -> int:
         return max(1, min(1000, int(request.query_params.get("limit", default))))
     except ValueError:
         return default
+
+
+def _row_id(request: Request) -> int | None:
+    """The path's row id, None when no row can have it (SQLite's and PostgreSQL's ids are 64-bit)."""
+    value = int(request.path_params["id"])
+    return value if 0 < value < 2**63 else None
 
 
 def _is_uid(text: str) -> bool:
@@ -271,11 +309,16 @@ class WebServer:
     """uvicorn in a thread of the node's process (no signal handlers of its own: the node's
     supervisor owns SIGTERM and stops it)."""
 
-    def __init__(self, config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None) -> None:
+    def __init__(self, config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.config = config
-        app = create_app(config, index, readiness, token=config.web.token())
-        self.server = uvicorn.Server(uvicorn.Config(app, host=config.web.host, port=config.web.port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
+        web = config.web
+        app = create_app(config, index, readiness, token=web.token(), audit=audit)
+        tls = {"ssl_certfile": str(web.tls.certificate), "ssl_keyfile": str(web.tls.private_key)} if web.tls else {}
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, host=web.host, port=web.port, log_level="warning", access_log=False, lifespan="off",
+            http=deadline_protocol(web.request_timeout_seconds), h11_max_incomplete_event_size=web.max_header_bytes,
+            limit_concurrency=web.max_concurrency, timeout_keep_alive=5, **tls))
         self.thread = threading.Thread(target=self._run, name="web", daemon=True)
 
     def _run(self) -> None:
@@ -289,8 +332,8 @@ class WebServer:
                 raise OSError(f"web service did not start on {self.config.web.host}:{self.config.web.port} "
                               "(port in use? see the log)")
             time.sleep(0.02)
-        log.info("Web service on http://%s:%d/ (dashboard, /metrics, /health, /ready, /api)",
-                 self.config.web.host if ":" not in self.config.web.host else f"[{self.config.web.host}]", self.port)
+        log.info("Web service on %s://%s:%d/ (dashboard, /metrics, /health, /ready, /api)",
+                 "https" if self.config.web.tls else "http", self.config.web.host if ":" not in self.config.web.host else f"[{self.config.web.host}]", self.port)
 
     @property
     def port(self) -> int:

@@ -182,12 +182,13 @@ def test_a_token_guards_everything_but_health_when_set(running: dict[str, Any], 
     from starlette.testclient import TestClient
 
     node: Node = running["node"]
-    token = "s3cret-token-for-tests-0123"
+    token = "0f3c6a1e9b7d4c2a8e5f1b3d7a9c0e2f"
     app = create_app(running["config"], node.index, token=token)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         assert client.get("/health").status_code == 200
         assert client.get("/api/studies").status_code == 401
         assert client.get("/api/studies", headers={"Authorization": "Bearer wrong-token-0000000"}).status_code == 401
+        assert client.get("/api/studies", headers={"Cookie": f"dicom_node_token={token}"}).status_code == 401  # no cookie
         assert client.get("/api/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert client.get("/", headers={"Accept": "text/html"}, follow_redirects=False).headers["location"] == "/login"
         assert client.post("/login", data={"token": "nope"}).status_code == 401
@@ -196,8 +197,8 @@ def test_a_token_guards_everything_but_health_when_set(running: dict[str, Any], 
         assert client.get("/").status_code == 200  # the cookie now
     with pytest.raises(ConfigError, match="web.host 0.0.0.0 is reachable from other machines: set web.token_file"):
         make_config(web={"enabled": True, "host": "0.0.0.0"})
-    (tmp_path / "token").write_text("short")
-    with pytest.raises(ConfigError, match="shorter than 16 characters"):
+    (tmp_path / "token").write_text("0f3c6a1e9b7d4c2a8e5f1b3d")  # 96 bits
+    with pytest.raises(ConfigError, match="the token has under 128 bits of randomness"):
         make_config(web={"enabled": True, "host": "0.0.0.0", "token_file": str(tmp_path / "token")}).web.token()
 
 
