@@ -19,8 +19,9 @@ A source address may have at most ``node.max_pending_per_address`` connections w
 answered A-ASSOCIATE-RJ and closed. Refusals are written without blocking and the connection
 lingers (its peer reads the answer and closes first, as after the ARTIM wait) for at most
 ``LINGER_SECONDS``: no thread per refusal, and no more than ``max_waiting`` sockets held in all.
-Anything that is not an A-ASSOCIATE-RQ (the first byte is not PDU type 1), and TLS connections
-(their bytes are encrypted), are admitted at once: the listener answers those as before.
+Anything that is not an A-ASSOCIATE-RQ (the first byte is not PDU type 1), a request whose peer
+stopped sending before it was whole (half-closed), and TLS connections (their bytes are
+encrypted) are handed over at once: the listener answers those as before.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Admission:
         self._stopped.set()
         self._wake()
         self._thread.join(timeout=5)
+        self._log_summary(float("inf"))  # what happened since the last summary
         for waiting in list(self._waiting.values()):
             waiting.conn.close()
         self._waiting.clear()
@@ -200,13 +202,15 @@ class Admission:
             return
         except OSError:
             head = b""
-        if not head:  # the peer closed before its request was whole: no slot was ever taken
+        if not head:  # the peer closed before sending anything: no slot was ever taken
             self._drop(waiting)
             return
-        if head[0] != 0x01 or len(head) < 6:
-            if head[0] != 0x01:
-                self._release(waiting)
-                self._hand_over(conn, waiting.address, False)
+        if head[0] != 0x01 or len(head) < waiting.need:
+            # Not an association request, or fewer bytes than SO_RCVLOWAT asked for: the peer
+            # has finished sending (half-closed) and its request will never be whole. The
+            # listener reads what there is and answers as it always has.
+            self._release(waiting)
+            self._hand_over(conn, waiting.address, False)
             return
         need = min(6 + struct.unpack(">L", head[2:6])[0], PEEK_LIMIT)
         if len(head) < need:
