@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit_messages import dicom_message
+from .store import fsync_directory, make_durable_dirs
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ class AuditLog:
         self.path = path
         self.node_ae = node_ae
         self.clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_durable_dirs(path.parent)
+        created = not path.exists()
         self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the node
+        if created:
+            fsync_directory(path.parent)
         self._lock = threading.Lock()
         self._sink = SyslogSink(syslog, node_ae) if syslog is not None else None
         self._key = load_key(key_file, create=True) if key_file is not None else None
@@ -186,9 +190,11 @@ class AuditLog:
                 prev, seq = self._append(record, prev, seq)
                 if self._key is not None:
                     checkpoint, prev, seq, anchor = self._maybe_checkpoint(anchor, prev, seq)
+                self._fh.flush()
+                os.fsync(self._fh.fileno())  # a power cut must not take back what the anchor names
+                if self._key is not None:
                     self._write_anchor(Anchor(seq, prev, anchor.checkpoint, anchor.checkpoint_seq, anchor.checkpoint_time))
                     self._mine = (seq, prev)
-                self._fh.flush()
             finally:
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
         for alert in alerts:
@@ -261,8 +267,12 @@ class AuditLog:
     def _write_anchor(self, anchor: Anchor) -> None:
         assert self._key is not None
         part = self._anchor_path.with_name(f".{self._anchor_path.name}.{os.getpid()}.part")
-        part.write_bytes(anchor.signed(self._key))
+        with open(part, "wb") as out:
+            out.write(anchor.signed(self._key))
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(part, self._anchor_path)
+        fsync_directory(self._anchor_path.parent)
 
     def _adopt_or_check(self) -> None:
         """At open: a trail with no anchor and no checkpoint (new, or from a release before

@@ -85,7 +85,13 @@ class Index:
             # The tables, at the revision this release reads (schema.py: Alembic migrations).
             ensure_current(self._db, self.dialect, path)
             if self.dialect == "sqlite":
+                from .store import fsync_directory
+
                 self._db.execute("PRAGMA busy_timeout=0")
+                # The -wal file is made anew whenever the index is opened after a clean close, and
+                # SQLite makes its name durable nowhere: without this a power cut could take every
+                # commit since the last checkpoint with it.
+                fsync_directory(Path(path).parent)
         except (*self._errors, IndexError_) as exc:
             if getattr(self, "_db", None) is not None:
                 self._db.close()
@@ -95,7 +101,9 @@ class Index:
         self._lock = threading.RLock()
 
     def _open_sqlite(self, path: Path, synchronous: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from .store import make_durable_dirs
+
+        make_durable_dirs(path.parent)
         # timeout=0: lock waits are retried in _begin_immediate (readers never wait in WAL).
         self._db: Any = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)
         self._db.row_factory = sqlite3.Row
@@ -105,6 +113,13 @@ class Index:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
+
+    def make_durable(self) -> None:
+        """Everything committed so far on the disk, whatever ``synchronous`` says (a checkpoint
+        fsyncs the WAL and the database): for the few commits a power cut must not undo."""
+        if self.dialect == "sqlite":
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(FULL)")
 
     def _open_postgres(self, url: str) -> None:
         from .index_postgres import DatabaseError, PgConnection

@@ -40,6 +40,9 @@ def recover(store: InstanceStore, index: Index) -> RecoveryReport:
     mark = index.get_meta(CLEAN_SHUTDOWN_KEY)
     clean = mark == "1"
     index.set_meta(CLEAN_SHUTDOWN_KEY, "0")
+    # On the disk before anything is received: a power cut that took this commit back would leave
+    # the earlier "clean" mark, and the next start would skip the recovery this start needs.
+    index.make_durable()
     if clean:
         return RecoveryReport(removed, False, 0, 0)
     known = index.known_paths()

@@ -91,7 +91,11 @@ class Downstream:
         self.index = index
         # procrastinate's schema (PostgreSQL) before any worker process opens the database.
         job_queue(index, config)
-        self.outbox = Outbox(index)
+        # What the sender records ("delivered") must survive a power cut, or results go out twice:
+        # on SQLite it commits on a connection of its own with synchronous=FULL (the listener's
+        # commits stay NORMAL: recovery re-indexes the storage folder after an unclean stop).
+        self._sender_index = Index(config.index.location) if sender and index.dialect == "sqlite" else None
+        self.outbox = Outbox(self._sender_index or index)
         self.runs_workers = workers
         self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds) \
             if sender else None
@@ -146,6 +150,8 @@ class Downstream:
             self._stop.set()
         if self.sender is not None:
             self.sender.stop()
+        if self._sender_index is not None:
+            self._sender_index.close()
         for proc in self.workers:
             # A job in progress is abandoned: its lease expires and it runs again after restart.
             proc.join(timeout=5)

@@ -32,14 +32,30 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def make_durable_dirs(folder: Path) -> None:
+    """Create ``folder`` and any missing parents so that they survive a power cut: the name of
+    each folder on the way, from the file system's root down, is made durable by fsyncing the
+    folder that holds it. A folder made with mkdir alone (by this process or any other, such as
+    the metrics folder's parent) can vanish with everything renamed into it since."""
+    folder = folder.absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder
+    while not os.path.ismount(probe) and probe.parent != probe:
+        fsync_directory(probe.parent)
+        probe = probe.parent
+
+
 def write_dataset_atomically(ds: Any, path: Path) -> None:
     """Write a dataset the node made (a result, a mapped-back instance) as a Part 10 file that
-    is either whole or absent: a ``.part`` file beside it, fsynced, then renamed."""
+    is either whole or absent, and durable: a ``.part`` file beside it, fsynced, renamed, and the
+    folder fsynced (the new name is durable only then)."""
+    make_durable_dirs(path.parent)
     part = path.with_name(f".{path.name}.part")
     ds.save_as(part, enforce_file_format=True)
     with open(part, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(part, path)
+    fsync_directory(path.parent)
 
 
 class InstanceStore:
@@ -52,7 +68,10 @@ class InstanceStore:
         self.incoming = self.root / INCOMING_DIR
         self._made: set[Path] = set()
         try:
-            self.incoming.mkdir(parents=True, exist_ok=True)
+            if self.syncs:
+                make_durable_dirs(self.incoming)
+            else:
+                self.incoming.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create storage folder {self.incoming}: {exc.strerror}") from exc
 
@@ -83,18 +102,10 @@ class InstanceStore:
         """Create ``folder`` and fsync each parent whose entry list changed."""
         if folder in self._made:
             return
-        missing = []
-        probe = folder
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for new in reversed(missing):
-            try:
-                new.mkdir(exist_ok=True)
-            except FileExistsError:
-                pass
-            if self.syncs:
-                fsync_directory(new.parent)
+        if self.syncs:
+            make_durable_dirs(folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
         if len(self._made) > 10_000:  # a cache of series folders known to exist, not a record
             self._made.clear()
         self._made.add(folder)

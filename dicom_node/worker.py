@@ -42,7 +42,7 @@ from .command_pipeline import CommandOutputError, CommandPipeline
 from .outbox import Candidate, Outbox
 from .privacy.outgoing import deid_variant
 from .pipelines import Pipeline, PipelineError, build_pipeline
-from .store import write_dataset_atomically
+from .store import make_durable_dirs, write_dataset_atomically
 from .results import (
     EmptyFrames,
     ResultSettings,
@@ -106,7 +106,8 @@ class Worker:
         #: The job queues this worker takes (job_engine.worker_queues: GPU pipelines need a GPU).
         self.queues = worker_queues(config, queues)
         self._audit = audit  # opened on first use: most jobs write nothing there
-        self.index = index or Index(config.index.location, synchronous="NORMAL")
+        # synchronous=FULL: a job's end and its deliveries (one commit per job) survive a power cut.
+        self.index = index or Index(config.index.location)
         self.jobs = job_queue(self.index, config)
         self.outbox = Outbox(self.index)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -164,7 +165,7 @@ class Worker:
         timings["pipeline"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_durable_dirs(folder)
         outcome = JobOutcome(findings, chosen, timings=timings)
         for path in module_files:  # a module's own DICOM results, as it wrote them (module-N.dcm)
             outcome.files[path.stem] = path
@@ -344,7 +345,7 @@ class Worker:
         sr = build_declined_report(exc.source, [(model, decision.summary()) for _, model, decision in exc.declined],
                                    job.key, self.settings)
         folder = results_folder(self.config.results.path, job.key)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_durable_dirs(folder)
         path = folder / "sr-declined.dcm"
         write_dataset_atomically(sr, path)
         return [("sr", name, [file_candidate(self._variant(job, name, "binary"), path)]) for name in job.destinations]
