@@ -84,8 +84,11 @@ def fetch_ohif(cache: Path = DEFAULT_CACHE, version: str = OHIF_VERSION) -> Path
     if npm is None:
         raise FileNotFoundError("npm is needed once to fetch the OHIF viewer (Debian package npm)")
     with tempfile.TemporaryDirectory(prefix="ohif-pack-") as tmp:
-        subprocess.run([npm, "pack", f"{OHIF_PACKAGE}@{version}", "--silent"], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL, timeout=600)
+        done = subprocess.run([npm, "pack", f"{OHIF_PACKAGE}@{version}", "--silent"], cwd=tmp, capture_output=True,
+                              text=True, timeout=600)
+        if done.returncode != 0:  # the registry's own words: an operator (or CI's log) can act on them
+            raise OSError(f"npm pack {OHIF_PACKAGE}@{version} failed (exit {done.returncode}): "
+                          f"{(done.stderr or done.stdout).strip()[-2000:]}")
         tarball = next(Path(tmp).glob("*.tgz"))
         with tarfile.open(tarball) as archive:
             archive.extractall(tmp, filter="data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +55,25 @@ def with_uids(source: Path, dest: Path, **uids: str) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(dest, enforce_file_format=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def ohif_dist() -> Path:
+    """The OHIF viewer package, fetched once before the tests that need it (npm pack, 3 tries):
+    a test never pays for the download inside its own timing, and a registry failure fails the
+    test with the registry's words."""
+    import time as _time
+
+    from dicom_node.viewer import fetch_ohif
+
+    errors = []
+    for attempt in range(3):
+        try:
+            return fetch_ohif()
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"try {attempt + 1}: {exc}")
+            _time.sleep(5 * (attempt + 1))
+    pytest.fail("the OHIF package could not be fetched:\n" + "\n".join(errors))
 
 
 def config_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

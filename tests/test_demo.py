@@ -50,7 +50,7 @@ def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert (tmp_path / "precious" / "file.txt").read_text() == "keep me"
 
 
-def test_demo_viewer_serves_the_study_with_its_results_in_ohif(tmp_path: Path) -> None:
+def test_demo_viewer_serves_the_study_with_its_results_in_ohif(tmp_path: Path, ohif_dist: Path) -> None:
     import re
 
     from playwright.sync_api import sync_playwright
@@ -61,13 +61,15 @@ def test_demo_viewer_serves_the_study_with_its_results_in_ohif(tmp_path: Path) -
                              "--serve-seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = None
+        printed: list[str] = []
         assert proc.stdout is not None
         for line in proc.stdout:
+            printed.append(line)
             found = re.search(r"(http://127\.0\.0\.1:\d+/viewer\?StudyInstanceUIDs=[0-9.]+)", line)
             if found:
                 url = found.group(1)
                 break
-        assert url, "the demo printed no viewer URL"
+        assert url, f"the demo printed no viewer URL (exit {proc.poll()}); its output:\n{''.join(printed)[-6000:]}"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})

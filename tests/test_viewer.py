@@ -27,7 +27,7 @@ from dicom_node.config import parse_config
 from dicom_node.orthanc import Orthanc, free_port
 from dicom_node.service import Node
 from dicom_node.synthetic import write_volume_series
-from dicom_node.viewer import ViewerServer, fetch_ohif, start_viewer_stack
+from dicom_node.viewer import ViewerServer, start_viewer_stack
 from dicom_node.volume import SeriesVolume, load_series
 
 from .conftest import config_dict
@@ -62,12 +62,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator[Stack]:
     """Orthanc (DICOMweb) sends each phantom CT to a node; the results come back to Orthanc,
     which OHIF reads. Routes pick the pipeline by series description."""
     started = time.perf_counter()
     tmp = tmp_path_factory.mktemp("viewer")
-    dist = fetch_ohif()
+    dist = ohif_dist
     phantoms = {
         "classical": make_phantom(5, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 3)),
         "organs": make_phantom(8, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(1, 1), lung_nodules=(0, 0)),
