@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .audit import default_key_path
+
 OWNER_ONLY_UMASK = 0o077
 
 
@@ -30,7 +32,7 @@ def secret_files(config: Any) -> dict[str, Path]:
         "node.tls.private_key": config.node.tls.private_key if config.node.tls is not None else None,
         "web.token_file": config.web.token_file,
         "deidentification.key_file": config.deidentification.key_file,
-        "audit.key_file": getattr(config.audit, "key_file", None),
+        "audit.key_file": config.audit.key_file or default_key_path(config.audit.path),
     }
     return {key: path for key, path in found.items() if path is not None}
 
