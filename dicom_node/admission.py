@@ -21,7 +21,8 @@ lingers (its peer reads the answer and closes first, as after the ARTIM wait) fo
 ``LINGER_SECONDS``: no thread per refusal, and no more than ``max_waiting`` sockets held in all.
 Anything that is not an A-ASSOCIATE-RQ (the first byte is not PDU type 1), a request whose peer
 stopped sending before it was whole (half-closed), and TLS connections (their bytes are
-encrypted) are handed over at once: the listener answers those as before.
+encrypted; the dispatcher and the TLS server hand them over themselves, bounded by the
+handshake caps in tls.py) go to the listener at once: it answers those as before.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ SUMMARY_SECONDS = 10.0
 class _Waiting:
     conn: socket.socket
     address: Any
-    tls: bool
     deadline: float
     host: str
     refusing: bool = False
@@ -86,7 +86,7 @@ class Admission:
         self.max_waiting = max_waiting
         self.clock = clock
         self._selector = selectors.DefaultSelector()
-        self._incoming: list[tuple[socket.socket, Any, bool]] = []
+        self._incoming: list[tuple[socket.socket, Any]] = []
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -118,15 +118,10 @@ class Admission:
         return len(self._waiting)
 
     def offer(self, conn: socket.socket, address: Any) -> None:
-        """A connection just accepted (from any thread); this class owns it from now on."""
-        self._offer(conn, address, False)
-
-    def offer_tls(self, conn: socket.socket, address: Any) -> None:
-        self._offer(conn, address, True)
-
-    def _offer(self, conn: socket.socket, address: Any, tls: bool) -> None:
+        """A plain connection just accepted (from any thread); this class owns it from now on.
+        TLS connections are not offered: their bytes are encrypted, the callers hand them over."""
         with self._lock:
-            self._incoming.append((conn, address, tls))
+            self._incoming.append((conn, address))
         self._wake()
 
     def _wake(self) -> None:
@@ -163,17 +158,14 @@ class Admission:
         with self._lock:
             incoming, self._incoming = self._incoming, []
         now = self.clock()
-        for conn, address, tls in incoming:
+        for conn, address in incoming:
             host = str(address[0]) if isinstance(address, tuple) else str(address)
             if len(self._waiting) >= self.max_waiting:
                 self._summary.overflow += 1
                 conn.close()
                 continue
-            if tls:  # encrypted: nothing to peek at; the listener's handshake and PDU deadlines apply
-                self._hand_over(conn, address, True)
-                continue
             conn.setblocking(False)
-            waiting = _Waiting(conn, address, tls, now + self.request_seconds, host)
+            waiting = _Waiting(conn, address, now + self.request_seconds, host)
             if self.max_pending_per_address and self._pending[host] >= self.max_pending_per_address:
                 self._summary.refused[host] += 1
                 self._refuse(waiting, f"{self._pending[host]} connections from {host} already waiting for their "

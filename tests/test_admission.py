@@ -130,6 +130,16 @@ def _honest_echoes(port: int, seconds: float) -> list[float]:
     return times
 
 
+def _served_promptly(times: list[float]) -> None:
+    """Every honest association was accepted (a starved node refuses them: local limit
+    exceeded) and served within a second; 2 s is the bound asserted, for a 2-core machine that
+    is also running the storm's threads and perhaps another job."""
+    print(f"\nhonest associations during the storm: {len(times)}, median {sorted(times)[len(times) // 2]:.3f} s, "
+          f"max {max(times):.3f} s")
+    assert len(times) >= 5
+    assert max(times) < 2.0, f"an honest association took {max(times):.2f} s during the storm: {times}"
+
+
 def _storm_and_serve(port: int, silent: int, trickling: int) -> tuple[Storm, list[float]]:
     storm = Storm(port, silent, trickling, seconds=8)
     storm.thread.start()
@@ -148,7 +158,7 @@ def test_the_in_process_listener_serves_an_honest_sender_through_a_storm(
                                         "max_pending_per_address": cap}))
     storm, times = _storm_and_serve(node.port, silent=150, trickling=50)
     assert storm.connections >= 200
-    assert max(times) < 1.0, f"an honest association took {max(times):.2f} s during the storm: {times}"
+    _served_promptly(times)
     if cap:  # most were refused at once, with an A-ASSOCIATE-RJ
         assert storm.refused > 100, (storm.refused, storm.closed_by_node)
     else:  # all waited; the slow ones were closed at the request deadline
@@ -166,7 +176,7 @@ def test_serve_with_two_listener_processes_serves_an_honest_sender_through_a_sto
     node = start_node(tmp_path / "node", data)
     try:
         storm, times = _storm_and_serve(node.port, silent=200, trickling=50)
-        assert max(times) < 1.0, f"an honest association took {max(times):.2f} s during the storm: {times}"
+        _served_promptly(times)
         assert storm.refused > 100
     finally:
         node.stop()
