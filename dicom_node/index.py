@@ -30,6 +30,7 @@ from .config import is_postgres_url, redacted
 from .errors import IndexError_
 from .instance import InstanceHeader
 from .schema import ensure_current
+from .store import fsync_directory, make_durable_dirs
 
 #: "No limit" for a LIMIT ? parameter, on both backends (SQLite's -1 is an error on PostgreSQL).
 _NO_LIMIT = 2**62
@@ -85,8 +86,6 @@ class Index:
             # The tables, at the revision this release reads (schema.py: Alembic migrations).
             ensure_current(self._db, self.dialect, path)
             if self.dialect == "sqlite":
-                from .store import fsync_directory
-
                 self._db.execute("PRAGMA busy_timeout=0")
                 # The -wal file is made anew whenever the index is opened after a clean close, and
                 # SQLite makes its name durable nowhere: without this a power cut could take every
@@ -101,8 +100,6 @@ class Index:
         self._lock = threading.RLock()
 
     def _open_sqlite(self, path: Path, synchronous: str) -> None:
-        from .store import make_durable_dirs
-
         make_durable_dirs(path.parent)
         # timeout=0: lock waits are retried in _begin_immediate (readers never wait in WAL).
         self._db: Any = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0)

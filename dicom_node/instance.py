@@ -46,7 +46,9 @@ UID_MAX_LENGTH = 64
 def checked_uid(uid: str, name: str = "UID") -> str:
     """``uid`` without the standard's trailing padding, refused unless it is a UID by PS3.5 9.1.
 
-    The UID itself names the instance's file and folders, so what is refused here is what could
+    Files and folders are named by UIDs so checked, never "cleaned": cleaning maps different UIDs
+    to one name, and a second instance (another patient's) would then overwrite an acknowledged
+    one. The UID itself names the instance's file and folders, so what is refused here is what could
     make two different UIDs share a path (anything but digits and dots, an empty component, a
     dot at either end) or a path leave the storage folder. A component with a leading zero
     breaks the standard's rule but is a lapse real modalities make and harms no path: accepted,
@@ -62,15 +64,6 @@ def checked_uid(uid: str, name: str = "UID") -> str:
     if _LEADING_ZERO.search(value):
         log.warning("%s %s has a component with a leading zero (PS3.5 9.1 forbids it); accepted as it is", name, value)
     return value
-
-
-def uid_path_component(uid: str) -> str:
-    """A UID as a file or folder name: the UID itself, refused (InvalidInstanceError) unless valid.
-
-    Names are never "cleaned": cleaning maps different UIDs to one name, and a second instance
-    (another patient's) would then overwrite an acknowledged one.
-    """
-    return checked_uid(uid)
 
 
 @dataclass(frozen=True, slots=True)

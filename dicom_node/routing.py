@@ -50,7 +50,7 @@ from .privacy.outgoing import deid_variant
 from .privacy.pseudonym_map import record as record_pseudonyms
 from .privacy.reidentify import Return, reidentify, returning
 from .rules import SeriesFacts, Verdict
-from .store import write_dataset_atomically
+from .store import make_durable_dirs, write_dataset_atomically
 from .transcode import UNCOMPRESSED_VARIANTS
 
 #: The outbox variant name of an instance forwarded as it was received.
@@ -359,7 +359,7 @@ def _route_returned(db: sqlite3.Connection, series: sqlite3.Row, back: Return, c
         return
     folder = Path(config.results.path) / "returned" / hashlib.sha256(series["series_uid"].encode()).hexdigest()[:32] \
         / f"v{series['version']}"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_durable_dirs(folder)
     key = returned_key(route.name, series["series_uid"], series["version"])
     rows = db.execute("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ? AND series_version = ? "
                       "ORDER BY instance_number, sop_instance_uid", (series["series_uid"], series["version"])).fetchall()

@@ -1,7 +1,8 @@
 """The storage folder: where acknowledged instances live, written so a crash never shows half a file.
 
-Layout: ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, named by the UIDs themselves
-(a UID that is not digits and dots is refused, never cleaned: two UIDs must never share a path). Files being received live in ``<root>/.incoming/`` (a dot folder every reader skips) on
+Layout: ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, named by the UIDs themselves (a
+UID that is not digits and dots is refused, never cleaned: two UIDs must never share a path).
+Files being received live in ``<root>/.incoming/`` (a dot folder every reader skips) on
 the same file system, so making one durable is fsync + rename + fsync of the folder, never a
 copy. Start-up removes what a crash left in ``.incoming`` and any ``.*.part`` file.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from .config import Durability
 from .errors import DiskFullError, StoreError
-from .instance import InstanceHeader, uid_path_component
+from .instance import InstanceHeader, checked_uid
 
 INCOMING_DIR = ".incoming"
 SUFFIX = ".dcm"
@@ -48,8 +49,8 @@ def make_durable_dirs(folder: Path) -> None:
 def write_dataset_atomically(ds: Any, path: Path) -> None:
     """Write a dataset the node made (a result, a mapped-back instance) as a Part 10 file that
     is either whole or absent, and durable: a ``.part`` file beside it, fsynced, renamed, and the
-    folder fsynced (the new name is durable only then)."""
-    make_durable_dirs(path.parent)
+    folder fsynced (the new name is durable only then). The caller makes the folder, once, with
+    ``make_durable_dirs``."""
     part = path.with_name(f".{path.name}.part")
     ds.save_as(part, enforce_file_format=True)
     with open(part, "rb") as handle:
@@ -83,9 +84,9 @@ class InstanceStore:
         """Where an instance lives; the same UIDs always give the same path."""
         return (
             self.root
-            / uid_path_component(header.study_instance_uid)
-            / uid_path_component(header.series_instance_uid)
-            / (uid_path_component(header.sop_instance_uid) + SUFFIX)
+            / checked_uid(header.study_instance_uid)
+            / checked_uid(header.series_instance_uid)
+            / (checked_uid(header.sop_instance_uid) + SUFFIX)
         )
 
     def check_free_space(self) -> None:
@@ -148,7 +149,7 @@ class InstanceStore:
     def write_bytes(self, data: bytes, header: InstanceHeader) -> Path:
         """Write a whole file from memory (the non-streamed path), atomically and durably."""
         try:
-            tmp = self.incoming / f".{uid_path_component(header.sop_instance_uid)}.{os.getpid()}.part"
+            tmp = self.incoming / f".{checked_uid(header.sop_instance_uid)}.{os.getpid()}.part"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()

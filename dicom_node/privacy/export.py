@@ -19,8 +19,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from ..errors import InvalidInstanceError
-from ..instance import uid_path_component
-from ..store import write_dataset_atomically
+from ..instance import checked_uid
+from ..store import make_durable_dirs, write_dataset_atomically
 from .deidentify import Deidentifier
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def check_folders(source: Path, target: Path) -> None:
 def export(files: Iterable[Path], target: Path, engine: Deidentifier,
            progress: Callable[[Path], None] = lambda _: None) -> ExportSummary:
     summary = ExportSummary()
+    made: set[Path] = set()  # series folders already made durable
     for path in files:
         try:
             ds = dcmread(path)
@@ -64,13 +65,15 @@ def export(files: Iterable[Path], target: Path, engine: Deidentifier,
         report = engine.apply(ds)
         summary.actions.update(report.actions)
         try:  # a UID the profile keeps names a path as it is: refused unless it is a UID
-            study, series, instance = (uid_path_component(report.uids.get(u, u)) for u in uids)
+            study, series, instance = (checked_uid(report.uids.get(u, u)) for u in uids)
         except InvalidInstanceError as exc:
             summary.unreadable.append((path, str(exc)))
             progress(path)
             continue
         out = target / study / series / f"{instance}.dcm"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.parent not in made:
+            make_durable_dirs(out.parent)
+            made.add(out.parent)
         write_dataset_atomically(ds, out)
         summary.written += 1
         progress(path)
