@@ -154,7 +154,7 @@ def _load_torchscript(card: ModelCard, device: torch.device) -> Callable[[torch.
 
 
 def _load_onnx(card: ModelCard, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    from .onnx_runtime import OnnxModel, OnnxRuntimeMissing
+    from .adapters.onnx import OnnxModel, OnnxRuntimeMissing
 
     try:
         return OnnxModel(card.weights_path, device)

@@ -7,8 +7,8 @@ scripts/train.py and scripts/evaluate.py are thin command lines over this module
 from __future__ import annotations
 
 import json
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path

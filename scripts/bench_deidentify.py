@@ -31,7 +31,7 @@ from pydicom import dcmread  # noqa: E402
 
 from dicom_node.privacy.deidentify import Deidentifier, Profile  # noqa: E402
 from dicom_node.privacy.pseudonyms import PseudonymKey  # noqa: E402
-from dicom_node.synthetic import write_ct_series  # noqa: E402
+from dicom_node.tools.synthetic import write_ct_series  # noqa: E402
 
 
 def identify(path: Path) -> None:

@@ -37,10 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_node.synthetic import write_ct_series  # noqa: E402
-from tests.peers import (  # noqa: E402
-    PeerProcess, dcmtk_env, start_node, start_orthanc, start_storescp, system_binary, wait_for_port,
-)
+from dicom_node.tools.synthetic import write_ct_series  # noqa: E402
+from tests.support.peers import PeerProcess, dcmtk_env, start_node, start_orthanc, start_storescp, system_binary, wait_for_port
 
 SENDER_AE = "BENCH"
 
@@ -99,8 +97,8 @@ def start_tls_node(workdir: Path, pki: Path) -> PeerProcess:
     """The node with DICOM TLS; the returned peer's port is the TLS port, with storescu's TLS options."""
     from dataclasses import replace
 
-    from dicom_node.orthanc import free_port
-    from tests.certs import Authority
+    from dicom_node.tools.orthanc import free_port
+    from tests.support.certs import Authority
 
     authority = Authority("bench", pki)
     node, sender = authority.issue("node.bench", ips=["127.0.0.1"]), authority.issue("sender.bench", dns=["sender.bench"])

@@ -4,21 +4,21 @@ one (issue "Beyond one machine": choose the engine by measurement).
 
 Engines, each on a job that does no work (so the engine's own overhead is what shows):
 
-  sqlite         the node's embedded queue today: dicom_node.jobs.JobQueue on the SQLite index
+  sqlite         the node's embedded queue today: dicom_node.flow.jobs.JobQueue on the SQLite index
                  (lease claim in a write transaction, done in another), workers polling every
                  ``--poll`` seconds as ``jobs.poll_seconds`` does
   pg-skip-locked the same two statements on PostgreSQL: ``UPDATE ... WHERE id = (SELECT ... FOR
                  UPDATE SKIP LOCKED LIMIT 1)``, then done; idle workers wait on LISTEN/NOTIFY
   procrastinate  procrastinate 3 (PostgreSQL, LISTEN/NOTIFY) with its sync defer and its worker,
                  concurrency 1 per process
-  node           the node on procrastinate as it runs (dicom_node/job_engine.py): jobs rows
+  node           the node on procrastinate as it runs (dicom_node/flow/job_engine.py): jobs rows
                  deferred in the transaction that queues them, run_procrastinate_worker starting
                  each row at its next attempt and committing its end fenced by that attempt
 
 For each: jobs per second draining ``--jobs`` queued jobs with 1, 2 and 4 worker processes, and
 the claim latency (enqueue to the job starting) of ``--latency-jobs`` jobs sent one at a time to
 one idle worker (median and 95th percentile). PostgreSQL is a throwaway cluster this script
-starts on loopback (dicom_node/postgres_local.py) and stops.
+starts on loopback (dicom_node/tools/postgres_local.py) and stops.
 
     .venv/bin/python scripts/bench_job_engines.py [--jobs 2000] [--workers 1 2 4] [--engines sqlite pg-skip-locked procrastinate node]
 """
@@ -69,8 +69,8 @@ def procrastinate_app(url: str):  # type: ignore[no-untyped-def]
 # -- workers (run as subprocesses of this script) --------------------------------------------------
 
 def worker_sqlite(index_path: str, poll: float, drain: bool, out: str) -> None:
-    from dicom_node.index import Index
-    from dicom_node.jobs import JobQueue
+    from dicom_node.flow.jobs import JobQueue
+    from dicom_node.storage.index import Index
 
     queue = JobQueue(Index(Path(index_path)))
     owner = f"w{os.getpid()}"
@@ -129,8 +129,8 @@ class NoWorkWorker:
     nothing: the job's end is committed at its attempt (the fence) and nothing else happens."""
 
     def __init__(self, url: str, work: Path, out: str) -> None:
-        from dicom_node.index import Index
-        from dicom_node.job_engine import job_queue
+        from dicom_node.flow.job_engine import job_queue
+        from dicom_node.storage.index import Index
 
         self.config = node_config(url, work)
         self.index = Index(url)
@@ -140,7 +140,7 @@ class NoWorkWorker:
         self.out = out
 
     def run_job(self, job) -> bool:  # type: ignore[no-untyped-def]
-        from dicom_node.jobs import JobQueue
+        from dicom_node.flow.jobs import JobQueue
 
         if self.out:
             created = self.index.query("SELECT created_at FROM jobs WHERE id = ?", (job.id,))[0]["created_at"]
@@ -154,7 +154,7 @@ class NoWorkWorker:
 def worker_node(url: str, work: str, drain: bool, out: str) -> None:
     import threading
 
-    from dicom_node.job_engine import run_procrastinate_worker
+    from dicom_node.flow.job_engine import run_procrastinate_worker
 
     worker = NoWorkWorker(url, Path(work), out)
     run_procrastinate_worker(worker, threading.Event(), ["default"], burst=drain)  # type: ignore[arg-type]
@@ -162,9 +162,9 @@ def worker_node(url: str, work: str, drain: bool, out: str) -> None:
 
 def add_node_jobs(url: str, work: Path, first: int, count: int, reset: bool) -> None:
     """Queue ``count`` jobs as routing does (rows deferred in the same transaction)."""
-    from dicom_node.index import Index
-    from dicom_node.job_engine import job_queue
-    from dicom_node.jobs import JobQueue, NewJob
+    from dicom_node.flow.job_engine import job_queue
+    from dicom_node.flow.jobs import JobQueue, NewJob
+    from dicom_node.storage.index import Index
 
     index = Index(url)
     try:
@@ -194,8 +194,8 @@ def fill(engine: str, count: int, work: Path, url: str) -> str:
         add_node_jobs(url, work, 0, count, reset=True)
         return url
     if engine == "sqlite":
-        from dicom_node.index import Index
-        from dicom_node.jobs import JobQueue, NewJob
+        from dicom_node.flow.jobs import JobQueue, NewJob
+        from dicom_node.storage.index import Index
 
         path = work / f"index-{time.monotonic_ns()}.sqlite"
         index = Index(path)
@@ -232,7 +232,7 @@ def throughput(engine: str, count: int, workers: int, work: Path, url: str, poll
     for proc in procs:
         proc.wait(timeout=300)
     if engine in ("sqlite", "node"):
-        from dicom_node.index import Index
+        from dicom_node.storage.index import Index
 
         index = Index(Path(target) if engine == "sqlite" else target)
         first, last, finished = index.query("SELECT min(finished_at), max(finished_at), count(*) FROM jobs "
@@ -263,8 +263,8 @@ def latency(engine: str, jobs: int, work: Path, url: str, poll: float) -> list[f
             if engine == "node":
                 add_node_jobs(url, work, 100_000 + n, 1, reset=False)
             elif engine == "sqlite":
-                from dicom_node.index import Index
-                from dicom_node.jobs import JobQueue, NewJob
+                from dicom_node.flow.jobs import JobQueue, NewJob
+                from dicom_node.storage.index import Index
 
                 index = Index(Path(target))
                 with index.transaction() as db:
@@ -315,7 +315,7 @@ def main() -> int:
         worker_node(args.target[0], args.target[1], args.drain, args.out)
         return 0
 
-    from dicom_node.postgres_local import start_postgres
+    from dicom_node.tools.postgres_local import start_postgres
 
     server = start_postgres()
     try:

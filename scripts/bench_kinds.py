@@ -81,10 +81,10 @@ def one(kind: str, series: Path, device: str) -> dict:
     import numpy as np
 
     from ai.types import Volume
-    from dicom_node.command_pipeline import CommandPipeline
     from dicom_node.config import PipelineSpec
-    from dicom_node.pipelines import build_pipeline
-    from dicom_node.volume import load_series
+    from dicom_node.pipelines.build import build_pipeline
+    from dicom_node.pipelines.command import CommandPipeline
+    from dicom_node.storage.volume import load_series
 
     files = sorted(series.iterdir())
     source = load_series(files)
@@ -125,7 +125,7 @@ def main() -> int:
         print(json.dumps(one(args.one, args.series, args.device)))
         return 0
     from ai.phantom import make_phantom
-    from dicom_node.synthetic import write_volume_series
+    from dicom_node.tools.synthetic import write_volume_series
 
     root = Path(tempfile.mkdtemp(prefix="bench-kinds-"))
     try:

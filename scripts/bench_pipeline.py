@@ -26,16 +26,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pydicom import dcmread  # noqa: E402
+
 from ai.phantom import make_phantom  # noqa: E402
 from ai.pipeline import SegmentationPipeline  # noqa: E402
 from ai.registry import ModelRegistry  # noqa: E402
-from dicom_node.synthetic import write_volume_series  # noqa: E402
 from dicom_node.config import parse_config  # noqa: E402
-from dicom_node.orthanc import free_port, start_orthanc  # noqa: E402
 from dicom_node.results import ResultSettings, build_report, build_segmentation  # noqa: E402
-from dicom_node.service import Node  # noqa: E402
-from dicom_node.volume import load_series  # noqa: E402
-from pydicom import dcmread  # noqa: E402
+from dicom_node.service.node import Node  # noqa: E402
+from dicom_node.storage.volume import load_series  # noqa: E402
+from dicom_node.tools.orthanc import free_port, start_orthanc  # noqa: E402
+from dicom_node.tools.synthetic import write_volume_series  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -170,7 +171,7 @@ def main() -> int:
                   f"{sum(findings.extra['timings'].values()):.2f} s; label maps {100 * equal:.3f} % equal; "
                   f"peak RSS above the start now {peak_rss_mb() - baseline_rss:.0f} MB")
         if args.uncertainty_map:
-            from dicom_node.uncertainty_map import build_uncertainty_map
+            from dicom_node.results.parametric_map import build_uncertainty_map
 
             started = time.perf_counter()
             pm = build_uncertainty_map(series, findings, "bench", settings)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ai.phantom import make_phantom  # noqa: E402
 from ai.pipeline import SegmentationPipeline  # noqa: E402
 from ai.registry import ModelRegistry  # noqa: E402
-from tests import real_scans  # noqa: E402
+from tests.support import real_scans  # noqa: E402
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline  # noqa: E402
 from ai.registry import ModelRegistry  # noqa: E402
 from ai.trust.gate import SeriesFacts, check  # noqa: E402
 from ai.types import Findings  # noqa: E402
-from tests import real_scans  # noqa: E402
+from tests.support import real_scans  # noqa: E402
 
 PHANTOM_TRUTH = {"lungs": (LUNG, LUNG_NODULE), "liver": (LIVER,), "spleen": (SPLEEN,), "kidneys": (KIDNEY,),
                  "bone": (BONE,)}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Longer seeded fuzzing of the listener than CI runs (tests/net/test_fuzz.py: 2000 cases, four at a time): a
-node of two listener processes on loopback, COUNT hostile connections from tests/net/fuzz.py,
+node of two listener processes on loopback, COUNT hostile connections from tests/support/fuzz.py,
 a C-ECHO every 100 cases timed, and at the end what the node did with each kind, its memory
 growth, the last C-ECHO and whether its log holds a traceback. Stops by itself.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import config_dict  # noqa: E402
-from tests.net.fuzz import cases, run_case  # noqa: E402
+from tests.net.patches.test_p_data import _tree_rss_mb  # noqa: E402
 from tests.net.test_fuzz import _echo_seconds  # noqa: E402
-from tests.net.test_p_data import _tree_rss_mb  # noqa: E402
-from tests.peers import start_node  # noqa: E402
+from tests.support.fuzz import cases, run_case  # noqa: E402
+from tests.support.peers import start_node  # noqa: E402
 
 
 def main() -> int:

@@ -32,10 +32,10 @@ from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import CTImageStorage, Verification  # noqa: E402
 
 from ai.phantom import make_phantom  # noqa: E402
-from dicom_node.orthanc import free_port  # noqa: E402
-from dicom_node.scu import set_nodelay  # noqa: E402
-from dicom_node.synthetic import write_ct_series, write_volume_series  # noqa: E402
-from tests.peers import PeerProcess, start_node, wait_for  # noqa: E402
+from dicom_node.net.scu import set_nodelay  # noqa: E402
+from dicom_node.tools.orthanc import free_port  # noqa: E402
+from dicom_node.tools.synthetic import write_ct_series, write_volume_series  # noqa: E402
+from tests.support.peers import PeerProcess, start_node, wait_for  # noqa: E402
 
 SENDER = "LOADSCU"
 
@@ -79,7 +79,7 @@ def node_config(workdir: Path, max_associations: int, web_port: int) -> dict[str
 def sender_process(port: int, folder: str) -> tuple[list[str], list[str], list[float]]:
     """One sender (its own process, as a modality is): one association, every request timed.
     Returns (acknowledged SOP Instance UIDs, failed ones, latencies in seconds)."""
-    from dicom_node.net import pynetdicom_tuning
+    from dicom_node.net.patches import pynetdicom_tuning
 
     # pynetdicom's own requestor polls with 1 ms sleeps (about 20 C-STOREs a second per
     # association, whatever the receiver): the node's event-driven waits make the sender fast
@@ -158,7 +158,7 @@ def over_the_limit(port: int, max_associations: int, extra: int) -> tuple[int, i
     presentation), reason 2 (local limit exceeded)."""
     import socket
 
-    from tests.net.fuzz import associate_rq
+    from tests.support.fuzz import associate_rq
 
     held = []
     for _ in range(max_associations):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fetch OHIF's prebuilt viewer once (``npm pack @ohif/app@3.13.2``) into the git-ignored
-``.cache/ohif/`` folder, where ``dicom-node demo --viewer`` and tests/test_viewer.py find it.
+``.cache/ohif/`` folder, where ``dicom-node demo --viewer`` and tests/tools/test_viewer.py find it.
 They fetch it themselves when it is missing; this script only does it ahead of time.
 
     .venv/bin/python scripts/setup_viewer.py
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_node.viewer import OHIF_VERSION, fetch_ohif  # noqa: E402
+from dicom_node.tools.viewer import OHIF_VERSION, fetch_ohif  # noqa: E402
 
 
 def main() -> int:

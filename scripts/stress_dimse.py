@@ -5,7 +5,7 @@
 Listener direction: raw-framed, pynetdicom and DCMTK storescu senders to a ``dicom-node serve``
 (2 listener processes). Sender direction: the node's ``send_files`` to the raw SCP, DCMTK
 storescp and pynetdicom SCPs. Each direction runs on the fast paths, and with ``--differential``
-the same plan again on pynetdicom's own paths, whose statuses must be the same. tests/net/stress.py
+the same plan again on pynetdicom's own paths, whose statuses must be the same. tests/support/stress.py
 says what is drawn and checked. Prints, per direction and run: associations, C-STOREs,
 responses, unanswered requests, other problems, "Received unexpected" / DIMSE-timeout log lines.
 
@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_node.net import pynetdicom_tuning  # noqa: E402
+from dicom_node.net.patches import pynetdicom_tuning  # noqa: E402
 from tests.conftest import config_dict  # noqa: E402
-from tests.net import stress  # noqa: E402
-from tests.peers import start_node, system_binary  # noqa: E402
+from tests.support import stress  # noqa: E402
+from tests.support.peers import start_node, system_binary  # noqa: E402
 
 
 def summary(direction: str, name: str, outcomes: list[stress.Outcome], log_lines: list[str], seconds: float) -> bool:

@@ -71,7 +71,7 @@ def main() -> int:
         cases = list(nifti_cases(args.data, steps))
         source = f"NIfTI pairs in {args.data}"
     elif args.dicom:
-        from dicom_node.training_data import dicom_seg_cases
+        from dicom_node.tools.training_data import dicom_seg_cases
 
         values = {label["name"]: int(label["value"]) for label in card["labels"]}
         cases = [prepare(volume, labels, steps) for volume, labels in dicom_seg_cases(args.dicom, values)]

@@ -13,9 +13,9 @@ import pytest
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.service import Node
+from dicom_node.service.node import Node
 
-from .peers import dcmtk_env, free_port, system_binary  # noqa: F401 - free_port is re-exported to tests
+from .support.peers import dcmtk_env, free_port, system_binary  # noqa: F401 - free_port is re-exported to tests
 
 TEST_SCU = "TEST_SCU"
 
@@ -64,7 +64,7 @@ def ohif_dist() -> Path:
     test with the registry's words."""
     import time as _time
 
-    from dicom_node.viewer import fetch_ohif
+    from dicom_node.tools.viewer import fetch_ohif
 
     errors = []
     for attempt in range(3):
@@ -184,9 +184,9 @@ def dcmtk_reference_datasets(dcmtk: Dcmtk, folder: Path, storescu_args: list[str
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
-    """One throwaway PostgreSQL for the session (dicom_node/postgres_local.py); each test that
+    """One throwaway PostgreSQL for the session (dicom_node/tools/postgres_local.py); each test that
     asks for the postgresql index gets a database of its own in it."""
-    from dicom_node.postgres_local import start_postgres
+    from dicom_node.tools.postgres_local import start_postgres
 
     server = start_postgres()
     yield server
@@ -219,7 +219,7 @@ def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     """Opens indexes on one backend: ``open_index("name.sqlite")`` is an Index in a SQLite file
     of that name, or in a fresh PostgreSQL database (routing's tests run on both); all are
     closed at teardown."""
-    from dicom_node.index import Index
+    from dicom_node.storage.index import Index
 
     opened: list[Index] = []
     server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None

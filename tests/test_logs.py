@@ -34,7 +34,7 @@ def test_library_tracebacks_become_one_line() -> None:
 
 
 def test_the_nodes_own_errors_keep_their_traceback() -> None:
-    text = _render("dicom_node.scp")
+    text = _render("dicom_node.net.storage_scp")
     assert "Traceback (most recent call last)" in text
 
 

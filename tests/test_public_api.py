@@ -33,7 +33,7 @@ def test_listener_modules_do_not_load_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, dicom_node.cli, dicom_node.service, dicom_node.scp, dicom_node.volume, dicom_node.results; "
+    code = ("import sys, dicom_node.cli, dicom_node.service.node, dicom_node.net.storage_scp, dicom_node.storage.volume, dicom_node.results; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference import select_device
-from .measure import measure_all
-from .trust.domain import Domain
-from .types import Findings, LabelInfo, Volume, external_label
+from ..inference import select_device
+from ..measure import measure_all
+from ..trust.domain import Domain
+from ..types import Findings, LabelInfo, Volume, external_label
 
 log = logging.getLogger(__name__)
 

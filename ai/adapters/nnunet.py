@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .inference import select_device
-from .measure import measure_all
-from .trust.domain import Domain
-from .types import Findings, LabelInfo, Volume, external_label
+from ..inference import select_device
+from ..measure import measure_all
+from ..trust.domain import Domain
+from ..types import Findings, LabelInfo, Volume, external_label
 
 INSTALL_HINT = "pip install 'dicom-node[nnunet]'"
 

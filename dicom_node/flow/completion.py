@@ -2,7 +2,7 @@
 
 DICOM has no "end of study" message, so, like mercure and Orthanc's "stable" studies, the node
 waits for a quiet period. The state lives in the index (see index.py), so the sweep is a pure
-function of the index and the clock, and a restart simply carries on. apscheduler runs it.
+function of the index and the clock, and a restart simply carries on. A PeriodicTask (periodic.py) runs it.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
-from .config import CompletionSection
-from .errors import IndexError_
-from .index import Completed, Index
+from ..config import CompletionSection
+from ..errors import IndexError_
+from ..periodic import PeriodicTask
+from ..storage.index import Completed, Index
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class CompletionScheduler:
         #: Runs after every sweep, found something or not (routing: it also catches up on
         #: series completed before a crash and not yet routed).
         self.after_sweep = after_sweep
-        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._task = PeriodicTask("completion-sweep", self.run_once, self.timing.sweep_interval_seconds)
 
     def run_once(self) -> list[Completed]:
         try:
@@ -64,9 +63,7 @@ class CompletionScheduler:
         return done
 
     def start(self) -> None:
-        self._scheduler.add_job(self.run_once, "interval", seconds=self.timing.sweep_interval_seconds, id="completion-sweep")
-        self._scheduler.start()
+        self._task.start()
 
     def stop(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
+        self._task.stop()

@@ -18,21 +18,22 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config
+from pynetdicom import AE
 
-from . import metrics
-from .audit import AuditLog
-from .config import NodeConfig, is_postgres_url
-from .logs import log_context
-from .errors import ConfigError, IndexError_, PeerError
+from .. import counters
+from ..config import NodeConfig, is_postgres_url
+from ..errors import ConfigError, DeidentificationError, IndexError_, PeerError, TranscodeError
+from ..logs import log_context
+from ..net.patches.pynetdicom_settings import configure_sender
+from ..net.scu import associate
+from ..net.tls import client_context
+from ..periodic import PeriodicTask
+from ..privacy.deidentify import Deidentifier, deidentifier_for
+from ..privacy.outgoing import deidentified, split_variant
+from ..storage.audit import AuditLog
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
-from .privacy.deidentify import DeidentificationError, Deidentifier
-from .privacy.outgoing import deidentified, split_variant
-from .scu import associate
-from .tls import client_context
-from .transcode import UNCOMPRESSED_VARIANTS, TranscodeError, for_sending
+from .transcode import UNCOMPRESSED_VARIANTS, for_sending
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class Sender:
         now = self.clock()
         for delivery in group:
             state = self.outbox.failed(delivery, reason, now, self.policy)
-            metrics.DELIVERY_FAILURES.labels(delivery.peer).inc()
+            counters.DELIVERY_FAILURES.labels(delivery.peer).inc()
             log.warning("Delivery %d (%s of %s) to %s failed, attempt %d, %s: %s", delivery.id, delivery.object,
                         delivery.job_key, delivery.peer, delivery.attempts + 1,
                         "dead-lettered" if state.value == "dead" else f"retry in {self.policy.delay(delivery.attempts + 1):.0f} s",
@@ -115,7 +116,7 @@ class Sender:
         if profile is None:
             return payload
         if profile not in self._deidentifiers:
-            self._deidentifiers[profile] = self.config.deidentification.deidentifier(profile)
+            self._deidentifiers[profile] = deidentifier_for(self.config.deidentification, profile)
         return deidentified(payload, self._deidentifiers[profile])
 
     def _send_group(self, peer_name: str, group: list[Delivery]) -> int:
@@ -130,7 +131,7 @@ class Sender:
         pairs = sorted({(c.sop_class_uid, c.transfer_syntax_uid) for d in group for c in d.candidates})
         for sop_class, ts in pairs:
             ae.add_requested_context(sop_class, ts)
-        _config.STORE_SEND_CHUNKED_DATASET = True
+        configure_sender()
         try:
             assoc = associate(ae, peer, self.tls)
         except PeerError as exc:
@@ -157,7 +158,7 @@ class Sender:
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code in _SUCCESS:
                     self.outbox.delivered(delivery.id, candidate.variant, self.clock())
-                    metrics.DELIVERIES.labels(peer.name).inc()
+                    counters.DELIVERIES.labels(peer.name).inc()
                     delivered += 1
                     log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
                              candidate.variant, candidate.sop_instance_uid)
@@ -263,24 +264,22 @@ class SenderLock:
 
 
 class SenderScheduler:
-    """Runs the sender every ``delivery.interval_seconds`` (apscheduler, one run at a time),
+    """Runs the sender every ``delivery.interval_seconds`` (a PeriodicTask, one run at a time),
     while this process holds the index's SenderLock."""
 
     def __init__(self, sender: Sender, interval_seconds: float) -> None:
         self.sender = sender
         self.interval_seconds = interval_seconds
         self.lock = SenderLock(sender.outbox.index.path)
-        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._task = PeriodicTask("outbox-sender", self._tick, self.interval_seconds)
 
     def _tick(self) -> None:
         if self.lock.acquire():
             self.sender.run_once()
 
     def start(self) -> None:
-        self._scheduler.add_job(self._tick, "interval", seconds=self.interval_seconds, id="outbox-sender")
-        self._scheduler.start()
+        self._task.start()
 
     def stop(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
+        self._task.stop()
         self.lock.release()

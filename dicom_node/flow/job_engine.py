@@ -28,15 +28,25 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .config import NodeConfig
-from .errors import NodeError
-from .index import Index
+from ..config import NodeConfig
+from ..errors import JobNotSettled, NodeError
+from ..storage.index import Index
 from .jobs import DEFAULT_QUEUE, Job, JobQueue
 
-if TYPE_CHECKING:  # the worker module imports this one
-    from .worker import Worker
+
+class JobRunner(Protocol):
+    """What the procrastinate engine needs of a worker (worker.Worker is one): it starts the job
+    row itself, then hands the job over to run."""
+
+    config: NodeConfig
+    jobs: JobQueue
+    owner: str
+    clock: Callable[[], float]
+
+    def run_job(self, job: Job) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,15 @@ def gpu_present() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU for this worker
         return False
+
+
+def worker_environment(config: NodeConfig) -> tuple[list[str], bool]:
+    """What stops a configured pipeline from running here (pipelines.build.pipeline_problems),
+    and whether torch sees a GPU: what a worker process would find. Both load torch, so the
+    supervisor asks them of a process started for the purpose (cli serve)."""
+    from ..pipelines.build import pipeline_problems
+
+    return pipeline_problems(config), gpu_present()
 
 
 def worker_queues(config: NodeConfig, override: Sequence[str] | None = None,
@@ -160,12 +179,7 @@ def _app(url: str) -> Any:
     return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=3))
 
 
-class JobNotSettled(NodeError):
-    """A job's worker ran it but could not record how it ended: procrastinate retries the task,
-    whose start takes the job over at its next attempt."""
-
-
-def run_procrastinate_worker(worker: Worker, stop: threading.Event | Any, queues: Sequence[str],
+def run_procrastinate_worker(worker: JobRunner, stop: threading.Event | Any, queues: Sequence[str],
                              burst: bool = False) -> int:
     """Run ``worker``'s jobs as procrastinate hands them out on ``queues`` until ``stop`` is set
     (``burst``: until the queues are empty). A worker that loses the database (PostgreSQL

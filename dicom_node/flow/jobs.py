@@ -27,7 +27,7 @@ A job is one route applied to one version of one completed series. Its life::
   queues it serves, so GPU pipelines reach GPU workers.
 * Every function takes ``now`` from the caller (tests need no clock tricks).
 
-The table's columns are the index schema's (dicom_node/migrations: 0001 made it, 0002 added
+The table's columns are the index schema's (dicom_node/storage/migrations: 0001 made it, 0002 added
 ``queue``).
 """
 
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from .index import Index
+from ..errors import LeaseLost
+from ..storage.index import Index
 
 DEFAULT_QUEUE = "default"
 
@@ -71,40 +72,32 @@ class NewJob:
     queue: str = DEFAULT_QUEUE
 
 
-@dataclass(frozen=True)
-class Job:
+@dataclass(frozen=True, kw_only=True)
+class Job(NewJob):
+    """A job as the queue holds it: what routing asked for (:class:`NewJob`) and where it
+    stands (its row id, state, attempts, lease)."""
+
     id: int
-    key: str
-    route: str
-    pipeline: str
-    series_uid: str
-    study_uid: str
-    series_version: int
-    calling_ae: str
-    destinations: tuple[str, ...]
-    priority: int
     state: JobState
     attempts: int
     max_attempts: int
     lease_owner: str | None
     last_error: str
-    queue: str = DEFAULT_QUEUE
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        return cls(row["id"], row["key"], row["route"], row["pipeline"], row["series_uid"], row["study_uid"],
-                   row["series_version"], row["calling_ae"], tuple(json.loads(row["destinations"])), row["priority"],
-                   JobState(row["state"]), row["attempts"], row["max_attempts"], row["lease_owner"], row["last_error"],
-                   row["queue"])
+        names = {rank: name for name, rank in PRIORITIES.items()}
+        return cls(key=row["key"], route=row["route"], pipeline=row["pipeline"], series_uid=row["series_uid"],
+                   study_uid=row["study_uid"], series_version=row["series_version"], calling_ae=row["calling_ae"],
+                   destinations=tuple(json.loads(row["destinations"])),
+                   priority=names.get(row["priority"], str(row["priority"])), queue=row["queue"], id=row["id"],
+                   state=JobState(row["state"]), attempts=row["attempts"], max_attempts=row["max_attempts"],
+                   lease_owner=row["lease_owner"], last_error=row["last_error"])
 
 
 def job_key(route: str, series_uid: str, version: int) -> str:
     """The identity a job's result UIDs derive from."""
     return f"{route}:{series_uid}:v{version}"
-
-
-class LeaseLost(Exception):
-    """The job's lease expired and another worker may hold it now; this worker's result is void."""
 
 
 class Dispatch(Protocol):

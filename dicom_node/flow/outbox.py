@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .index import Index
+from ..storage.index import Index
 
 FORWARD_PREFIX = "forward:"
 

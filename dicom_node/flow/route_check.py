@@ -19,9 +19,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .config import NodeConfig, Route, is_postgres_url
+from ..config import NodeConfig, Route, is_postgres_url
+from ..config.rules import SeriesFacts
 from .routing import Evaluation, evaluate_rules, series_facts, source_peer
-from .rules import SeriesFacts
 
 
 @dataclass
@@ -75,7 +75,7 @@ def facts_from_files(paths: list[Path], config: NodeConfig, calling_ae: str = ""
 def facts_from_index(location: Path | str, study_uid: str, config: NodeConfig) -> list[SeriesReport]:
     """The series of a study in the node's index (a SQLite file opened read-only, or PostgreSQL)."""
     if is_postgres_url(location):
-        from .index_postgres import PgConnection
+        from ..storage.index_postgres import PgConnection
 
         db: Any = PgConnection(str(location))
     else:

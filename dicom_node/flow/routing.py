@@ -38,19 +38,19 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .config import NodeConfig, Peer, Route
-from .errors import ConfigError
-from .index import Index
+from ..config import NodeConfig, Peer, Route
+from ..config.rules import SeriesFacts, Verdict
+from ..errors import ConfigError
+from ..logs import log_context
+from ..privacy.deidentify import Deidentifier, deidentifier_for
+from ..privacy.outgoing import deid_variant
+from ..privacy.pseudonym_map import record as record_pseudonyms
+from ..privacy.reidentify import Return, reidentify, returning
+from ..storage.index import Index
+from ..storage.store import make_durable_dirs, write_dataset_atomically
 from .job_engine import dispatch_for, queue_for
 from .jobs import JobQueue, NewJob, job_key
-from .logs import log_context
 from .outbox import Candidate, Outbox, forward_key
-from .privacy.deidentify import Deidentifier
-from .privacy.outgoing import deid_variant
-from .privacy.pseudonym_map import record as record_pseudonyms
-from .privacy.reidentify import Return, reidentify, returning
-from .rules import SeriesFacts, Verdict
-from .store import make_durable_dirs, write_dataset_atomically
 from .transcode import UNCOMPRESSED_VARIANTS
 
 #: The outbox variant name of an instance forwarded as it was received.
@@ -252,7 +252,7 @@ def deidentifier(config: NodeConfig, profile: str) -> Deidentifier:
     spec = section.profiles[profile].model_dump_json() if profile in section.profiles else ""
     key = (f"{profile}\0{spec}", str(section.key_file), _file_version(str(section.key_file))[0] if section.key_file else -1)
     if key not in _ENGINES:
-        _ENGINES[key] = section.deidentifier(profile)
+        _ENGINES[key] = deidentifier_for(section, profile)
     return _ENGINES[key]
 
 

@@ -19,14 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .errors import NodeError
+from ..errors import TranscodeError
 
 #: Variant name -> transfer syntax of the uncompressed alternatives queued for a forward.
 UNCOMPRESSED_VARIANTS = {"explicit-le": ExplicitVRLittleEndian, "implicit-le": ImplicitVRLittleEndian}
-
-
-class TranscodeError(NodeError):
-    """The stored instance cannot be decoded into the encoding the peer accepted."""
 
 
 def stored_syntax(path: str | Path) -> UID:

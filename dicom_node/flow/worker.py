@@ -30,20 +30,14 @@ from ai.trust.gate import GateDecision
 from ai.trust.gate import check as gate_check
 from ai.types import Findings
 
-from . import metrics
-from .audit import AuditLog
-from .config import NodeConfig
-from .errors import NodeError, VolumeError
-from .index import Index
-from .job_engine import job_queue, run_procrastinate_worker, worker_queues
-from .jobs import Job, JobQueue, LeaseLost
-from .logs import log_context, setup_logging
-from .command_pipeline import CommandOutputError, CommandPipeline
-from .outbox import Candidate, Outbox
-from .privacy.outgoing import deid_variant
-from .pipelines import Pipeline, PipelineError, build_pipeline
-from .store import make_durable_dirs, write_dataset_atomically
-from .results import (
+from .. import counters
+from ..config import NodeConfig
+from ..errors import CommandOutputError, LeaseLost, NodeError, NotApplicable, PermanentJobError, PipelineError, VolumeError
+from ..logs import log_context, setup_logging
+from ..pipelines.build import Pipeline, build_pipeline
+from ..pipelines.command import CommandPipeline
+from ..privacy.outgoing import deid_variant
+from ..results import (
     EmptyFrames,
     ResultSettings,
     SegmentationEncoding,
@@ -52,26 +46,16 @@ from .results import (
     build_segmentation,
     segmentation_variants,
 )
-from .uncertainty_map import build_uncertainty_map
-from .volume import load_series, series_facts
+from ..results.parametric_map import build_uncertainty_map
+from ..storage.audit import AuditLog
+from ..storage.index import Index
+from ..storage.store import make_durable_dirs, write_dataset_atomically
+from ..storage.volume import load_series, series_facts
+from .job_engine import job_queue, run_procrastinate_worker, worker_queues
+from .jobs import Job, JobQueue
+from .outbox import Candidate, Outbox
 
 log = logging.getLogger(__name__)
-
-
-class PermanentJobError(NodeError):
-    """Retrying the job cannot help (the series is not a volume, the pipeline does not exist)."""
-
-
-class NotApplicable(NodeError):
-    """No pipeline of the job's route may analyse the series: each one's gate decision."""
-
-    def __init__(self, declined: list[tuple[str, str, GateDecision]], source: Any = None) -> None:
-        self.declined = declined  # (pipeline name, "model version", decision)
-        self.source = source  # the SeriesVolume, for the report that says so
-        super().__init__(self.reasons())
-
-    def reasons(self) -> str:
-        return " | ".join(f"{name} ({model}): {decision.summary()}" for name, model, decision in self.declined)
 
 
 @dataclass
@@ -297,15 +281,15 @@ class Worker:
                 log.error("Job %d failed (%s) and could not be recorded: %s", job.id, message, inner)
                 return False
             log.error("Job %d failed (%s): %s", job.id, state.value, message, exc_info=not permanent)
-            metrics.JOBS_FINISHED.labels(job.pipeline, state.value).inc()
+            counters.JOBS_FINISHED.labels(job.pipeline, state.value).inc()
             return False
         finally:
             stop_beat.set()
             heart.join()
         ran = outcome.pipeline or job.pipeline
         for stage, seconds in outcome.timings.items():
-            metrics.JOB_STAGE_SECONDS.labels(ran, stage).observe(seconds)
-        metrics.JOBS_FINISHED.labels(ran, "done").inc()
+            counters.JOB_STAGE_SECONDS.labels(ran, stage).observe(seconds)
+        counters.JOBS_FINISHED.labels(ran, "done").inc()
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in outcome.timings.items())
         log.info("Job %d done: %d measurements, %d result files; results to %s (%s)", job.id,
                  len(outcome.findings.measurements) if outcome.findings else 0, len(outcome.files),
@@ -333,7 +317,7 @@ class Worker:
                          pipelines=[{"pipeline": name, "model": model, "reasons": list(decision.reasons),
                                      "measures": decision.measures} for name, model, decision in exc.declined])
         log.warning("Job %d not applicable: %s", job.id, reasons)
-        metrics.JOBS_FINISHED.labels(job.pipeline, "not_applicable").inc()
+        counters.JOBS_FINISHED.labels(job.pipeline, "not_applicable").inc()
         return True
 
     def _declined_report(self, job: Job, exc: NotApplicable) -> list[tuple[str, str, list[Candidate]]]:
@@ -389,9 +373,10 @@ def worker_main(config: NodeConfig, stop: Any) -> None:
     """Entry point of a worker process started by ``serve`` (multiprocessing, spawn)."""
     import signal
 
-    from .process import die_with_parent
+    from ..process import die_with_parent, name_process
 
     die_with_parent()
+    name_process("dn-worker")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     setup_logging(False, with_pid=True, json_lines=config.logs.format == "json")

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from .config import Peer
-from .errors import PeerError
-from .net.pynetdicom_tuning import install_fixes
+from ..config import Peer
+from ..errors import PeerError
+from .patches.pynetdicom_settings import configure_sender
+from .patches.pynetdicom_tuning import install_fixes
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def send_files(
             batches.append([item])
             contexts.append({pair})
 
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    configure_sender()
     for batch, pairs in zip(batches, contexts):
         ae = AE(ae_title=local_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout

@@ -21,7 +21,6 @@ import filecmp
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
-from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from . import metrics
-from .audit import AuditLog
-from .config import NodeConfig, Peer
+from .. import counters
+from ..config import NodeConfig, Peer
+from ..errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
+from ..logs import bind_log_context
+from ..storage.audit import AuditLog
+from ..storage.header import read_header
+from ..storage.index import Index, Outcome, Receipt
+from ..storage.store import InstanceStore
 from .contexts import storage_contexts, verification_context
-from .errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
-from .net import p_data, pynetdicom_tuning
-from .index import Index, Outcome, Receipt
-from .instance import read_header
-from .logs import bind_log_context
+from .patches import pynetdicom_tuning
+from .patches.pynetdicom_settings import configure_listener, negotiating_association, open_dataset_fd
 from .tls import certificate_names, peer_certificate
-from .store import InstanceStore
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +57,6 @@ STATUS_UNEXPECTED = 0xC211
 
 #: No real AE title can contain a backslash, so this list matches no caller at all.
 _NOBODY = ["\\"]
-
-
-def _install_incoming_tempfile() -> None:
-    """Make pynetdicom's streamed C-STORE files land in the receiving AE's ``.incoming``.
-
-    pynetdicom creates them with ``NamedTemporaryFile`` in the system temp folder, possibly
-    another file system (then the final rename would be a copy) or a RAM disk. The decode runs
-    in the association's DUL thread, whose ``assoc.ae`` tells us which node is receiving.
-    """
-    current = _dimse_messages.NamedTemporaryFile
-    if getattr(current, "_dicom_node", False):
-        return
-    original = tempfile.NamedTemporaryFile
-
-    def named_temporary_file(*args: Any, **kwargs: Any) -> Any:
-        thread = threading.current_thread()
-        ae = getattr(getattr(thread, "assoc", None), "ae", None)
-        folder = getattr(ae, "incoming_dir", None)
-        if folder is not None:
-            kwargs.setdefault("dir", folder)
-            kwargs.setdefault("prefix", ".recv-")
-        return original(*args, **kwargs)
-
-    named_temporary_file._dicom_node = True  # type: ignore[attr-defined]
-    _dimse_messages.NamedTemporaryFile = named_temporary_file  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -156,9 +130,9 @@ class NodeAE(AE):  # type: ignore[misc]
         takes the title it was called by (so the index records it and the A-ASSOCIATE-AC echoes
         it), unless titles are required and it is not one of ours (then pynetdicom's comparison
         with our own title fails and it rejects: called AE title not recognised)."""
-        thread = threading.current_thread()
-        primitive = getattr(getattr(thread, "requestor", None), "primitive", None)
-        if not isinstance(thread, Association) or primitive is None:
+        thread = negotiating_association()
+        primitive = None if thread is None else thread.requestor.primitive
+        if thread is None or primitive is None:
             return self.require_called
         called = str(primitive.called_ae_title).strip()
         if called in self.titles or not self.require_called:
@@ -176,8 +150,8 @@ class NodeAE(AE):  # type: ignore[misc]
     def require_calling_aet(self) -> list[str]:
         if not self.reject_unknown:
             return []
-        thread = threading.current_thread()
-        if not isinstance(thread, Association):
+        thread = negotiating_association()
+        if thread is None:
             return self.allowed_titles("") or _NOBODY
         address = thread.requestor.address
         over_tls, certificate = peer_certificate(getattr(getattr(thread.dul, "socket", None), "socket", None))
@@ -187,16 +161,6 @@ class NodeAE(AE):  # type: ignore[misc]
         if calling not in allowed:  # pynetdicom rejects; on_rejected tells why
             thread.dicom_node_refusal = self.refusal(calling, address, over_tls, names)  # type: ignore[attr-defined]
         return allowed or _NOBODY
-
-
-def _open_fd(event: evt.Event) -> int | None:
-    """The descriptor of the streamed dataset file pynetdicom still holds open during the
-    handler (it closes the file afterwards), or None where it has none."""
-    handle = getattr(event.request, "_dataset_file", None)
-    try:
-        return None if handle is None or handle.closed else int(handle.fileno())
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 class StorageSCP:
@@ -235,12 +199,12 @@ class StorageSCP:
         started = time.perf_counter()
         status, note, size = self._store(event, assoc)
         calling = stats.calling_ae if stats is not None else str(assoc.requestor.ae_title).strip()
-        metrics.CSTORE_SECONDS.observe(time.perf_counter() - started)
+        counters.CSTORE_SECONDS.observe(time.perf_counter() - started)
         if status == STATUS_SUCCESS:
-            metrics.INSTANCES_RECEIVED.labels(calling).inc()
-            metrics.BYTES_RECEIVED.labels(calling).inc(size)
+            counters.INSTANCES_RECEIVED.labels(calling).inc()
+            counters.BYTES_RECEIVED.labels(calling).inc(size)
         else:
-            metrics.INSTANCES_REFUSED.labels(calling, f"0x{status:04X}").inc()
+            counters.INSTANCES_REFUSED.labels(calling, f"0x{status:04X}").inc()
         if stats is not None:
             if status == STATUS_SUCCESS:
                 if note == Outcome.DUPLICATE.value:
@@ -291,7 +255,7 @@ class StorageSCP:
                 outcome = Outcome.DUPLICATE
             else:
                 outcome = Outcome.NEW if known is None else Outcome.REPLACED
-                final = self.store.commit(received, header, fd=_open_fd(event))
+                final = self.store.commit(received, header, fd=open_dataset_fd(event.request))
             receipt = Receipt(
                 calling_ae=str(caller.ae_title).strip(),
                 called_ae=str(assoc.acceptor.ae_title).strip(),
@@ -348,13 +312,13 @@ class StorageSCP:
 
     def on_tls_refused(self, address: str, port: int, reason: str) -> None:
         """A connection to the TLS port that did not become a TLS session (tls.py)."""
-        metrics.ASSOCIATIONS.labels("refused-tls").inc()
+        counters.ASSOCIATIONS.labels("refused-tls").inc()
         self.audit.write("association", outcome="rejected", reason=f"TLS: {reason}", address=address, port=port,
                          calling_ae="", called_ae="")
 
     def on_admission_refused(self, address: str, port: int, reason: str) -> None:
         """A connection admission.Admission refused before it became an association."""
-        metrics.ASSOCIATIONS.labels("rejected").inc()
+        counters.ASSOCIATIONS.labels("rejected").inc()
         self.audit.write("association", outcome="rejected", reason=reason, address=address, port=port,
                          calling_ae="", called_ae="")
 
@@ -397,7 +361,7 @@ class StorageSCP:
         else:
             reason = "local limit exceeded or called AE title not recognised"
         log.warning("Rejected association from %s at %s: %s", calling, address, reason)
-        metrics.ASSOCIATIONS.labels("rejected").inc()
+        counters.ASSOCIATIONS.labels("rejected").inc()
         self.audit.write(
             "association", outcome="rejected", reason=reason, calling_ae=calling,
             called_ae=called or str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
@@ -447,7 +411,7 @@ class StorageSCP:
             fields["failures"] = stats.failures
         if stats.studies:
             fields["studies"] = [{"study_uid": uid, **study} for uid, study in stats.studies.items()]
-        metrics.ASSOCIATIONS.labels(stats.outcome).inc()
+        counters.ASSOCIATIONS.labels(stats.outcome).inc()
         self.audit.write("association", **fields)
         log.info("Association from %s (%s) %s: %d stored, %d duplicate, %d failed",
                  stats.calling_ae, stats.address, stats.outcome, stats.stored, stats.duplicates, stats.failed,
@@ -458,16 +422,7 @@ class StorageSCP:
 def build_ae(config: NodeConfig, store: InstanceStore, log_pdus: bool = False) -> NodeAE:
     """The configured listener AE (not yet listening); ``log_pdus`` keeps pynetdicom's
     per-PDU debug handlers."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    # pynetdicom's "standard" handlers format a log line per PDU and per DIMSE message even when
-    # nothing is logged; the node logs its own lines (serve --verbose turns them back on).
-    _config.LOG_HANDLER_LEVEL = "standard" if log_pdus else "none"
-    p_data.PDU_DEADLINE_SECONDS = config.node.pdu_timeout_seconds
-    # Query/retrieve identifiers (patient names, IDs) never go to the log, --verbose or not: the
-    # audit trail records what it must, the log is not a place for PHI.
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _install_incoming_tempfile()
+    configure_listener(log_pdus, config.node.pdu_timeout_seconds)
     if config.node.fast_paths:
         pynetdicom_tuning.install()
     else:

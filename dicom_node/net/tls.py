@@ -25,7 +25,7 @@ from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

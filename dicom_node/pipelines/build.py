@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from ai.trust.domain import Domain
 from ai.types import Findings, Volume
 
-from .config import NodeConfig, PipelineSpec
-from .errors import NodeError
+from ..config import NodeConfig, PipelineSpec
+from ..errors import PipelineError
 
 
 class Pipeline(Protocol):
@@ -28,10 +28,6 @@ class Pipeline(Protocol):
     domain: Domain  # where it may run: the gate (ai/trust/gate.py) holds every series against it
 
     def run(self, volume: Volume) -> Findings: ...
-
-
-class PipelineError(NodeError):
-    """A configured pipeline cannot be built: its card, weights or runtime is missing or bad."""
 
 
 def model_card(spec: PipelineSpec) -> Any:
@@ -56,7 +52,7 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
     if spec.kind == "classical":
         return ClassicalCTPipeline()
     if spec.kind == "monai-bundle":
-        from ai.monai_bundle import BundleError, MonaiBundlePipeline
+        from ai.adapters.monai_bundle import BundleError, MonaiBundlePipeline
         from ai.trust.domain import Domain
 
         try:
@@ -65,7 +61,7 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
         except (BundleError, ValueError, RuntimeError) as exc:
             raise PipelineError(f"pipelines.{name}: {exc}") from None
     if spec.kind == "nnunet":
-        from ai.nnunet_model import NnUNetModelError, NnUNetPipeline
+        from ai.adapters.nnunet import NnUNetModelError, NnUNetPipeline
         from ai.trust.domain import Domain
 
         try:
@@ -76,7 +72,7 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
         except (NnUNetModelError, ValueError, RuntimeError, OSError) as exc:
             raise PipelineError(f"pipelines.{name}: {exc}") from None
     if spec.kind == "command":
-        from .command_pipeline import CommandPipeline
+        from .command import CommandPipeline
 
         try:
             return CommandPipeline(name, spec, work_root)  # type: ignore[return-value]

@@ -51,22 +51,14 @@ from ai.measure import measure_all
 from ai.trust.domain import Domain
 from ai.types import Findings, LabelInfo, external_label
 
-from .config import PipelineSpec
-from .errors import NodeError
-from .volume import SeriesVolume
+from ..config import PipelineSpec
+from ..errors import CommandFailed, CommandOutputError
+from ..storage.volume import SeriesVolume
 
 log = logging.getLogger(__name__)
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 STDERR_TAIL = 2000
-
-
-class CommandFailed(NodeError):
-    """The program exited non-zero or ran past its timeout: worth another attempt."""
-
-
-class CommandOutputError(NodeError):
-    """The program's output is unusable: another attempt would give the same."""
 
 
 @dataclass

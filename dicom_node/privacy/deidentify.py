@@ -44,7 +44,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from ..errors import NodeError
+from ..config.privacy import DeidentificationSection
+from ..errors import ConfigError
 from .pseudonyms import PseudonymKey, shift_date, shift_datetime
 from .table import BASIC_PROFILE, OPTIONS, Action, Table, load_table
 
@@ -65,10 +66,6 @@ _IDENTIFYING = ("PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientNa
                 "InstitutionAddress", "InstitutionalDepartmentName", "ReferringPhysicianName", "PerformingPhysicianName",
                 "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "PatientAddress",
                 "PatientTelephoneNumbers", "MilitaryRank", "RequestingPhysician", "StationName")
-
-
-class DeidentificationError(NodeError):
-    """An instance the engine cannot de-identify (it is then not sent, never sent as it was)."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +332,20 @@ class Deidentifier:
         report.private_removed += 1
         report.actions["X"] += 1
         report.rows.add("private")
+
+
+def deidentifier_for(section: DeidentificationSection, name: str) -> Deidentifier:
+    """The engine for profile ``name`` of the configuration's ``deidentification`` section, with
+    the site key (ConfigError when either is missing)."""
+    spec = section.profiles.get(name)
+    if spec is None:
+        known = ", ".join(sorted(section.profiles)) or "none"
+        raise ConfigError(f"deidentification.profiles: no profile named {name!r} (known: {known})")
+    if section.key_file is None:
+        raise ConfigError("deidentification.key_file is not set: pseudonyms need the site secret")
+    profile = Profile(name, frozenset(spec.options), spec.burned_in,
+                      tuple(SafePrivate(int(s.group, 16), s.creator, int(s.element, 16)) for s in spec.safe_private))
+    return Deidentifier(profile, PseudonymKey.from_file(section.key_file))
 
 
 def _identifying_values(ds: Dataset) -> list[str]:

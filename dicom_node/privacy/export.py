@@ -19,8 +19,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from ..errors import InvalidInstanceError
-from ..instance import checked_uid
-from ..store import make_durable_dirs, write_dataset_atomically
+from ..storage.header import checked_uid
+from ..storage.store import make_durable_dirs, write_dataset_atomically
 from .deidentify import Deidentifier
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .deidentify import DeidentificationError, Deidentifier
+from ..errors import DeidentificationError
+from .deidentify import Deidentifier
 
 PREFIX = "deid:"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+
 def record(db: sqlite3.Connection, pairs: Iterable[tuple[str, str, str]], study_uid: str, route: str, peer: str,
            profile: str, now: float) -> None:
     """Remember (pseudonym, original, kind) pairs sent to ``peer``; a pair already known for that

@@ -26,21 +26,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..config.privacy import DEIDENTIFICATION_OPTIONS
+
 TABLE_PATH = Path(__file__).with_name("table_e1_1.json")
 
-#: The options of PS3.15 E.3 a profile may name, with their code in CID 7050 (DCM).
-OPTIONS: dict[str, tuple[str, str]] = {
-    "retain_safe_private": ("113111", "Retain Safe Private Option"),
-    "retain_uids": ("113110", "Retain UIDs Option"),
-    "retain_device_identity": ("113109", "Retain Device Identity Option"),
-    "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
-    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
-    "retain_longitudinal_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
-    "retain_longitudinal_modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
-    "clean_descriptors": ("113105", "Clean Descriptors Option"),
-    "clean_structured_content": ("113104", "Clean Structured Content Option"),
-    "clean_graphics": ("113103", "Clean Graphics Option"),
-}
+#: The options of PS3.15 E.3 a profile may name, with their code in CID 7050 (DCM); the
+#: configuration checks profiles against the same list.
+OPTIONS = DEIDENTIFICATION_OPTIONS
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 
 _STRICT = {"1": "1", "1C": "1", "2": "2", "2C": "2", "3": "3"}

@@ -32,9 +32,10 @@ from pydicom.sequence import Sequence
 
 from ai.types import UNCERTAINTY_STEPS, Findings
 
-from . import __version__
-from .results import MANUFACTURER, ResultSettings, derive_uid, source_frame_order
-from .volume import SeriesVolume
+from .. import __version__
+from ..storage.volume import SeriesVolume
+from .identity import MANUFACTURER, ResultSettings, derive_uid
+from .seg import source_frame_order
 
 #: What the values mean: no standard code names a model's uncertainty, so a private one, with
 #: its meaning in the Real World Value Mapping's explanation.

@@ -13,8 +13,8 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 
-from .index import Index
-from .volume import SeriesVolume, load_series
+from ..storage.index import Index
+from ..storage.volume import SeriesVolume, load_series
 
 
 def preview_png(source: SeriesVolume, seg: hd.seg.Segmentation, path: Path, slices: int = 3) -> list[int]:

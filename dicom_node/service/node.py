@@ -24,30 +24,30 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .audit import AuditLog
-from .completion import CompletionScheduler
-from .dispatch import Dispatcher, Receiver
-from .config import NodeConfig
-from .errors import NodeError
-from .index import Index
-from .job_engine import job_queue
-from .outbox import Outbox
-from .process import StopFlag, die_with_parent
-from .recovery import RecoveryReport, mark_clean_shutdown, recover
-from .retention import Retention, RetentionScheduler
-from .route_check import describe_route
-from .routing import route_completed
-from .admission import Admission
-from .scp import StorageSCP, build_ae
-from .sender import Sender, SenderScheduler
-from .store import InstanceStore
-from .tls import HandshakeServerMixin, TlsAssociationServer, server_context
-from .worker import worker_main
-
-from .logs import setup_logging
+from ..config import NodeConfig
+from ..errors import NodeError
+from ..flow.completion import CompletionScheduler
+from ..flow.delivery import Sender, SenderScheduler
+from ..flow.job_engine import job_queue
+from ..flow.outbox import Outbox
+from ..flow.route_check import describe_route
+from ..flow.routing import route_completed
+from ..flow.worker import worker_main
+from ..logs import setup_logging
+from ..net.admission import Admission
+from ..net.handoff import Dispatcher, Receiver
+from ..net.patches.pynetdicom_settings import register_server
+from ..net.storage_scp import StorageSCP, build_ae
+from ..net.tls import HandshakeServerMixin, TlsAssociationServer, server_context
+from ..process import StopFlag, die_with_parent, name_process
+from ..storage.audit import AuditLog
+from ..storage.index import Index
+from ..storage.recovery import RecoveryReport, mark_clean_shutdown, recover
+from ..storage.retention import Retention, RetentionScheduler
+from ..storage.store import InstanceStore
 
 if TYPE_CHECKING:
-    from .web import WebServer
+    from ..web.app import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def start_web(config: NodeConfig, index: Index, readiness: Callable[[], list[str
     the DICOM listener matters more than its dashboard."""
     if not config.web.enabled:
         return None
-    from .web import WebServer
+    from ..web.app import WebServer
 
     web = WebServer(config, index, readiness, audit)
     try:
@@ -266,7 +266,7 @@ class Node:
             if self.config.node.plain:
                 self.server = self.ae.make_server(address, evt_handlers=self.scp.handlers(), server_class=AdmittedServer)
                 threading.Thread(target=self.server.serve_forever, name="dicom-node-accept", daemon=True).start()
-                self.ae._servers.append(self.server)  # so ae.shutdown() stops it, as start_server would
+                register_server(self.ae, self.server)  # so ae.shutdown() stops it, as start_server would
                 self.admission = Admission(self.server.admitted, request_seconds=self.config.node.association_request_seconds,
                                            max_pending_per_address=self.config.node.max_pending_per_address,
                                            on_refused=self.scp.on_admission_refused)
@@ -277,7 +277,7 @@ class Node:
                                                       evt_handlers=self.scp.handlers(), server_class=TlsAssociationServer)
                 self._set_up_tls(self.tls_server)
                 threading.Thread(target=self.tls_server.serve_forever, name="dicom-node-tls-accept", daemon=True).start()
-                self.ae._servers.append(self.tls_server)  # so ae.shutdown() stops it with the plain one
+                register_server(self.ae, self.tls_server)  # so ae.shutdown() stops it with the plain one
                 self.server = self.server or self.tls_server
                 log.info("DICOM TLS on %s:%d", self.config.node.host, self.tls_port)
         if self.standalone:
@@ -328,9 +328,10 @@ class Node:
         self.stop()
 
 
-def _worker_main(config: NodeConfig, ready: Any, stop: StopFlag, log_pdus: bool, channel: Connection) -> None:
+def _listener_main(config: NodeConfig, ready: Any, stop: StopFlag, log_pdus: bool, channel: Connection) -> None:
     """A listener process under the supervisor: serve until told to stop."""
     die_with_parent()
+    name_process("dn-listener")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     setup_logging(log_pdus, with_pid=True, json_lines=config.logs.format == "json")
@@ -398,7 +399,7 @@ class Supervisor:
         try:
             for _ in range(self.workers):
                 ours, theirs = self._context.Pipe(duplex=True)
-                proc = self._context.Process(target=_worker_main, args=(worker_config, ready, self._stop, self.log_pdus, theirs),
+                proc = self._context.Process(target=_listener_main, args=(worker_config, ready, self._stop, self.log_pdus, theirs),
                                              daemon=False)
                 proc.start()
                 theirs.close()
@@ -430,9 +431,9 @@ class Supervisor:
 
     def _refused(self, address: str, port: int, reason: str) -> None:
         """A connection the dispatcher refused over node.max_associations: audited and counted."""
-        from . import metrics
+        from .. import counters
 
-        metrics.ASSOCIATIONS.labels("rejected").inc()
+        counters.ASSOCIATIONS.labels("rejected").inc()
         self.audit.write("association", outcome="rejected", reason=reason, address=address, port=port,
                          calling_ae="", called_ae="")
 

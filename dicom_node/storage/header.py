@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from .errors import InvalidInstanceError
+from ..errors import InvalidInstanceError
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .config import is_postgres_url, redacted
-from .errors import IndexError_
-from .instance import InstanceHeader
+from ..config import is_postgres_url, redacted
+from ..errors import IndexError_
+from .header import InstanceHeader
 from .schema import ensure_current
 from .store import fsync_directory, make_durable_dirs
 

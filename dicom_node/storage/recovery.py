@@ -12,9 +12,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .errors import InvalidInstanceError
+from ..errors import InvalidInstanceError
+from .header import read_header
 from .index import Index, Outcome, Receipt
-from .instance import read_header
 from .store import InstanceStore
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ them again with their old times, and the next pass removes them. Results (the jo
 ``results.path``) go when their job finished long enough ago and none of its deliveries is
 pending. Every removal is one audit record.
 
-apscheduler runs :meth:`Retention.run_once` every ``retention.interval_seconds``.
+A PeriodicTask (periodic.py) runs :meth:`Retention.run_once` every ``retention.interval_seconds``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
+from ..config import NodeConfig
+from ..errors import IndexError_
+from ..periodic import PeriodicTask
 from .audit import AuditLog
-from .config import NodeConfig
-from .errors import IndexError_
 from .index import Index
 
 log = logging.getLogger(__name__)
@@ -170,12 +169,12 @@ class Retention:
 
 
 class RetentionScheduler:
-    """Runs :meth:`Retention.run_once` every ``retention.interval_seconds`` (apscheduler)."""
+    """Runs :meth:`Retention.run_once` every ``retention.interval_seconds`` (a PeriodicTask)."""
 
     def __init__(self, retention: Retention, interval_seconds: float) -> None:
         self.retention = retention
         self.interval_seconds = interval_seconds
-        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._task = PeriodicTask("retention", self.run_once, self.interval_seconds)
 
     def run_once(self) -> None:
         try:
@@ -184,9 +183,7 @@ class RetentionScheduler:
             log.error("Retention pass failed, will try again: %s", exc)
 
     def start(self) -> None:
-        self._scheduler.add_job(self.run_once, "interval", seconds=self.interval_seconds, id="retention")
-        self._scheduler.start()
+        self._task.start()
 
     def stop(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
+        self._task.stop()

@@ -1,4 +1,4 @@
-"""The index schema's version: Alembic migrations (dicom_node/migrations/versions), one history
+"""The index schema's version: Alembic migrations (dicom_node/storage/migrations/versions), one history
 for SQLite and PostgreSQL.
 
 Every process that opens the index checks the revision the database records
@@ -11,7 +11,7 @@ does the same upgrade as an explicit step (the upgrade order in docs/deploy/READ
 
 A new revision: a file in migrations/versions whose ``down_revision`` is the current head,
 written with Alembic's ``op`` so that it runs on both databases (``render_as_batch`` lets
-SQLite alter tables), and ``HEAD`` moved to it; tests/test_schema.py checks that ``HEAD`` is
+SQLite alter tables), and ``HEAD`` moved to it; tests/storage/test_schema.py checks that ``HEAD`` is
 Alembic's head and upgrades an old index through every revision.
 """
 
@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import is_postgres_url, redacted
-from .errors import IndexError_
+from ..config import is_postgres_url, redacted
+from ..errors import IndexError_
 
 log = logging.getLogger(__name__)
 

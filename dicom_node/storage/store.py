@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import Durability
-from .errors import DiskFullError, StoreError
-from .instance import InstanceHeader, checked_uid
+from ..config import Durability
+from ..errors import DiskFullError, StoreError
+from .header import InstanceHeader, checked_uid
 
 INCOMING_DIR = ".incoming"
 SUFFIX = ".dcm"

@@ -32,7 +32,7 @@ from pydicom.pixels import get_decoder
 
 from ai.types import Volume
 
-from .errors import VolumeError
+from ..errors import VolumeError
 
 if TYPE_CHECKING:
     from ai.trust.gate import SeriesFacts

@@ -25,15 +25,15 @@ from pydicom.sr.codedict import codes
 from rich.console import Console
 from rich.table import Table
 
-from .config import NodeConfig, parse_config
+from ..config import NodeConfig, parse_config
+from ..flow.worker import results_folder
+from ..net.scu import send_files
+from ..results.preview import preview_png
+from ..service.node import Node
+from ..storage.volume import load_series
 from .orthanc import Orthanc, find_orthanc, free_port, start_orthanc
-from .preview import preview_png
-from .scu import send_files
-from .service import Node
 from .synthetic import write_volume_series
 from .viewer import ViewerServer, fetch_ohif, start_viewer_stack
-from .volume import load_series
-from .worker import results_folder
 
 PACS_AE = "DEMO_PACS"
 MARKER = ".dicom-node-demo"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from ai.phantom import make_phantom
 
-from .command_pipeline import CommandPipeline
-from .config import PipelineSpec
-from .pipelines import build_pipeline
+from ..config import PipelineSpec
+from ..pipelines.build import build_pipeline
+from ..pipelines.command import CommandPipeline
+from ..storage.volume import load_series
 from .synthetic import write_volume_series
-from .volume import load_series
 
 PHANTOM_SHAPE = (48, 128, 128)
 PHANTOM_SPACING = (2.5, 2.0, 2.0)

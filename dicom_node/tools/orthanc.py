@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .process import stop_process
+from ..process import stop_process
 
 
 def free_port() -> int:

@@ -18,8 +18,8 @@ from pydicom import dcmread
 
 from ai.types import Volume
 
-from .errors import VolumeError
-from .volume import load_series
+from ..errors import VolumeError
+from ..storage.volume import load_series
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 

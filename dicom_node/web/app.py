@@ -30,15 +30,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .audit import AuditLog
-from .config import NodeConfig
+from ..config import NodeConfig
+from ..flow.job_engine import job_queue
+from ..flow.outbox import Outbox
+from ..flow.route_check import describe_route
+from ..storage.audit import AuditLog
+from ..storage.index import Index
 from .dashboard import render_dashboard, render_login
-from .index import Index
-from .job_engine import job_queue
+from .guard import LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 from .metrics import exposition
-from .outbox import Outbox
-from .route_check import describe_route
-from .web_guard import LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         return _answer(request, {"retried": done}, 200 if done else 409)
 
     def preview(request: Request) -> Response:
-        from .preview import job_preview
+        from ..results.preview import job_preview
 
         job_id = _row_id(request)
         if job_id is None:

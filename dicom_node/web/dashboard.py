@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment
 
-from .config import NodeConfig
+from ..config import NodeConfig
 
 _ENV = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["when"] = lambda t: "" if t is None else datetime.fromtimestamp(float(t)).strftime("%Y-%m-%d %H:%M:%S")

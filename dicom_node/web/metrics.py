@@ -1,5 +1,5 @@
-"""Prometheus metrics: what the listener, the workers and the sender count as they go, and what
-the index says at scrape time.
+"""Prometheus exposition for /metrics: the counts every process keeps (counters.py) added up,
+and what the index says at scrape time.
 
 The node runs as several processes (listener processes behind the port, analysis workers, the
 supervising process with the sender), so counters live in prometheus_client's multiprocess
@@ -20,29 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from .config import is_postgres_url
-from .metrics_folder import ENV
-
-INSTANCES_RECEIVED = Counter("dicom_node_instances_received", "Instances stored and acknowledged, per calling AE title",
-                             ["calling_ae"])
-BYTES_RECEIVED = Counter("dicom_node_bytes_received", "Bytes of instances stored and acknowledged, per calling AE title",
-                         ["calling_ae"])
-INSTANCES_REFUSED = Counter("dicom_node_instances_refused", "C-STORE requests answered with a failure status",
-                            ["calling_ae", "status"])
-ASSOCIATIONS = Counter("dicom_node_associations", "Associations by how they ended (released, aborted, rejected)",
-                       ["outcome"])
-CSTORE_SECONDS = Histogram("dicom_node_cstore_seconds",
-                           "From a C-STORE request's dataset received to its response: the durable store and index",
-                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-JOB_STAGE_SECONDS = Histogram("dicom_node_job_stage_seconds", "Analysis job time per pipeline stage",
-                              ["pipeline", "stage"],
-                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000))
-JOBS_FINISHED = Counter("dicom_node_jobs_finished", "Analysis jobs by outcome", ["pipeline", "outcome"])
-DELIVERIES = Counter("dicom_node_deliveries", "Objects delivered (results and forwards), per peer", ["peer"])
-DELIVERY_FAILURES = Counter("dicom_node_delivery_failures", "Failed delivery attempts, per peer", ["peer"])
+from .. import counters  # noqa: F401  (registers the counts in this process's registry too)
+from ..config import is_postgres_url
+from ..metrics_folder import ENV
 
 
 class StateCollector:
@@ -62,7 +44,7 @@ class StateCollector:
         postgres = is_postgres_url(self.index_path)
         try:
             if postgres:
-                from .index_postgres import DatabaseError, PgConnection
+                from ..storage.index_postgres import DatabaseError, PgConnection
 
                 db: Any = PgConnection(str(self.index_path))
                 errors: tuple[type[BaseException], ...] = (DatabaseError,)
@@ -91,8 +73,7 @@ class StateCollector:
 
 def exposition(index_path: Path | str, storage_path: Path) -> tuple[bytes, str]:
     """The text a Prometheus scrape gets: every process's counters plus the state gauges."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-    from prometheus_client import multiprocess
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
     if os.environ.get(ENV):
         registry = CollectorRegistry()

@@ -114,7 +114,7 @@ def test_classical_baseline_finds_each_phantom_lung_nodule_and_nothing_else(seed
                                     {"NODULE_MIN_PEAK_HU": 500.0}])
 def test_each_nodule_rule_of_the_baseline_moves_what_it_finds(change: dict[str, float]) -> None:
     """The candidate rules (roundness, lung all around, a solid core) keep the phantom's nodules;
-    moved past them, the nodules go (the real scans' side: tests/test_real_scans.py)."""
+    moved past them, the nodules go (the real scans' side: tests/e2e/test_real_scans.py)."""
     phantom = make_phantom(5, shape=(48, 128, 128), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(3, 3))
     found = [m for m in ClassicalCTPipeline().run(phantom.volume).measurements if m.lesion_index is not None]
     moved = type("Moved", (ClassicalCTPipeline,), change)()

@@ -51,7 +51,7 @@ def test_unknown_format_and_missing_weights(tmp_path: Path) -> None:
 
 
 def test_models_command_lists_the_shipped_model(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(Path(__file__).parents[1] / "config" / "node.yaml"),
+    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(Path(__file__).parents[2] / "config" / "node.yaml"),
                              "models", "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)

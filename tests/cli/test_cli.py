@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from dicom_node.config import NodeConfig
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import free_port
+from ..conftest import free_port
 
 CLI = [sys.executable, "-m", "dicom_node.cli"]
 
@@ -154,7 +154,7 @@ def test_a_new_user_in_an_empty_folder(tmp_path: Path) -> None:
     init = subprocess.run([*CLI, "init"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert init.returncode == 0, init.stderr
     written = tmp_path / "config" / "node.yaml"
-    assert written.read_text() == (Path(__file__).parents[1] / "config" / "node.yaml").read_text()
+    assert written.read_text() == (Path(__file__).parents[2] / "config" / "node.yaml").read_text()
     again = subprocess.run([*CLI, "init"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert again.returncode == 2 and "not overwriting" in again.stderr
     port = free_port()
@@ -163,7 +163,7 @@ def test_a_new_user_in_an_empty_folder(tmp_path: Path) -> None:
         proc = subprocess.Popen([*CLI, "serve"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
                                 env={**env, "DICOM_NODE_PORT": str(port)})
     try:
-        from .peers import wait_for_port
+        from ..support.peers import wait_for_port
 
         wait_for_port(port, proc)
     finally:

@@ -7,7 +7,7 @@ import pytest
 from dicom_node.config import Durability, load_config, parse_config, resolve_config_path
 from dicom_node.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_config_is_valid_and_documented_keys_exist() -> None:
@@ -142,7 +142,7 @@ def test_deidentified_targets_name_a_profile_and_need_the_site_key(tmp_path: Pat
 
     # serve refuses to start with a key too short to be a secret, before it listens.
     key.write_bytes(b"password")
-    from .conftest import config_dict
+    from ..conftest import config_dict
 
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config_dict(tmp_path, peers=peers, routes=[route], deidentification=deid)))

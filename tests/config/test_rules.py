@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.rules import RuleError, SeriesFacts, parse_condition
+from dicom_node.config.rules import RuleError, SeriesFacts, parse_condition
 
 
 def facts(**overrides: Any) -> SeriesFacts:

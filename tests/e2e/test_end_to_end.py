@@ -24,12 +24,12 @@ import pytest
 from ai.phantom import Phantom, make_phantom
 from ai.training import dice
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.jobs import JobQueue
-from dicom_node.service import Node
-from dicom_node.synthetic import write_volume_series
+from dicom_node.flow.jobs import JobQueue
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_volume_series
 
-from .conftest import config_dict
-from .peers import Orthanc, free_port, start_orthanc, wait_for
+from ..conftest import config_dict
+from ..support.peers import Orthanc, free_port, start_orthanc, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +132,7 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_it_is_up(tmp_path: 
     node = Node(node_config(tmp_path, orthanc_port))
     node.start()
     try:
-        from dicom_node.scu import send_files
+        from dicom_node.net.scu import send_files
 
         scu_peer = parse_config({"peers": [{"name": "n", "ae_title": "AI_NODE", "host": "127.0.0.1", "port": node.port}]}).peer("n")
         # The study comes from "ORTHANC" (a known peer) while Orthanc itself is not running.
@@ -223,7 +223,7 @@ def test_the_shipped_config_returns_ct_organs_results_to_the_sending_pacs(tmp_pa
     return to sender."""
     import yaml
 
-    from .peers import start_node
+    from ..support.peers import start_node
 
     shipped = yaml.safe_load(Path("config/node.yaml").read_text())
     orthanc_port = free_port()

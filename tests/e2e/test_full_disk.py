@@ -16,10 +16,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import NodeConfig
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import TEST_SCU
+from ..conftest import TEST_SCU
 
 SIZE_MB = 24
 
@@ -135,7 +135,7 @@ def test_running_out_anywhere_in_a_data_set_is_answered_searched(small_disk: Pat
     same disk had no room; neither file nor row), never an abort; the node keeps answering."""
     import random
 
-    from .net import stress
+    from ..support import stress
 
     seed = int(os.environ.get("DICOM_NODE_STRESS_SEED") or random.SystemRandom().randrange(1, 10**6))
     print(f"\nfull-disk search seed {seed} (DICOM_NODE_STRESS_SEED={seed} replays it)")

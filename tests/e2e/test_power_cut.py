@@ -1,4 +1,4 @@
-"""A power cut, simulated (tests/powercut_fs.py): `dicom-node serve` keeps its storage, index,
+"""A power cut, simulated (tests/support/powercut_fs.py): `dicom-node serve` keeps its storage, index,
 audit trail and results on a filesystem that loses everything not fsynced; senders store
 while the power goes at random moments (every process of the node killed, the filesystem's
 unsynced writes dropped, mounted again, the node started again). After each cut every instance
@@ -27,19 +27,19 @@ import yaml
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from dicom_node.synthetic import write_ct_series
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, config_dict, dataset_bytes
-from .external_ai import ExternalAI
-from .peers import free_port, wait_for_port
-from .powercut_fs import Mount
+from ..conftest import TEST_SCU, config_dict, dataset_bytes
+from ..support.external_ai import ExternalAI
+from ..support.peers import free_port, wait_for_port
+from ..support.powercut_fs import Mount
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="no /dev/fuse here")]
 
 CUTS, SEED, SENDERS = 20, 20261205, 3
 
 #: `dicom-node serve` with the storage's folder fsync taken out: the defect the test must catch.
-_WITHOUT_FOLDER_FSYNC = ("import sys\nimport dicom_node.store as store\nstore.fsync_directory = lambda path: None\n"
+_WITHOUT_FOLDER_FSYNC = ("import sys\nimport dicom_node.storage.store as store\nstore.fsync_directory = lambda path: None\n"
                          "from dicom_node.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 

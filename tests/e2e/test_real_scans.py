@@ -18,9 +18,9 @@ from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline
 from ai.registry import ModelRegistry
 from ai.trust.gate import SeriesFacts, check
 
-from . import real_scans
-from .conftest import Dcmtk
-from .peers import start_node, wait_for
+from ..conftest import Dcmtk
+from ..support import real_scans
+from ..support.peers import start_node, wait_for
 
 pytestmark = pytest.mark.skipif(not real_scans.available(), reason="../shared/data/real-scans/ is not here")
 
@@ -79,7 +79,7 @@ def test_no_ct_pipeline_takes_the_mr_scan(organs: SegmentationPipeline, pipeline
 def _shipped_config(workdir: Path) -> Path:
     """config/node.yaml as shipped; only where it listens changes (port from the environment)."""
     path = workdir / "node.yaml"
-    path.write_text((Path(__file__).parents[1] / "config" / "node.yaml").read_text())
+    path.write_text((Path(__file__).parents[2] / "config" / "node.yaml").read_text())
     return path
 
 
@@ -106,8 +106,8 @@ def test_real_scans_through_the_node_with_the_shipped_configuration(tmp_path: Pa
         index_path = tmp_path / "node" / "var" / "index.sqlite"
 
         def finished() -> list[dict[str, object]] | None:
-            from dicom_node.index import Index
-            from dicom_node.jobs import JobQueue
+            from dicom_node.flow.jobs import JobQueue
+            from dicom_node.storage.index import Index
 
             index = Index(index_path, synchronous="NORMAL")
             try:

@@ -4,12 +4,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dicom_node.completion import CompletionScheduler, sweep
 from dicom_node.config import CompletionSection, NodeConfig
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.flow.completion import CompletionScheduler, sweep
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from .test_scp import send
+from ..net.test_storage_scp import send
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -15,11 +15,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 from pynetdicom import AE, evt
 
 from dicom_node.config import NodeConfig
-from dicom_node.index import Index
-from dicom_node.outbox import Candidate, Outbox
-from dicom_node.sender import Sender
+from dicom_node.flow.delivery import Sender
+from dicom_node.flow.outbox import Candidate, Outbox
+from dicom_node.storage.index import Index
 
-from .conftest import free_port
+from ..conftest import free_port
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
 MR = Path(str(get_testdata_file("MR_small.dcm")))

@@ -1,4 +1,4 @@
-"""The job engines (dicom_node/job_engine.py): queues per device kind on both engines; on
+"""The job engines (dicom_node/flow/job_engine.py): queues per device kind on both engines; on
 PostgreSQL, procrastinate: jobs deferred in the routing transaction, run by the node's worker,
 fenced by their attempt number, retried and re-queued through procrastinate."""
 
@@ -13,17 +13,16 @@ import pytest
 
 from ai.phantom import make_phantom
 from dicom_node.config import NodeConfig
-from dicom_node.errors import ConfigError
-from dicom_node.index import Index
-from dicom_node.job_engine import (TASK_NAME, dispatch_for, job_queue, procrastinate_counts, queue_for,
-                                   worker_queues)
-from dicom_node.jobs import JobQueue, JobState, LeaseLost, NewJob
-from dicom_node.outbox import Candidate, Outbox
-from dicom_node.routing import route_completed
-from dicom_node.synthetic import write_volume_series
-from dicom_node.worker import Worker
+from dicom_node.errors import ConfigError, LeaseLost
+from dicom_node.flow.job_engine import TASK_NAME, dispatch_for, job_queue, procrastinate_counts, queue_for, worker_queues
+from dicom_node.flow.jobs import JobQueue, JobState, NewJob
+from dicom_node.flow.outbox import Candidate, Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.flow.worker import Worker
+from dicom_node.storage.index import Index
+from dicom_node.tools.synthetic import write_volume_series
 
-from .conftest import new_postgres_database
+from ..conftest import new_postgres_database
 from .test_worker import PEERS, index_series
 
 PIPELINES = {"cpu": {"kind": "classical"}, "cuda": {"kind": "classical", "device": "cuda"},
@@ -228,8 +227,8 @@ def test_serve_says_which_routes_jobs_no_worker_here_takes(tmp_path: Path) -> No
 
     import yaml
 
-    from .conftest import config_dict
-    from .peers import free_port, stop_process, wait_for
+    from ..conftest import config_dict
+    from ..support.peers import free_port, stop_process, wait_for
 
     data = config_dict(tmp_path, node={"port": free_port()}, peers=PEERS, pipelines=PIPELINES,
                        routes=[{"name": "ct-gpu", "match": {"modality": "CT"}, "pipeline": "gpu-only",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.index import Index
-from dicom_node.jobs import JobQueue, JobState, LeaseLost, NewJob, job_key
+from dicom_node.errors import LeaseLost
+from dicom_node.flow.jobs import JobQueue, JobState, NewJob, job_key
+from dicom_node.storage.index import Index
 
 
 def new_job(series: str, priority: str = "routine", version: int = 1) -> NewJob:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.index import Index
-from dicom_node.outbox import Candidate, DeliveryState, Outbox, RetryPolicy
+from dicom_node.flow.outbox import Candidate, DeliveryState, Outbox, RetryPolicy
+from dicom_node.storage.index import Index
+
 
 @pytest.fixture
 def outbox(index_location: Path | str) -> Iterator[Outbox]:

@@ -13,8 +13,8 @@ from pydicom import dcmread
 
 from dicom_node.cli import main
 from dicom_node.config import NodeConfig
-from dicom_node.index import Index
-from dicom_node.synthetic import write_ct_series
+from dicom_node.storage.index import Index
+from dicom_node.tools.synthetic import write_ct_series
 
 from .test_worker import index_series
 
@@ -101,7 +101,7 @@ def test_routes_test_on_a_study_in_the_index(setup: tuple, capsys: pytest.Captur
 
 
 def test_the_readme_example_is_a_valid_configuration(make_config: Callable[..., NodeConfig]) -> None:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = text.split("### Routing rules", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     routes = yaml.safe_load(block)["routes"]
     config = make_config(peers=[*PEERS, {"name": "ct", "ae_title": "CT01", "host": "127.0.0.1", "port": 106}],

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dicom_node.config import NodeConfig
+from dicom_node.config.rules import SeriesFacts
 from dicom_node.errors import ConfigError
-from dicom_node.index import Index, Outcome, Receipt
-from dicom_node.instance import InstanceHeader
-from dicom_node.jobs import JobQueue
-from dicom_node.outbox import Outbox
-from dicom_node.routing import route_completed
-from dicom_node.rules import SeriesFacts
-from dicom_node.service import Node
+from dicom_node.flow.jobs import JobQueue
+from dicom_node.flow.outbox import Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.service.node import Node
+from dicom_node.storage.header import InstanceHeader
+from dicom_node.storage.index import Index, Outcome, Receipt
 
 PEERS = [
     {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
@@ -144,11 +144,11 @@ def test_a_series_is_forwarded_to_a_real_peer_byte_for_byte(tmp_path: Path, make
                                                           start_node: Callable[[NodeConfig], Node]) -> None:
     """DCMTK storescp (+B, bit-preserving) plays the archive; the node forwards what a
     pynetdicom SCU sent it once the series is complete, each dataset unchanged."""
-    from dicom_node.synthetic import write_ct_series
+    from dicom_node.tools.synthetic import write_ct_series
 
-    from .conftest import TEST_SCU, dataset_bytes
-    from .peers import start_storescp, wait_for
-    from .test_scp import send
+    from ..conftest import TEST_SCU, dataset_bytes
+    from ..net.test_storage_scp import send
+    from ..support.peers import start_storescp, wait_for
 
     archive = start_storescp(tmp_path / "archive", ae_title="ARCHIVE")
     try:
@@ -180,11 +180,11 @@ def test_a_peer_that_takes_only_uncompressed_gets_the_series_decoded(tmp_path: P
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import CTImageStorage
 
-    from dicom_node.outbox import Outbox
-    from dicom_node.synthetic import write_ct_series
+    from dicom_node.flow.outbox import Outbox
+    from dicom_node.tools.synthetic import write_ct_series
 
-    from .peers import wait_for
-    from .test_scp import send
+    from ..net.test_storage_scp import send
+    from ..support.peers import wait_for
 
     received: list = []
 
@@ -259,7 +259,7 @@ def test_rules_act_in_order_until_one_stops_and_the_fallback_only_when_none_matc
     # one instance: chest's count fails, so abdomen (continue after archive) takes it
     assert routed(index, config, "5.2", "Thorax 1mm", "CHEST", 1) == (["abdomen"], ["archive"])
     # a localizer is discarded: nothing after it acts
-    caplog.set_level("INFO", logger="dicom_node.routing")
+    caplog.set_level("INFO", logger="dicom_node.flow.routing")
     assert routed(index, config, "5.3", "Scout", "CHEST", 2) == ([], [])
     assert "Series 5.3 v1 discarded by route localizers" in caplog.text
     # MR: none of the CT rules; the fallback forwards it
@@ -273,7 +273,7 @@ def test_a_fallback_alone_is_named_when_nothing_matches(open_index: Callable[[st
     index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
-    caplog.set_level("INFO", logger="dicom_node.routing")
+    caplog.set_level("INFO", logger="dicom_node.flow.routing")
     assert routed(index, config, "6.1", "T1", "HEAD", 1, modality="MR") == ([], [])
     assert "matched none of the rules" in caplog.text
     assert "abdomen: Modality is 'MR', wanted: is one of CT (any case)" in caplog.text

@@ -13,7 +13,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
-from dicom_node.transcode import TranscodeError, for_sending, stored_syntax
+from dicom_node.errors import TranscodeError
+from dicom_node.flow.transcode import for_sending, stored_syntax
 
 REFERENCE = get_testdata_file("MR_small.dcm")  # the uncompressed original of the two below
 

@@ -16,13 +16,13 @@ from pydicom import dcmread
 
 from ai.phantom import make_phantom
 from dicom_node.config import NodeConfig
-from dicom_node.index import Index, Outcome, Receipt
-from dicom_node.instance import read_header
-from dicom_node.jobs import JobQueue
-from dicom_node.outbox import Outbox
-from dicom_node.routing import route_completed
-from dicom_node.synthetic import write_volume_series
-from dicom_node.worker import Worker
+from dicom_node.flow.jobs import JobQueue
+from dicom_node.flow.outbox import Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.flow.worker import Worker
+from dicom_node.storage.header import read_header
+from dicom_node.storage.index import Index, Outcome, Receipt
+from dicom_node.tools.synthetic import write_volume_series
 
 PEERS = [
     {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1},
@@ -136,9 +136,9 @@ def test_a_series_outside_every_domain_ends_not_applicable(make_config: Callable
     """10 mm slices: both pipelines decline. The job ends "not applicable" (not failed, not
     retried) with each pipeline's reasons, in the job row, the audit trail and, by default,
     an SR to the destinations that says the AI looked and declined."""
-    from dicom_node.audit import read_audit
+    from dicom_node.storage.audit import read_audit
 
-    from .test_results import dciodvfy_errors
+    from ..results.test_results import dciodvfy_errors
 
     config = _declining_config(make_config, tmp_path, policy)
     phantom = make_phantom(4, shape=(12, 96, 96), spacing=(10.0, 3.0, 3.0), liver_lesions=(0, 0), lung_nodules=(0, 0))

@@ -17,12 +17,12 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.admission import LOCAL_LIMIT_RJ, Admission
 from dicom_node.config import NodeConfig
-from dicom_node.service import Node
+from dicom_node.net.admission import LOCAL_LIMIT_RJ, Admission
+from dicom_node.service.node import Node
 
-from .conftest import TEST_SCU, config_dict
-from .peers import start_node
+from ..conftest import TEST_SCU, config_dict
+from ..support.peers import start_node
 
 ATTACKER = "127.0.0.2"
 
@@ -131,13 +131,15 @@ def _honest_echoes(port: int, seconds: float) -> list[float]:
 
 
 def _served_promptly(times: list[float]) -> None:
-    """Every honest association was accepted (a starved node refuses them: local limit
-    exceeded) and served within a second; 2 s is the bound asserted, for a 2-core machine that
-    is also running the storm's threads and perhaps another job."""
+    """Every honest association was accepted (a starved node refuses them: local limit exceeded)
+    and none waited out a silent connection's 10 s request time ahead of it (what an accept loop
+    that reads requests itself does). Quiet, they take 0.03-0.4 s; in a full suite run on 2 busy
+    cores a median of 1.4 s and a maximum of 1.8 s were seen, so the bound asserted is 5 s: this
+    catches starvation, not speed."""
     print(f"\nhonest associations during the storm: {len(times)}, median {sorted(times)[len(times) // 2]:.3f} s, "
           f"max {max(times):.3f} s")
-    assert len(times) >= 5
-    assert max(times) < 2.0, f"an honest association took {max(times):.2f} s during the storm: {times}"
+    assert len(times) >= 3, f"only {len(times)} honest associations in 6 s: {times}"
+    assert max(times) < 5.0, f"an honest association took {max(times):.2f} s during the storm: {times}"
 
 
 def _storm_and_serve(port: int, silent: int, trickling: int) -> tuple[Storm, list[float]]:

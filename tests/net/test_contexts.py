@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (
     ComprehensiveSRStorage,
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -12,7 +12,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SegmentationStorage,
 )
 
-from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_contexts, verification_context
+from dicom_node.net.contexts import ACCEPTED_TRANSFER_SYNTAXES, storage_contexts, verification_context
 
 
 def test_a_ct_mr_department_is_covered() -> None:

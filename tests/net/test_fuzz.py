@@ -1,4 +1,4 @@
-"""Bounded, seeded fuzzing of the listener (tests/net/fuzz.py): 2000 hostile connections, four at
+"""Bounded, seeded fuzzing of the listener (tests/support/fuzz.py): 2000 hostile connections, four at
 a time, against a node of two listener processes. Afterwards the node is up, answers a C-ECHO within a
 second and stores an honest instance, its memory grew by less than a bound, nothing was
 written outside its folders, and no bad input left a traceback in its log.
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
-from dicom_node.synthetic import write_ct_series
+from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import config_dict
-from ..peers import start_node
-from ..test_scp import send
-from .fuzz import cases, run_case
-from .test_p_data import _tree_rss_mb
+from ..support.fuzz import cases, run_case
+from ..support.peers import start_node
+from .patches.test_p_data import _tree_rss_mb
+from .test_storage_scp import send
 
 pytestmark = pytest.mark.slow
 

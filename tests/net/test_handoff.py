@@ -9,8 +9,8 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from .conftest import TEST_SCU, config_dict
-from .peers import start_node, wait_for
+from ..conftest import TEST_SCU, config_dict
+from ..support.peers import start_node, wait_for
 
 
 def _associations(port: int, count: int) -> list:

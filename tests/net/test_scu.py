@@ -10,11 +10,11 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[
 
 from dicom_node.config import Peer
 from dicom_node.errors import PeerError
-from dicom_node.scu import echo, iter_dicom_candidates, send_files, set_nodelay
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.net.scu import echo, iter_dicom_candidates, send_files, set_nodelay
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, free_port
+from ..conftest import TEST_SCU, free_port
 
 
 def _peer(port: int, title: str = "AI_NODE") -> Peer:

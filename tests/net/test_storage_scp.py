@@ -9,8 +9,8 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -18,14 +18,14 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from dicom_node.audit import read_audit
 from dicom_node.config import NodeConfig
-from dicom_node.index import Outcome, Receipt
-from dicom_node.instance import read_header
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.service.node import Node
+from dicom_node.storage.audit import read_audit
+from dicom_node.storage.header import read_header
+from dicom_node.storage.index import Outcome, Receipt
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, Dcmtk, dataset_bytes, dcmtk_reference_datasets, pydicom_values_unchecked, with_uids
+from ..conftest import TEST_SCU, Dcmtk, dataset_bytes, dcmtk_reference_datasets, pydicom_values_unchecked, with_uids
 
 
 def _testfile(name: str) -> Path:
@@ -112,7 +112,7 @@ def test_compressed_and_enhanced_instances_stored_unchanged(node: Node, name: st
 
 def test_every_compressed_syntax_is_accepted_in_negotiation(node: Node) -> None:
     """Syntaxes no offline test file carries (HTJ2K, JPEG XL, ...) are still accepted as sent."""
-    from dicom_node.contexts import ACCEPTED_TRANSFER_SYNTAXES
+    from dicom_node.net.contexts import ACCEPTED_TRANSFER_SYNTAXES
 
     wanted = ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.50",
               "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
@@ -313,12 +313,12 @@ def test_large_instance_from_pynetdicom_streams_with_bounded_memory(node: Node, 
     [big] = write_ct_series(tmp_path / "big", 1, 4096, 6144)
     size = big.stat().st_size
     script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tests.test_scp import send; "
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tests.net.test_storage_scp import send; "
         "assert send(int(sys.argv[2]), [Path(sys.argv[3])]) == [0]"
     )
     tracemalloc.start()  # the sender runs in its own process: only the node's allocations count
     try:
-        subprocess.run([sys.executable, "-c", script, str(Path(__file__).parents[1]), str(node.port), str(big)], check=True, timeout=120)
+        subprocess.run([sys.executable, "-c", script, str(Path(__file__).parents[2]), str(node.port), str(big)], check=True, timeout=120)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.net import pynetdicom_tuning
+from dicom_node.net.patches import pynetdicom_tuning
 
 from ..conftest import Dcmtk, config_dict
-from ..peers import start_node
-from . import stress
+from ..support import stress
+from ..support.peers import start_node
 
 # 120 associations per path in CI, as the before-stop check runs scripts/stress_dimse.py; STRESS_N=N for more.
 ASSOCIATIONS = int(os.environ.get("STRESS_N", 120))

@@ -23,17 +23,17 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from ai.phantom import make_phantom
-from dicom_node.audit import read_audit
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
-from dicom_node.orthanc import find_orthanc, free_port, start_orthanc
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series, write_volume_series
-from dicom_node.worker import Worker
+from dicom_node.flow.worker import Worker
+from dicom_node.service.node import Node
+from dicom_node.storage.audit import read_audit
+from dicom_node.tools.orthanc import find_orthanc, free_port, start_orthanc
+from dicom_node.tools.synthetic import write_ct_series, write_volume_series
 
-from .certs import Authority, Issued
-from .conftest import TEST_SCU, Dcmtk
-from .peers import wait_for
+from ..conftest import TEST_SCU, Dcmtk
+from ..support.certs import Authority, Issued
+from ..support.peers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_tls_configuration_mistakes_are_named(make_config: Callable[..., NodeCon
         make_config(node={"plain": False})
     with pytest.raises(ConfigError, match="require_client_certificate needs ca_certificates"):
         make_config(node={"tls": {"certificate": "a", "private_key": "b"}})
-    from dicom_node.tls import server_context
+    from dicom_node.net.tls import server_context
 
     config = make_config(node={"tls": {"certificate": str(tmp_path / "missing.pem"), "private_key": "k",
                                        "ca_certificates": str(pki["ca"])}})
@@ -266,8 +266,8 @@ def test_serve_hands_tls_connections_to_its_listener_processes(tmp_path: Path, p
 
     import yaml
 
-    from .conftest import config_dict
-    from .peers import stop_process, wait_for_port
+    from ..conftest import config_dict
+    from ..support.peers import stop_process, wait_for_port
 
     port, tls_port = free_port(), free_port()
     data = config_dict(tmp_path, node={"ae_title": "AI_NODE", "host": "127.0.0.1", "port": port, "workers": 2, "tls": {
@@ -317,8 +317,8 @@ def test_tls_both_directions_random_sizes_and_pdu_lengths_under_cpu_contention(
     from pynetdicom import evt
     from pynetdicom.sop_class import CTImageStorage
 
-    from .conftest import dataset_bytes
-    from .net import stress
+    from ..conftest import dataset_bytes
+    from ..support import stress
 
     seed = int(os.environ.get("DICOM_NODE_STRESS_SEED") or random.SystemRandom().randrange(1, 10**6))
     print(f"\nTLS search seed {seed} (DICOM_NODE_STRESS_SEED={seed} replays it)")

@@ -15,8 +15,8 @@ import yaml
 from ai.pipeline import SegmentationPipeline
 from ai.registry import BUILTIN_MODELS
 from dicom_node.config import NodeConfig, PipelineSpec
-from dicom_node.errors import ConfigError
-from dicom_node.pipelines import PipelineError, build_pipeline, describe, pipeline_problems
+from dicom_node.errors import ConfigError, PipelineError
+from dicom_node.pipelines.build import build_pipeline, describe, pipeline_problems
 
 
 def _card_folder(tmp_path: Path, **changes: object) -> Path:

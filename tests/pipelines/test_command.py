@@ -1,5 +1,5 @@
 """Pipelines of kind command, with small modules that follow mercure's contract
-(tests/modules/): a NIfTI label map becomes our SEG and SR, a module's SEG is checked and sent
+(tests/support/modules/): a NIfTI label map becomes our SEG and SR, a module's SEG is checked and sent
 as it is, a failing or hanging module fails the job with its stderr or the timeout, garbage
 fails it for good; work folders never stay behind."""
 
@@ -17,17 +17,18 @@ import pytest
 from pydicom import dcmread
 
 from ai.phantom import make_phantom
-from dicom_node.command_pipeline import CommandFailed, CommandOutputError, CommandPipeline
 from dicom_node.config import NodeConfig, PipelineSpec
-from dicom_node.outbox import Outbox
-from dicom_node.routing import route_completed
-from dicom_node.synthetic import write_volume_series
-from dicom_node.volume import SeriesVolume, load_series
-from dicom_node.worker import Worker
+from dicom_node.errors import CommandFailed, CommandOutputError
+from dicom_node.flow.outbox import Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.flow.worker import Worker
+from dicom_node.pipelines.command import CommandPipeline
+from dicom_node.storage.volume import SeriesVolume, load_series
+from dicom_node.tools.synthetic import write_volume_series
 
-from .test_worker import PEERS, index_series
+from ..flow.test_worker import PEERS, index_series
 
-MODULES = Path(__file__).parent / "modules"
+MODULES = Path(__file__).parents[1] / "support" / "modules"
 DOMAIN = {"modality": ["CT"], "body_width_mm": [100, 700]}
 
 
@@ -149,7 +150,7 @@ def test_a_label_map_on_the_series_grid_in_any_axis_order_and_nothing_else(serie
                                                                           tmp_path: Path) -> None:
     import nibabel as nib
 
-    from dicom_node.command_pipeline import nifti_on_grid
+    from dicom_node.pipelines.command import nifti_on_grid
 
     _, source = series
     labels = (np.arange(np.prod(source.volume.shape)) % 7).reshape(source.volume.shape).astype(np.uint8)

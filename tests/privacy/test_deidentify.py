@@ -21,7 +21,7 @@ from dicom_node.privacy.deidentify import Deidentifier, Profile, SafePrivate, cl
 from dicom_node.privacy.pseudonyms import PseudonymKey, shift_date
 from dicom_node.privacy.table import OPTIONS, load_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = PseudonymKey(b"k" * 32)
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pydicom
 import yaml
 
-from dicom_node.synthetic import write_ct_series
+from dicom_node.tools.synthetic import write_ct_series
 
-from .external_ai import add_identity, identity_found
+from ..support.external_ai import add_identity, identity_found
 from .test_reidentify import originals_of
 
 
@@ -64,7 +64,7 @@ def test_a_folder_is_exported_deidentified_with_a_summary_of_what_was_held_back(
 def test_a_kept_uid_that_is_not_a_uid_never_names_a_path(tmp_path: Path) -> None:
     """With Retain UIDs the instance's own UIDs name its output path: one that is not a UID (here
     a path that climbs out of OUT) is refused and counted, never written."""
-    from .conftest import with_uids
+    from ..conftest import with_uids
 
     source = tmp_path / "in"
     [good] = write_ct_series(source / "ct", 1, 32, 32, seed=43)

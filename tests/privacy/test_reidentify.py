@@ -18,14 +18,14 @@ import pydicom
 import pytest
 
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.outbox import Outbox
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.flow.outbox import Outbox
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import TEST_SCU, config_dict
-from .external_ai import ExternalAI, add_identity, identity_found, table_violations
-from .peers import free_port, start_orthanc, system_binary, wait_for
-from .test_scp import send
+from ..conftest import TEST_SCU, config_dict
+from ..net.test_storage_scp import send
+from ..support.external_ai import ExternalAI, add_identity, identity_found, table_violations
+from ..support.peers import free_port, start_orthanc, system_binary, wait_for
 
 PROFILE = {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]}
 
@@ -166,7 +166,7 @@ def test_burned_in_instances_are_held_back_and_only_the_peer_the_study_went_to_c
         wait_for(lambda: any(d.SOPInstanceUID == sent.SOPInstanceUID for d in pacs.received), 30, "the SEG at the PACS")
         seg = next(d for d in pacs.received if d.SOPInstanceUID == sent.SOPInstanceUID)
         check_mapped_back(seg, sent, files)
-        from dicom_node.audit import read_audit
+        from dicom_node.storage.audit import read_audit
 
         # The export to the PACS is audited under the original study, the one the PACS now holds.
         sent_records = wait_for(lambda: [r for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "result_sent"],
@@ -195,7 +195,7 @@ def test_results_go_deidentified_to_a_research_destination_and_identified_to_the
             delivery={"interval_seconds": 0.2})
         node = start_node(config)
         from ai.phantom import make_phantom
-        from dicom_node.synthetic import write_volume_series
+        from dicom_node.tools.synthetic import write_volume_series
 
         phantom = make_phantom(5, shape=(24, 64, 64), spacing=(2.5, 2.0, 2.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
         files = write_volume_series(phantom.volume, tmp_path / "ct", seed=5)

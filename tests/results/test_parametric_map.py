@@ -16,11 +16,11 @@ from ai.phantom import Phantom, make_phantom
 from ai.registry import ModelRegistry
 from ai.types import UNCERTAINTY_STEPS, Findings
 from dicom_node.results import ResultSettings
-from dicom_node.synthetic import write_volume_series
-from dicom_node.uncertainty_map import UNCERTAINTY, build_uncertainty_map
-from dicom_node.volume import SeriesVolume, load_series
+from dicom_node.results.parametric_map import UNCERTAINTY, build_uncertainty_map
+from dicom_node.storage.volume import SeriesVolume, load_series
+from dicom_node.tools.synthetic import write_volume_series
 
-from .peers import system_binary
+from ..support.peers import system_binary
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,10 @@ from dicom_node.results import (
     present_labels,
     segmentation_variants,
 )
-from dicom_node.synthetic import write_volume_series
-from dicom_node.volume import SeriesVolume, load_series
+from dicom_node.storage.volume import SeriesVolume, load_series
+from dicom_node.tools.synthetic import write_volume_series
 
-from .peers import system_binary
+from ..support.peers import system_binary
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import pydicom
 import pytest
 import yaml
 
-from dicom_node.synthetic import write_volume_series
+from dicom_node.tools.synthetic import write_volume_series
 
-from .conftest import TEST_SCU, config_dict
-from .external_ai import ExternalAI
-from .peers import free_port, serve_role, stop_process, wait_for, wait_for_port
-from .test_scp import send
+from ..conftest import TEST_SCU, config_dict
+from ..net.test_storage_scp import send
+from ..support.external_ai import ExternalAI
+from ..support.peers import free_port, serve_role, stop_process, wait_for, wait_for_port
 
 pytestmark = pytest.mark.slow
 

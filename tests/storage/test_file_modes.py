@@ -12,15 +12,15 @@ from pathlib import Path
 import pydicom
 import yaml
 
-from dicom_node.file_modes import readable_secrets
 from dicom_node.config import parse_config
 from dicom_node.process import stop_process
-from dicom_node.synthetic import write_volume_series
+from dicom_node.storage.file_modes import readable_secrets
+from dicom_node.tools.synthetic import write_volume_series
 
-from .conftest import TEST_SCU, config_dict
-from .external_ai import ExternalAI
-from .peers import free_port, wait_for, wait_for_port
-from .test_scp import send
+from ..conftest import TEST_SCU, config_dict
+from ..net.test_storage_scp import send
+from ..support.external_ai import ExternalAI
+from ..support.peers import free_port, wait_for, wait_for_port
 
 
 def _loose_umask() -> None:

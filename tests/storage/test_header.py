@@ -12,10 +12,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dicom_node.errors import InvalidInstanceError
-from dicom_node.instance import _plain_file_meta_transfer_syntax, _read_header, _scan_dataset, checked_uid, read_header
-from dicom_node.synthetic import write_ct_series
+from dicom_node.storage.header import _plain_file_meta_transfer_syntax, _read_header, _scan_dataset, checked_uid, read_header
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import with_uids
+from ..conftest import with_uids
 
 
 def _testfile(name: str) -> Path:
@@ -181,7 +181,7 @@ def test_checked_uid_strips_padding_and_accepts_leading_zeros_with_a_warning(cap
     assert checked_uid("1.2.3 ") == "1.2.3"
     assert checked_uid("1." + "2" * 62) == "1." + "2" * 62  # 64 characters: the most a UID may have
     assert not caplog.records
-    with caplog.at_level("WARNING", logger="dicom_node.instance"):
+    with caplog.at_level("WARNING", logger="dicom_node.storage.header"):
         assert checked_uid("1.2.03.0.4") == "1.2.03.0.4"
     assert "leading zero" in caplog.text
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.index import Index, Outcome, Receipt
-from dicom_node.instance import InstanceHeader
+from dicom_node.storage.header import InstanceHeader
+from dicom_node.storage.index import Index, Outcome, Receipt
 
 
 def _header(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceHeader:

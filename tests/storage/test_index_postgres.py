@@ -1,4 +1,4 @@
-"""The index on PostgreSQL (dicom_node/index_postgres.py): the statement translation, and the
+"""The index on PostgreSQL (dicom_node/storage/index_postgres.py): the statement translation, and the
 whole node on one PostgreSQL index as separate role processes, through a database restart."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pydicom
 import pytest
 import yaml
 
-from dicom_node.index_postgres import to_postgres
+from dicom_node.storage.index_postgres import to_postgres
 
-from .conftest import TEST_SCU, config_dict, new_postgres_database
-from .external_ai import ExternalAI
-from .peers import free_port, serve_role, stop_process, wait_for, wait_for_port
-from .test_scp import send
+from ..conftest import TEST_SCU, config_dict, new_postgres_database
+from ..net.test_storage_scp import send
+from ..support.external_ai import ExternalAI
+from ..support.peers import free_port, serve_role, stop_process, wait_for, wait_for_port
 
 
 @pytest.mark.parametrize("sqlite, postgres", [
@@ -60,7 +60,7 @@ def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_r
     out; the database is killed and restarted; the processes reconnect by themselves and the next
     study goes through too. While the database is down the listener acknowledges nothing."""
     from ai.phantom import make_phantom
-    from dicom_node.synthetic import write_volume_series
+    from dicom_node.tools.synthetic import write_volume_series
 
     pacs = ExternalAI("PACS")
     port = free_port()
@@ -124,8 +124,8 @@ def test_a_worker_host_killed_mid_job_on_postgresql_and_the_job_completes_once_e
     import signal
 
     from ai.phantom import make_phantom
-    from dicom_node.index import Index
-    from dicom_node.synthetic import write_volume_series
+    from dicom_node.storage.index import Index
+    from dicom_node.tools.synthetic import write_volume_series
 
     url = new_postgres_database(postgres_server)
     pacs = ExternalAI("PACS")
@@ -181,8 +181,8 @@ def test_a_listener_host_killed_mid_study_and_the_pacs_retry_to_another_listener
     from pynetdicom import AE
 
     from ai.phantom import make_phantom
-    from dicom_node.index import Index
-    from dicom_node.synthetic import write_volume_series
+    from dicom_node.storage.index import Index
+    from dicom_node.tools.synthetic import write_volume_series
 
     url = new_postgres_database(postgres_server)
     pacs = ExternalAI("PACS")

@@ -15,12 +15,12 @@ from pathlib import Path
 import yaml
 from pydicom import dcmread
 
-from dicom_node.index import Index
-from dicom_node.recovery import recover
-from dicom_node.store import InstanceStore
-from dicom_node.synthetic import write_ct_series
+from dicom_node.storage.index import Index
+from dicom_node.storage.recovery import recover
+from dicom_node.storage.store import InstanceStore
+from dicom_node.tools.synthetic import write_ct_series
 
-from .conftest import Dcmtk, config_dict, dataset_bytes, free_port
+from ..conftest import Dcmtk, config_dict, dataset_bytes, free_port
 
 DICOM_NODE = [sys.executable, "-m", "dicom_node.cli"]
 
@@ -126,7 +126,7 @@ def test_recover_indexes_files_the_index_lacks(tmp_path: Path) -> None:
     files = write_ct_series(tmp_path / "s", 3, 32, 32)
     store = InstanceStore(tmp_path / "storage")
     index = Index(tmp_path / "index.sqlite")
-    from dicom_node.instance import read_header
+    from dicom_node.storage.header import read_header
 
     for f in files:  # as if the node died between rename and index commit
         store.write_bytes(f.read_bytes(), read_header(f))
@@ -134,7 +134,7 @@ def test_recover_indexes_files_the_index_lacks(tmp_path: Path) -> None:
     report = recover(store, index)
     assert (report.leftovers_removed, report.reconciled, report.files_indexed, report.files_unreadable) == (1, True, 3, 0)
     assert index.studies()[0]["series"][0]["instance_count"] == 3
-    from dicom_node.recovery import mark_clean_shutdown
+    from dicom_node.storage.recovery import mark_clean_shutdown
 
     mark_clean_shutdown(index)
     assert recover(store, index).reconciled is False  # clean stop: no walk needed

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_node.audit import AuditLog, read_audit
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
-from dicom_node.index import Index, Outcome, Receipt
-from dicom_node.instance import read_header
-from dicom_node.jobs import JobQueue
-from dicom_node.outbox import Candidate, Outbox
-from dicom_node.retention import DAY, Retention
-from dicom_node.routing import route_completed
-from dicom_node.synthetic import write_ct_series
+from dicom_node.flow.jobs import JobQueue
+from dicom_node.flow.outbox import Candidate, Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.storage.audit import AuditLog, read_audit
+from dicom_node.storage.header import read_header
+from dicom_node.storage.index import Index, Outcome, Receipt
+from dicom_node.storage.retention import DAY, Retention
+from dicom_node.tools.synthetic import write_ct_series
 
 PEERS = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}]
 

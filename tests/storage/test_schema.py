@@ -1,4 +1,4 @@
-"""The index schema's migrations (dicom_node/schema.py, dicom_node/migrations): a fresh index at
+"""The index schema's migrations (dicom_node/storage/schema.py, dicom_node/storage/migrations): a fresh index at
 the head revision on both backends, an index from before migrations adopted with its rows, a
 newer index refused, processes opening one index at once upgrading it once, a downgrade and
 upgrade again, and ``dicom-node migrate``."""
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from dicom_node import schema
 from dicom_node.errors import IndexError_
-from dicom_node.index import Index
+from dicom_node.storage import schema
+from dicom_node.storage.index import Index
 
-from .conftest import config_dict, new_postgres_database
+from ..conftest import config_dict, new_postgres_database
 
 TABLES = {"meta", "studies", "series", "instances", "study_routes", "receipts", "jobs", "deliveries", "pseudonyms"}
 
@@ -120,7 +120,7 @@ def test_a_downgrade_and_the_upgrade_again(open_index: Callable[[str], Index]) -
 
 OPEN_ONE = """
 import sys
-from dicom_node.index import Index
+from dicom_node.storage.index import Index
 Index(sys.argv[1]).close()
 """
 

@@ -7,9 +7,9 @@ import pytest
 
 from dicom_node.config import Durability
 from dicom_node.errors import DiskFullError
-from dicom_node.instance import read_header
-from dicom_node.store import InstanceStore
-from dicom_node.synthetic import write_ct_series
+from dicom_node.storage.header import read_header
+from dicom_node.storage.store import InstanceStore
+from dicom_node.tools.synthetic import write_ct_series
 
 
 def _received(store: InstanceStore, source: Path) -> Path:

@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 from ai.phantom import make_phantom
 from ai.types import Volume
 from dicom_node.errors import VolumeError
-from dicom_node.synthetic import write_volume_series
-from dicom_node.volume import load_series
+from dicom_node.storage.volume import load_series
+from dicom_node.tools.synthetic import write_volume_series
 
 TEST_FILES = Path(dcmread.__globals__["__file__"]).parents[0] / "data" / "test_files"
 
@@ -162,7 +162,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, syntax:
 
     from pydicom.encaps import encapsulate
 
-    from dicom_node.volume import MAX_FRAME_PIXELS
+    from dicom_node.storage.volume import MAX_FRAME_PIXELS
 
     [source] = write_volume_series(make_phantom(5, shape=(1, 32, 32), spacing=(1.0, 1.0, 1.0), liver_lesions=(0, 0),
                                                 lung_nodules=(0, 0)).volume, tmp_path / "src", seed=5)

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from dicom_node.orthanc import Orthanc, free_port, start_orthanc, wait_for_port
 from dicom_node.process import stop_process
+from dicom_node.tools.orthanc import Orthanc, free_port, start_orthanc, wait_for_port
 
 __all__ = ["Orthanc", "PeerProcess", "dcmtk_env", "free_port", "start_node", "start_orthanc", "start_storescp",
            "system_binary", "wait_for", "wait_for_port"]

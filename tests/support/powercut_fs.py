@@ -9,7 +9,7 @@ made durable but whose bytes never were comes back empty. Harsher than a real jo
 filesystem (which commits metadata every few seconds), which is the point: code that survives
 this survives a power cut.
 
-Used by tests/test_power_cut.py through ``Mount``: the filesystem runs in a process of its own
+Used by tests/e2e/test_power_cut.py through ``Mount``: the filesystem runs in a process of its own
 (mfusepy over Debian's libfuse3); unmounting after a cut drops the kernel's caches so the
 processes started next see only what survived.
 """
@@ -277,8 +277,8 @@ class Mount:
     def __enter__(self) -> Mount:
         self.ready.unlink(missing_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.powercut_fs", str(self.mountpoint), str(self.ready)],
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.powercut_fs", str(self.mountpoint), str(self.ready)],
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
         self._wait_mounted(0)
         return self
 

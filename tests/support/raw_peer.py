@@ -42,7 +42,7 @@ class ReleaseRequested(PeerClosed):
 
 def command_bytes(message: str, **values: Any) -> bytes:
     """A command set encoded by pynetdicom and pydicom (Implicit VR LE, group length first)."""
-    from .test_store_messages import command_set_of
+    from ..net.patches.test_store_messages import command_set_of
 
     return bytes(encode(command_set_of(message, **values), True, True))
 

@@ -16,9 +16,9 @@ from pydicom import dcmread
 from pydicom.uid import MRImageStorage
 
 from ai.types import Volume
-from dicom_node.synthetic import write_volume_series
+from dicom_node.tools.synthetic import write_volume_series
 
-REAL_SCANS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-scans"
+REAL_SCANS = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-scans"
 LUNG = (10, 11, 12, 13, 14)
 BONE = (*range(25, 51), *range(69, 79), 91, *range(92, 117))
 #: Reference structure groups by the names the pipelines report (TotalSegmentator's "total" map).

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from dicom_node.synthetic import write_ct_series
+from dicom_node.tools.synthetic import write_ct_series
 
 from .raw_peer import FRAGMENTATIONS, PeerClosed, RawSCP, RawSCU, fragment, raw_store_request, store_request
 
@@ -217,7 +217,7 @@ def _send_pynetdicom(plan: Plan, templates: list[Template], port: int, folder: P
     responses, the sender waiting out its DIMSE timeout), which would be the peer's fault."""
     from pynetdicom import AE
 
-    from dicom_node.net.pynetdicom_tuning import install_fixes
+    from dicom_node.net.patches.pynetdicom_tuning import install_fixes
 
     install_fixes()
 
@@ -310,7 +310,7 @@ def start_receivers(work: Path, storescp: str, seed: int) -> Receivers:
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-    from ..peers import free_port, wait_for_port
+    from .peers import free_port, wait_for_port
 
     raw = RawSCP(work / "raw", seed=seed).start()
     dcmtk = []
@@ -372,7 +372,7 @@ def run_sender(plans: list[Plan], templates: list[Template], receivers: Receiver
                concurrency: int = 4) -> list[Outcome]:
     """Every plan's files sent with the node's ``send_files`` to the plan's kind of receiver."""
     from dicom_node.config import Peer
-    from dicom_node.scu import send_files
+    from dicom_node.net.scu import send_files
 
     def one(plan: Plan) -> Outcome:
         rng = random.Random(plan.number)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dicom_node.config import PipelineSpec
-from dicom_node.model_check import check_pipeline
+from dicom_node.tools.model_check import check_pipeline
 
 
 def _cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -82,7 +82,7 @@ def test_a_check_reports_a_run_that_raises(tmp_path: Path) -> None:
 
 
 def test_a_command_module_is_checked_on_dicom_files() -> None:
-    modules = Path(__file__).parent / "modules"
+    modules = Path(__file__).parents[1] / "support" / "modules"
     spec = PipelineSpec.model_validate({"kind": "command", "command": [sys.executable, str(modules / "nifti_module.py")],
                                         "name": "site-nifti", "version": "1.0", "domain": {"modality": ["CT"]}})
     assert check_pipeline("nifti", spec).startswith("ok: site-nifti 1.0 ran in ")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from dicom_node.postgres_local import start_postgres
+from dicom_node.tools.postgres_local import start_postgres
 
 
 def test_a_throwaway_cluster_starts_survives_a_kill_with_its_commits_and_goes_away() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from dicom_node.synthetic import write_ct_series
+from dicom_node.tools.synthetic import write_ct_series
 
 
 def test_series_is_deterministic_and_geometric(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from pydicom.sr.codedict import codes
 
 from ai.phantom import make_phantom
 from dicom_node.errors import VolumeError
-from dicom_node.synthetic import write_volume_series
-from dicom_node.training_data import read_case
+from dicom_node.tools.synthetic import write_volume_series
+from dicom_node.tools.training_data import read_case
 
 
 def _write_seg(files: list[Path], labels: np.ndarray, names: dict[int, str], out: Path) -> None:

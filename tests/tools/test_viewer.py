@@ -24,14 +24,14 @@ from PIL import Image
 
 from ai.phantom import LUNG, Phantom, make_phantom
 from dicom_node.config import parse_config
-from dicom_node.orthanc import Orthanc, free_port
-from dicom_node.service import Node
-from dicom_node.synthetic import write_volume_series
-from dicom_node.viewer import ViewerServer, start_viewer_stack
-from dicom_node.volume import SeriesVolume, load_series
+from dicom_node.service.node import Node
+from dicom_node.storage.volume import SeriesVolume, load_series
+from dicom_node.tools.orthanc import Orthanc, free_port
+from dicom_node.tools.synthetic import write_volume_series
+from dicom_node.tools.viewer import ViewerServer, start_viewer_stack
 
-from .conftest import config_dict
-from .peers import wait_for
+from ..conftest import config_dict
+from ..support.peers import wait_for
 
 pytestmark = pytest.mark.slow
 

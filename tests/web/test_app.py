@@ -23,15 +23,15 @@ from pynetdicom import AE
 from ai.phantom import make_phantom
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
-from dicom_node.orthanc import free_port
-from dicom_node.service import Node
-from dicom_node.synthetic import write_volume_series
-from dicom_node.web import create_app
-from dicom_node.worker import Worker
+from dicom_node.flow.worker import Worker
+from dicom_node.service.node import Node
+from dicom_node.tools.orthanc import free_port
+from dicom_node.tools.synthetic import write_volume_series
+from dicom_node.web.app import create_app
 
-from .conftest import TEST_SCU, config_dict, new_postgres_database
-from .peers import stop_process, wait_for
-from .test_viewer import CHROMIUM, CHROMIUM_ARGS
+from ..conftest import TEST_SCU, config_dict, new_postgres_database
+from ..support.peers import stop_process, wait_for
+from ..tools.test_viewer import CHROMIUM, CHROMIUM_ARGS
 
 DOWN = free_port()  # nobody listens here: deliveries to "viewer" fail
 

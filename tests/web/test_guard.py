@@ -14,12 +14,12 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from dicom_node.audit import AuditLog, read_audit
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
-from dicom_node.index import Index
-from dicom_node.web import COOKIE, WebServer, create_app
-from dicom_node.web_guard import Sessions
+from dicom_node.storage.audit import AuditLog, read_audit
+from dicom_node.storage.index import Index
+from dicom_node.web.app import COOKIE, WebServer, create_app
+from dicom_node.web.guard import Sessions
 
 TOKEN = "0f3c6a1e9b7d4c2a8e5f1b3d7a9c0e2f"  # 128 bits, hex
 
@@ -203,7 +203,7 @@ def test_headers_over_the_limit_are_refused(server: WebServer) -> None:
 
 
 def test_the_dashboard_over_https_with_web_tls(make_config: Callable[..., NodeConfig], index: Index, tmp_path: Path) -> None:
-    from .certs import Authority
+    from ..support.certs import Authority
 
     ca = Authority("web", tmp_path / "pki")
     issued = ca.issue("ai-node.hospital.example", ips=["127.0.0.1"])

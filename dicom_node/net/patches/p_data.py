@@ -176,7 +176,7 @@ def _read_pdu_data(self: Any) -> None:
         if header[0] == 0x01:
             # What the state machine's AE-6 does next, here, where a failure is one log line and an
             # A-ABORT: there it kills the DUL thread with a traceback (an even presentation
-            # context ID decodes but cannot become a primitive; found by tests/net/fuzz.py).
+            # context ID decodes but cannot become a primitive; found by tests/support/fuzz.py).
             pdu.to_primitive()
         self.event_queue.put(event)
     except Exception as exc:  # a malformed PDU: one line naming it and the peer, then Evt19 (abort)

@@ -357,6 +357,13 @@ def install_fixes() -> None:
     and an acceptor that stops waiting for a request from a connection already gone
     (``acceptor_wait``)."""
     with _fixes_lock:
+        if not supported():
+            import pynetdicom
+
+            log.warning("pynetdicom %s is not a release the listener's fixes were tested against (%s): not installed; "
+                        "oversized PDUs, unanswerable requests and half-open connections are left to pynetdicom",
+                        pynetdicom.__version__, ", ".join(SUPPORTED_PYNETDICOM))
+            return
         acceptor_wait.install()
         reactor_handover.install()
         p_data.install()

@@ -1,1 +1,1 @@
-"""Alembic migrations of the index schema (dicom_node/schema.py runs them)."""
+"""Alembic migrations of the index schema (dicom_node/storage/schema.py runs them)."""

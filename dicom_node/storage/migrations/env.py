@@ -15,7 +15,7 @@ def run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(connection=connection, transaction_per_migration=False, render_as_batch=True)
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
-            from dicom_node.index_postgres import WRITE_LOCK_KEY
+            from dicom_node.storage.index_postgres import WRITE_LOCK_KEY
 
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
         context.run_migrations()

@@ -18,19 +18,19 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from ai.monai_bundle import BundleError, MonaiBundlePipeline, bundle_labels
-from ai.types import GENERIC_CODE
+from ai.adapters.monai_bundle import BundleError, MonaiBundlePipeline, bundle_labels
 from ai.phantom import SPLEEN, make_phantom
 from ai.trust.domain import Domain
+from ai.types import GENERIC_CODE
 from dicom_node.config import NodeConfig
-from dicom_node.outbox import Outbox
-from dicom_node.pipelines import describe, pipeline_problems
-from dicom_node.routing import route_completed
-from dicom_node.synthetic import write_volume_series
-from dicom_node.volume import SeriesVolume, load_series
-from dicom_node.worker import Worker
+from dicom_node.flow.outbox import Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.flow.worker import Worker
+from dicom_node.pipelines.build import describe, pipeline_problems
+from dicom_node.storage.volume import SeriesVolume, load_series
+from dicom_node.tools.synthetic import write_volume_series
 
-from .test_worker import PEERS, index_series
+from ...flow.test_worker import PEERS, index_series
 
 CT = Domain(modality=["CT"], body_width_mm=(100, 700))
 SPLEEN_CODES = {"spleen": (("123037004", "SCT", "Anatomical Structure"), ("78961009", "SCT", "Spleen"))}

@@ -18,19 +18,19 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from ai.nnunet_model import NnUNetModelError, NnUNetPipeline, dataset_labels, from_ras, to_ras
+from ai.adapters.nnunet import NnUNetModelError, NnUNetPipeline, dataset_labels, from_ras, to_ras
 from ai.phantom import LIVER, make_phantom
 from ai.trust.domain import Domain
 from ai.types import GENERIC_CODE, Volume
 from dicom_node.config import NodeConfig
-from dicom_node.outbox import Outbox
-from dicom_node.pipelines import describe, pipeline_problems
-from dicom_node.routing import route_completed
-from dicom_node.synthetic import write_volume_series
-from dicom_node.volume import load_series
-from dicom_node.worker import Worker
+from dicom_node.flow.outbox import Outbox
+from dicom_node.flow.routing import route_completed
+from dicom_node.flow.worker import Worker
+from dicom_node.pipelines.build import describe, pipeline_problems
+from dicom_node.storage.volume import load_series
+from dicom_node.tools.synthetic import write_volume_series
 
-from .test_worker import PEERS, index_series
+from ...flow.test_worker import PEERS, index_series
 
 CT = Domain(modality=["CT"], body_width_mm=(100, 700))
 BIN = Path(sys.executable).parent
@@ -41,7 +41,7 @@ def model() -> Path:
     """Built once by nnU-Net's own commands (a child process: nnU-Net reads its folders from the
     environment at import)."""
     result = subprocess.run([sys.executable, "scripts/build_nnunet_model.py"], capture_output=True, text=True, timeout=900,
-                            cwd=Path(__file__).parents[1])
+                            cwd=Path(__file__).parents[3])
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ai.onnx_runtime import INSTALL_HINT, providers_for
+from ai.adapters.onnx import INSTALL_HINT, providers_for
 from ai.phantom import make_phantom
 from ai.pipeline import SegmentationPipeline
 from ai.registry import ModelCard, ModelCardError, ModelRegistry, load_model

@@ -1,5 +1,5 @@
 """Connections that close before their A-ASSOCIATE-RQ give their association slot back at
-once (dicom_node/net/acceptor_wait.py), on a plain pynetdicom AE: before the fix each held its
+once (dicom_node/net/patches/acceptor_wait.py), on a plain pynetdicom AE: before the fix each held its
 slot for the 30 s ACSE timeout, and an AE with maximum_associations=2 refused an honest caller
 after three such connections."""
 
@@ -11,9 +11,9 @@ import time
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.net.pynetdicom_tuning import install_fixes
+from dicom_node.net.patches.pynetdicom_tuning import install_fixes
 
-from ..peers import wait_for
+from ...support.peers import wait_for
 
 
 def test_closed_connections_free_their_slots_at_once() -> None:
@@ -48,7 +48,7 @@ def test_closed_connections_free_their_slots_at_once() -> None:
 def test_a_slow_but_honest_requestor_is_still_waited_for() -> None:
     """The acceptor still waits for a request that is on its way (here 1.5 s late)."""
     install_fixes()
-    from .fuzz import associate_rq
+    from ...support.fuzz import associate_rq
 
     scp = AE(ae_title="AI_NODE")
     scp.add_supported_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2")

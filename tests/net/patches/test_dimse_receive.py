@@ -12,13 +12,13 @@ import pytest
 from pydicom import dcmread
 
 from dicom_node.config import NodeConfig
-from dicom_node.net import dimse_receive
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.net.patches import dimse_receive
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from ..conftest import TEST_SCU, dataset_bytes
-from ..test_scp import assert_stored_unchanged
-from .raw_peer import P_DATA_TF, RawSCU, fragment, pdu, pdv, raw_store_request, store_request
+from ...conftest import TEST_SCU, dataset_bytes
+from ...support.raw_peer import P_DATA_TF, RawSCU, fragment, pdu, pdv, raw_store_request, store_request
+from ..test_storage_scp import assert_stored_unchanged
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -93,7 +93,7 @@ def test_a_65_character_uid_is_refused_out_loud(any_node: Node, tmp_path: Path,
     assert int(answer.Status) == 0xC210
     assert "64 characters" in str(answer.ErrorComment)
     assert (int(after.MessageIDBeingRespondedTo), int(after.Status)) == (8, 0)
-    refused = [r for r in caplog.records if r.name == "dicom_node.net.dimse_receive"]
+    refused = [r for r in caplog.records if r.name == "dicom_node.net.patches.dimse_receive"]
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
     line = refused[0].getMessage()
     assert "TEST_SCU@127.0.0.1" in line and "Message ID 7" in line and long_uid in line
@@ -116,12 +116,12 @@ def test_a_command_set_over_three_p_data_is_served(any_node: Node, tmp_path: Pat
 
 
 def test_an_unreadable_command_set_aborts_with_the_peer_named(any_node: Node, caplog: pytest.LogCaptureFixture) -> None:
-    from .raw_peer import PeerClosed, raw_command
+    from ...support.raw_peer import PeerClosed, raw_command
 
     scu, context = _scu(any_node)
     scu.send([pdu(P_DATA_TF, pdv(context, 0x03, raw_command([(0x0100, b"\x01\x00"), (0x0110, b"\x05")])))])
     with pytest.raises(PeerClosed):
         scu.read_message()
     scu.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "dicom_node.net.dimse_receive"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dicom_node.net.patches.dimse_receive"]
     assert len(lines) == 1 and "TEST_SCU@127.0.0.1" in lines[0] and "aborting the association" in lines[0]

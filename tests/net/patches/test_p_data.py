@@ -12,13 +12,13 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicom_node.net import p_data
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.net.patches import p_data
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from ..conftest import TEST_SCU, dataset_bytes
-from ..peers import wait_for
-from ..test_scp import assert_stored_unchanged, send
+from ...conftest import TEST_SCU, dataset_bytes
+from ...support.peers import wait_for
+from ..test_storage_scp import assert_stored_unchanged, send
 from .test_store_messages import CT, request_bytes
 
 
@@ -140,8 +140,8 @@ def test_announced_lengths_never_size_a_buffer(tmp_path: Path) -> None:
 
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    from ..conftest import config_dict
-    from ..peers import start_node
+    from ...conftest import config_dict
+    from ...support.peers import start_node
 
     config = config_dict(tmp_path)
     config["node"]["workers"] = 2
@@ -188,7 +188,7 @@ def test_a_peer_trickling_a_pdu_a_byte_at_a_time_is_aborted(make_config: Any, st
 
     from pynetdicom.sop_class import Verification
 
-    from .raw_peer import RawSCU, pdu, pdv, store_request
+    from ...support.raw_peer import RawSCU, pdu, pdv, store_request
 
     node = start_node(make_config(node={"pdu_timeout_seconds": 1.5}))
     scu = RawSCU("127.0.0.1", node.port, TEST_SCU, "AI_NODE", [(CT, [str(ExplicitVRLittleEndian)])])

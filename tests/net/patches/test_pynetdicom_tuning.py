@@ -8,11 +8,11 @@ import pytest
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dsutils import create_file_meta
 
-from dicom_node.net import pynetdicom_tuning
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.net.patches import pynetdicom_tuning
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from ..test_scp import send
+from ..test_storage_scp import send
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_requestor_never_waits_out_its_timeout(node: Node, tmp_path: Path) -> No
     take minutes; healthy, they take well under a second each.
     """
     from dicom_node.config import Peer
-    from dicom_node.scu import send_files
+    from dicom_node.net.scu import send_files
 
     files = write_ct_series(tmp_path / "s", 40, 16, 16)
     peer = Peer(name="node", ae_title="AI_NODE", host="127.0.0.1", port=node.port)

@@ -20,15 +20,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    CTImageStorage,
-    PatientRootQueryRetrieveInformationModelGet,
-    Verification,
-)
+from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelGet, Verification
 
-from dicom_node.net import reactor_handover
-from dicom_node.net.pynetdicom_tuning import install_fixes
-from dicom_node.synthetic import write_ct_series
+from dicom_node.net.patches import reactor_handover
+from dicom_node.net.patches.pynetdicom_tuning import install_fixes
+from dicom_node.tools.synthetic import write_ct_series
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from pydicom.uid import UID
 from pynetdicom import dimse_messages, dimse_primitives
 from pynetdicom.dsutils import decode, encode
 
-from dicom_node.net import store_messages
 from dicom_node.config import NodeConfig
-from dicom_node.service import Node
-from dicom_node.synthetic import write_ct_series
+from dicom_node.net.patches import store_messages
+from dicom_node.service.node import Node
+from dicom_node.tools.synthetic import write_ct_series
 
-from ..test_scp import assert_stored_unchanged, send
+from ..test_storage_scp import assert_stored_unchanged, send
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -150,7 +150,7 @@ def _columns(table: str) -> set[str]:
 
 
 def upgrade() -> None:
-    from dicom_node.index_postgres import to_postgres
+    from dicom_node.storage.index_postgres import to_postgres
 
     postgres = op.get_bind().dialect.name == "postgresql"
     for statement in (s.strip() for s in TABLES.split(";")):
