@@ -1,5 +1,5 @@
 """Where the node's processes write their Prometheus counts (multiprocess mode); apart from
-metrics.py because it must run before prometheus_client is imported."""
+counters.py because it must run before prometheus_client is imported."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ai.phantom import BONE, KIDNEY, LIVER, LUNG, LUNG_NODULE, SPLEEN, make_phantom  # noqa: E402
 from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline  # noqa: E402
 from ai.registry import ModelRegistry  # noqa: E402
-from ai.trust.gate import SeriesFacts, check  # noqa: E402
+from ai.trust.gate import GateFacts, check  # noqa: E402
 from ai.types import Findings  # noqa: E402
 from tests.support import real_scans  # noqa: E402
 
@@ -60,11 +60,11 @@ def main() -> int:
     args = parser.parse_args()
     organs = SegmentationPipeline(ModelRegistry().get("ct-organs"), device="cpu")
     pipelines = {"ct-organs": organs, "ct-baseline": ClassicalCTPipeline()}
-    cases: list[tuple[str, object, SeriesFacts, dict[str, np.ndarray] | None]] = []
+    cases: list[tuple[str, object, GateFacts, dict[str, np.ndarray] | None]] = []
     if real_scans.available():
         reference = real_scans.reference_labels()
         truth = {name: np.isin(reference, group) for name, group in real_scans.REFERENCE_GROUPS.items()}
-        facts = SeriesFacts("CT", "ABDOMEN", 3.0)
+        facts = GateFacts("CT", "ABDOMEN", 3.0)
         cases.append(("ct_abdomen_3mm", real_scans.nifti_volume("ct_abdomen_3mm.nii.gz"), facts, truth))
         cases.append(("ct_torso_3mm", real_scans.nifti_volume("ct_torso_3mm.nii.gz"), facts, None))
     for seed in range(7000, 7000 + args.phantoms):
@@ -74,7 +74,7 @@ def main() -> int:
         phantom = make_phantom(seed, shape=(int(400 / thickness), 256, 256), spacing=(thickness, pixel, pixel))
         truth = {name: np.isin(phantom.labels, values) for name, values in PHANTOM_TRUTH.items()}
         cases.append((f"phantom {seed} ({thickness:g} mm)", phantom.volume,
-                      SeriesFacts("CT", "CHEST", thickness, "iodine (phantom)"), truth))
+                      GateFacts("CT", "CHEST", thickness, "iodine (phantom)"), truth))
     print("| scan | pipeline | gate | reported (Dice) | lesions | withheld, why |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, volume, facts, truth in cases:
@@ -90,7 +90,7 @@ def main() -> int:
             print(f"| {name} | {label} | in ({decision.seconds:.2f} s) | {text} | {lesions} | {withheld} |")
     if not args.no_timing:
         phantom = make_phantom(7100, shape=(300, 512, 512), spacing=(1.25, 0.8, 0.8))
-        facts = SeriesFacts("CT", "CHEST", 1.25, "iodine (phantom)")
+        facts = GateFacts("CT", "CHEST", 1.25, "iodine (phantom)")
         started = time.perf_counter()
         decision = check(organs.domain, facts, phantom.volume)
         gate = time.perf_counter() - started

@@ -15,7 +15,23 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.service.node import Node
 
+from .support import processes
 from .support.peers import dcmtk_env, free_port, system_binary  # noqa: F401 - free_port is re-exported to tests
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report carries the output of the processes it started and the commands
+    it ran (support/processes.py): CI's log alone says why."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        try:
+            report.sections.extend(processes.sections())
+        except Exception as exc:  # noqa: BLE001 - the report of the failure itself must survive
+            report.sections.append(("process output", f"(not available: {type(exc).__name__}: {exc})"))
+    if report.when == "teardown":
+        processes.forget_runs()
 
 TEST_SCU = "TEST_SCU"
 
@@ -155,20 +171,19 @@ def dcmtk_reference_datasets(dcmtk: Dcmtk, folder: Path, storescu_args: list[str
     storescu re-encodes some files (it drops Data Set Trailing Padding, for one), so "byte for
     byte" is judged against the bytes DCMTK put on the wire, as its own receiver stored them.
     """
-    import subprocess
     import time
 
     from pydicom import dcmread
 
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    scp = subprocess.Popen([dcmtk.storescp, "+B", "+xa", "-od", str(folder), "-aet", "AI_NODE", str(port)], env=dcmtk.env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scp = processes.start([dcmtk.storescp, "+B", "+xa", "-od", str(folder), "-aet", "AI_NODE", str(port)],
+                          folder.parent / f"{folder.name}-storescp.log", name="storescp (reference)", env=dcmtk.env()).proc
     try:
         deadline = time.monotonic() + 10
         while True:  # storescp has no readiness signal: retry the send until it listens
-            sent = subprocess.run([dcmtk.storescu, *storescu_args, "-aec", "AI_NODE", "127.0.0.1", str(port), *map(str, files)],
-                                  capture_output=True, text=True, env=dcmtk.env(), timeout=60)
+            sent = processes.run([dcmtk.storescu, *storescu_args, "-aec", "AI_NODE", "127.0.0.1", str(port), *map(str, files)],
+                                  env=dcmtk.env(), timeout=60)
             if sent.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -189,8 +204,10 @@ def postgres_server() -> Iterator[Any]:
     from dicom_node.tools.postgres_local import start_postgres
 
     server = start_postgres()
+    watched = processes.watch(server.process, log=server.log_path, name="PostgreSQL")
     yield server
     server.stop()
+    processes.unwatch(watched)
 
 
 def new_postgres_database(server: Any) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import ai
 import dicom_node
 
+from .support import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,11 +32,10 @@ def test_ai_never_imports_dicom_libraries() -> None:
 def test_listener_modules_do_not_load_torch() -> None:
     """A listener process (one per core or two) never runs a model; with torch loaded each took
     300 MB more, and every node start churned gigabytes of memory."""
-    import subprocess
     import sys
 
     code = ("import sys, dicom_node.cli, dicom_node.service.node, dicom_node.net.storage_scp, dicom_node.storage.volume, dicom_node.results; "
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = processes.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
     assert out.stdout.strip() == "False"
     assert ai.ClassicalCTPipeline.__name__ == "ClassicalCTPipeline"  # the public names still load on use

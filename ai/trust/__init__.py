@@ -5,6 +5,6 @@
 from __future__ import annotations
 
 from .domain import Domain, IntensityReference, TrainingData
-from .gate import GateDecision, SeriesFacts, check
+from .gate import GateDecision, GateFacts, check
 
-__all__ = ["Domain", "GateDecision", "IntensityReference", "SeriesFacts", "TrainingData", "check"]
+__all__ = ["Domain", "GateDecision", "IntensityReference", "GateFacts", "TrainingData", "check"]

@@ -1,6 +1,6 @@
 """The input gate: a series is held against a model's domain before the model runs.
 
-Evidence comes from the series' attributes (``SeriesFacts``, read by the DICOM side) and from its
+Evidence comes from the series' attributes (``GateFacts``, read by the DICOM side) and from its
 pixels, and no decision rests on one attribute alone: a Modality of CT must be borne out by
 Hounsfield units (air near -1000, fat near -100); a slice thickness is the larger of the
 attribute and the slice spacing; a body region is BodyPartExamined where present and the
@@ -29,7 +29,7 @@ from .features import sample as features_sample
 
 
 @dataclass(frozen=True)
-class SeriesFacts:
+class GateFacts:
     """What the series' DICOM attributes say (the DICOM side reads them; ``None``: absent)."""
 
     modality: str
@@ -81,7 +81,7 @@ def _fat_mode(hu: np.ndarray) -> tuple[float | None, float]:
     return float((edges[peak] + edges[peak + 1]) / 2), fraction
 
 
-def check(domain: Domain, facts: SeriesFacts, volume: Volume) -> GateDecision:
+def check(domain: Domain, facts: GateFacts, volume: Volume) -> GateDecision:
     """Hold one series against ``domain``."""
     started = time.perf_counter()
     reasons: list[str] = []

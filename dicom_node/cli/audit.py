@@ -9,7 +9,8 @@ from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MISSING_HINT, fail
 
 
 def cmd_audit(config: NodeConfig | None, args: argparse.Namespace) -> int:
-    from ..storage.audit import default_key_path, load_key, records_after_last_checkpoint, verify
+    from ..storage.audit_chain import default_key_path, load_key
+    from ..storage.audit_verify import records_after_last_checkpoint, verify
 
     if args.path is None and config is None:
         config = load_config(args.config, missing_hint=MISSING_HINT)

@@ -26,7 +26,8 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
     # Before anything imports prometheus_client: every process of the node counts into one folder.
     use_folder(config.index.path.parent / "metrics")
     config = _with_queues(config, args)
-    from ..service.node import Node, Supervisor
+    from ..service.node import Node
+    from ..service.supervisor import Supervisor
 
     setup_command_logging(args.verbose, config)
     for problem in readable_secrets(config):
@@ -75,7 +76,7 @@ def _serve_downstream(config: NodeConfig, role: str) -> int:
     """``serve --role worker``: the analysis worker processes (``jobs.workers``), replaced when
     one dies; ``serve --role sender``: the outbox sender (the one holding the index's sender lock
     sends, others stand by). Neither listens; both share the index and folders with the listener."""
-    from ..service.node import Downstream
+    from ..service.downstream import Downstream
     from ..storage.audit import AuditLog
     from ..storage.index import Index
 

@@ -41,7 +41,7 @@ HEAD_KEYS = (*GROUP_KEYS, "attribute", *CONTEXT_KEYS, *COUNT_KEYS)
 
 
 @dataclass(frozen=True)
-class SeriesFacts:
+class RuleFacts:
     """What rules see of one series: a header (study and series attributes, no pixel data),
     the association it came on, and counts."""
 
@@ -65,7 +65,7 @@ class Verdict:
 
 
 class Condition(Protocol):
-    def evaluate(self, facts: SeriesFacts) -> Verdict: ...
+    def evaluate(self, facts: RuleFacts) -> Verdict: ...
 
     def describe(self) -> str: ...
 
@@ -163,7 +163,7 @@ class AttributeCondition:
         items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
         return [str(v).strip() for v in items]
 
-    def evaluate(self, facts: SeriesFacts) -> Verdict:
+    def evaluate(self, facts: RuleFacts) -> Verdict:
         return _text_verdict(self.name, self.test, self.values(facts.header))
 
     def describe(self) -> str:
@@ -175,7 +175,7 @@ class ContextCondition:
     key: str
     test: TextTest
 
-    def evaluate(self, facts: SeriesFacts) -> Verdict:
+    def evaluate(self, facts: RuleFacts) -> Verdict:
         value = str(getattr(facts, self.key))
         return _text_verdict(self.key, self.test, [value] if value else [])
 
@@ -189,7 +189,7 @@ class CountCondition:
     low: int | None
     high: int | None
 
-    def evaluate(self, facts: SeriesFacts) -> Verdict:
+    def evaluate(self, facts: RuleFacts) -> Verdict:
         count = int(getattr(facts, self.key))
         holds = (self.low is None or count >= self.low) and (self.high is None or count <= self.high)
         return Verdict(holds, f"{self.key} {count} {self._bounds()}" if holds
@@ -210,7 +210,7 @@ class CountCondition:
 class AllOf:
     parts: tuple[Condition, ...]
 
-    def evaluate(self, facts: SeriesFacts) -> Verdict:
+    def evaluate(self, facts: RuleFacts) -> Verdict:
         held = []
         for part in self.parts:
             verdict = part.evaluate(facts)
@@ -227,7 +227,7 @@ class AllOf:
 class AnyOf:
     parts: tuple[Condition, ...]
 
-    def evaluate(self, facts: SeriesFacts) -> Verdict:
+    def evaluate(self, facts: RuleFacts) -> Verdict:
         failed = []
         for part in self.parts:
             verdict = part.evaluate(facts)
@@ -244,7 +244,7 @@ class AnyOf:
 class Not:
     part: Condition
 
-    def evaluate(self, facts: SeriesFacts) -> Verdict:
+    def evaluate(self, facts: RuleFacts) -> Verdict:
         verdict = self.part.evaluate(facts)
         return Verdict(not verdict.holds, f"not ({verdict.reason})" if not verdict.holds
                        else f"{verdict.reason}, wanted: not ({self.part.describe()})")

@@ -26,7 +26,7 @@ class WebSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)  # 0: any free port (tests)
     token_file: Path | None = None
-    #: Host names (Host header) the service answers besides loopback and web.host (web_guard.py).
+    #: Host names (Host header) the service answers besides loopback and web.host (web/guard.py).
     allowed_hosts: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(65536, ge=1024)
     max_header_bytes: int = Field(16384, ge=4096)

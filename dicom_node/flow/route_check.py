@@ -20,15 +20,15 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..config import NodeConfig, Route, is_postgres_url
-from ..config.rules import SeriesFacts
-from .routing import Evaluation, evaluate_rules, series_facts, source_peer
+from ..config.rules import RuleFacts
+from .rule_evaluation import Evaluation, evaluate_rules, rule_facts, source_peer
 
 
 @dataclass
 class SeriesReport:
     series_uid: str
     label: str
-    facts: SeriesFacts
+    facts: RuleFacts
     evaluations: list[Evaluation] = field(default_factory=list)
 
 
@@ -65,7 +65,7 @@ def facts_from_files(paths: list[Path], config: NodeConfig, calling_ae: str = ""
         first = headers[0]
         counts = study_counts[str(first.get("StudyInstanceUID", ""))]
         frames = max(1, _number(first.get("NumberOfFrames")) or 1)
-        facts = SeriesFacts(header=first, calling_ae=calling_ae, called_ae=called_ae or config.node.ae_title,
+        facts = RuleFacts(header=first, calling_ae=calling_ae, called_ae=called_ae or config.node.ae_title,
                             source_peer=source_peer(calling_ae, config.peers), instances=len(headers),
                             slices=len(headers) * frames, study_instances=sum(counts), study_series=len(counts))
         reports.append(SeriesReport(uid, _label(first, len(headers)), facts))
@@ -85,7 +85,7 @@ def facts_from_index(location: Path | str, study_uid: str, config: NodeConfig) -
         rows = db.execute("SELECT * FROM series WHERE study_uid = ? ORDER BY series_number, series_uid", (study_uid,)).fetchall()
         reports = []
         for row in rows:
-            facts = series_facts(db, row, config.peers)
+            facts = rule_facts(db, row, config.peers)
             reports.append(SeriesReport(row["series_uid"], _label(facts.header, facts.instances), facts))
         return reports
     finally:

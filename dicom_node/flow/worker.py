@@ -1,7 +1,7 @@
 """The analysis worker: claims jobs, turns a series into results, queues their delivery.
 
 One job: the series' files -> ``load_series`` (volume.py) -> the route's pipeline (``ai``) ->
-SEG and SR (results.py) written to the results folder -> one outbox row per object and
+SEG and SR (results/) written to the results folder -> one outbox row per object and
 destination, queued in the same transaction that marks the job done. A worker that dies
 mid-job never commits that transaction; its lease expires and another claim redoes the job,
 with the same result UIDs.
@@ -50,7 +50,7 @@ from ..results.parametric_map import build_uncertainty_map
 from ..storage.audit import AuditLog
 from ..storage.index import Index
 from ..storage.store import make_durable_dirs, write_dataset_atomically
-from ..storage.volume import load_series, series_facts
+from ..storage.volume import gate_facts, load_series
 from .job_engine import job_queue, run_procrastinate_worker, worker_queues
 from .jobs import Job, JobQueue
 from .outbox import Candidate, Outbox
@@ -187,7 +187,7 @@ class Worker:
     def choose_pipeline(self, job: Job, source: Any) -> tuple[str, Pipeline, GateDecision]:
         """The first of the job's pipelines whose domain the series is in, with its name
         (NotApplicable when none is: every pipeline's reasons)."""
-        facts = series_facts(source)
+        facts = gate_facts(source)
         declined: list[tuple[str, str, GateDecision]] = []
         for name in job.pipeline.split(","):
             pipeline = self.pipeline(name)

@@ -21,7 +21,7 @@ lingers (its peer reads the answer and closes first, as after the ARTIM wait) fo
 ``LINGER_SECONDS``: no thread per refusal, and no more than ``max_waiting`` sockets held in all.
 Anything that is not an A-ASSOCIATE-RQ (the first byte is not PDU type 1), a request whose peer
 stopped sending before it was whole (half-closed), and TLS connections (their bytes are
-encrypted; the dispatcher and the TLS server hand them over themselves, bounded by the
+encrypted; the hand-off and the TLS server hand them over themselves, bounded by the
 handshake caps in tls.py) go to the listener at once: it answers those as before.
 """
 

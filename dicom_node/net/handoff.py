@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 CLOSED = "closed"
 
 
-class Dispatcher:
+class HandOff:
     """In the supervising process: accept on ``listener``, hand over, count what is open."""
 
     def __init__(self, listeners: list[tuple[socket.socket, bool]], channels: list[Connection], pids: list[int],

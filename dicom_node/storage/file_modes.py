@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .audit import default_key_path
+from .audit_chain import default_key_path
 
 OWNER_ONLY_UMASK = 0o077
 

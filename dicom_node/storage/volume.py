@@ -35,7 +35,7 @@ from ai.types import Volume
 from ..errors import VolumeError
 
 if TYPE_CHECKING:
-    from ai.trust.gate import SeriesFacts
+    from ai.trust.gate import GateFacts
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +291,10 @@ def frames_position(frame: _Frame, normal: np.ndarray) -> float:
     return float(np.dot(frame.position, normal))
 
 
-def series_facts(source: SeriesVolume) -> SeriesFacts:
+def gate_facts(source: SeriesVolume) -> GateFacts:
     """What the series' attributes say, for the input gate (ai/trust/gate.py): read from its
     first instance (and any per-frame functional group of an enhanced one, where it says more)."""
-    from ai.trust.gate import SeriesFacts
+    from ai.trust.gate import GateFacts
 
     ds = source.datasets[0]
 
@@ -315,7 +315,7 @@ def series_facts(source: SeriesVolume) -> SeriesFacts:
     if agent is None and "ContrastBolusAgentSequence" in ds and ds.ContrastBolusAgentSequence:
         agent = str(ds.ContrastBolusAgentSequence[0].get("CodeMeaning", "contrast agent"))
     image_type = ds.get("ImageType") or ()
-    return SeriesFacts(
+    return GateFacts(
         modality=str(ds.get("Modality", "")),
         body_part_examined=text("BodyPartExamined"),
         slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,

@@ -126,8 +126,12 @@ def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str
     try:
         wait_for_port(port, proc)
         wait_for_port(http_port, proc)
-    except BaseException:
+    except BaseException as exc:
         proc.kill()
         proc.wait()
+        if isinstance(exc, Exception):
+            said = (workdir / "orthanc.log").read_text(errors="replace").splitlines()[-40:]
+            raise RuntimeError(f"Orthanc did not start ({exc}); the end of {workdir / 'orthanc.log'}:\n"
+                               + "\n".join(said)) from exc
         raise
     return Orthanc(ae_title, port, http_port, proc, workdir)

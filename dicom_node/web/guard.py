@@ -1,4 +1,4 @@
-"""What stands between the web service and a hostile browser or client (web.py wires it in).
+"""What stands between the web service and a hostile browser or client (app.py wires it in).
 
 - **Host allow-list.** A DNS-rebinding page in an operator's browser reaches 127.0.0.1 under a
   name of its own; a Host header that is neither loopback nor a configured ``web.allowed_hosts``
@@ -21,7 +21,7 @@
   with a key derived from the token, expiring after ``web.session_hours``, HttpOnly,
   SameSite=Strict, Secure when served over TLS.
 - **Failed logins** are throttled per client address (``LoginThrottle``) and audited as
-  Security Alerts by web.py.
+  Security Alerts by app.py.
 """
 
 from __future__ import annotations

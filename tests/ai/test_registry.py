@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import torch
 import yaml
 
 from ai.registry import BUILTIN_MODELS, ModelCard, ModelCardError, ModelRegistry, load_model
+
+from ..support import processes
 
 
 def test_shipped_card_is_valid_and_honest() -> None:
@@ -51,8 +52,8 @@ def test_unknown_format_and_missing_weights(tmp_path: Path) -> None:
 
 
 def test_models_command_lists_the_shipped_model(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(Path(__file__).parents[2] / "config" / "node.yaml"),
-                             "models", "--json"], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-m", "dicom_node.cli", "--config", str(Path(__file__).parents[2] / "config" / "node.yaml"),
+                             "models", "--json"], timeout=120)
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     [model] = [m for m in listed["installed"] if m["name"] == "ct-organs"]

@@ -16,12 +16,13 @@ from dicom_node.service.node import Node
 from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import free_port
+from ..support import processes
 
 CLI = [sys.executable, "-m", "dicom_node.cli"]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+    return processes.run([*CLI, *args], timeout=timeout)
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_usage_errors_exit_2_with_one_line(cli_config: Path, tmp_path: Path) -> 
 def test_config_from_environment_variable(cli_config: Path) -> None:
     import os
 
-    result = subprocess.run([*CLI, "echo", "target"], capture_output=True, text=True, timeout=60,
+    result = processes.run([*CLI, "echo", "target"], timeout=60,
                             env={**os.environ, "DICOM_NODE_CONFIG": str(cli_config)})
     assert result.returncode == 0, result.stderr
 
@@ -146,22 +147,23 @@ def test_a_new_user_in_an_empty_folder(tmp_path: Path) -> None:
     import signal
 
     env = {k: v for k, v in os.environ.items() if k != "DICOM_NODE_CONFIG"}
-    missing = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    missing = processes.run([*CLI, "serve"], timeout=60, cwd=tmp_path, env=env)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         "error: configuration: config/node.yaml: configuration file not found (`dicom-node init` writes the "
         "commented default there; or give --config PATH / $DICOM_NODE_CONFIG)"]
-    init = subprocess.run([*CLI, "init"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    init = processes.run([*CLI, "init"], timeout=60, cwd=tmp_path, env=env)
     assert init.returncode == 0, init.stderr
     written = tmp_path / "config" / "node.yaml"
     assert written.read_text() == (Path(__file__).parents[2] / "config" / "node.yaml").read_text()
-    again = subprocess.run([*CLI, "init"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    again = processes.run([*CLI, "init"], timeout=60, cwd=tmp_path, env=env)
     assert again.returncode == 2 and "not overwriting" in again.stderr
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([*CLI, "serve"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
                                 env={**env, "DICOM_NODE_PORT": str(port)})
+    processes.watch(proc, log=log, name="dicom-node serve")
     try:
         from ..support.peers import wait_for_port
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.config.rules import RuleError, SeriesFacts, parse_condition
+from dicom_node.config.rules import RuleError, RuleFacts, parse_condition
 
 
-def facts(**overrides: Any) -> SeriesFacts:
+def facts(**overrides: Any) -> RuleFacts:
     header = Dataset()
     header.Modality = "CT"
     header.BodyPartExamined = "CHEST"
@@ -25,7 +25,7 @@ def facts(**overrides: Any) -> SeriesFacts:
     values = {"calling_ae": "CT01", "called_ae": "AI_CHEST", "source_peer": "ct-scanner", "instances": 300,
               "slices": 300, "study_instances": 900, "study_series": 4}
     values.update(overrides)
-    return SeriesFacts(header=header, **values)
+    return RuleFacts(header=header, **values)
 
 
 CASES = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from dicom_node.service.node import Node
 from dicom_node.tools.synthetic import write_volume_series
 
 from ..conftest import config_dict
+from ..support import processes
 from ..support.peers import Orthanc, free_port, start_orthanc, wait_for
 
 pytestmark = pytest.mark.slow
@@ -170,7 +170,7 @@ def test_every_result_passes_dciodvfy(orthanc_and_node: tuple[Orthanc, Node], ph
     for modality in ("SEG", "SR"):
         path = tmp_path / f"{modality}.dcm"
         path.write_bytes(rest.instance_file(found[modality][0]))
-        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+        result = processes.run(["dciodvfy", str(path)], timeout=120)
         errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], f"{modality}: {errors}"
 
@@ -249,8 +249,8 @@ def test_the_shipped_config_returns_ct_organs_results_to_the_sending_pacs(tmp_pa
         seg = hd.seg.segread(io.BytesIO(orthanc.instance_file(found["SEG"][0])))
         assert str(seg.SeriesDescription) == "AI segmentation (ct-organs v2.0.0)"
         assert "lungs" in {d.SegmentLabel for d in seg.SegmentSequence}
-        jobs = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(node.extra["config"]), "jobs", "--json"],
-                              capture_output=True, text=True, timeout=60)
+        jobs = processes.run([sys.executable, "-m", "dicom_node.cli", "--config", str(node.extra["config"]), "jobs", "--json"],
+                              timeout=60)
         listed = json.loads(jobs.stdout)
         assert [(j["route"], j["pipeline"], j["ran_pipeline"], j["state"]) for j in listed["jobs"]] == [
             ("ct-default", "ct-organs,ct-baseline", "ct-organs", "done")]  # a phantom: ct-organs' own domain

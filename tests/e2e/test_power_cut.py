@@ -30,6 +30,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import TEST_SCU, config_dict, dataset_bytes
+from ..support import processes
 from ..support.external_ai import ExternalAI
 from ..support.peers import free_port, wait_for_port
 from ..support.powercut_fs import Mount
@@ -74,6 +75,7 @@ class PowerCutRun:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([*command, "--config", str(self.config_path), "serve"], stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
+        processes.watch(self.proc, log=self.log, name="dicom-node serve (on the power-cut filesystem)")
         try:
             wait_for_port(self.port, self.proc, timeout=60)
         except Exception as exc:

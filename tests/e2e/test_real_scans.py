@@ -7,7 +7,6 @@ the scans written as DICOM series and sent by DCMTK storescu, the SEG read back 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,15 @@ import yaml
 
 from ai.pipeline import ClassicalCTPipeline, SegmentationPipeline
 from ai.registry import ModelRegistry
-from ai.trust.gate import SeriesFacts, check
+from ai.trust.gate import GateFacts, check
 
 from ..conftest import Dcmtk
-from ..support import real_scans
+from ..support import processes, real_scans
 from ..support.peers import start_node, wait_for
 
 pytestmark = pytest.mark.skipif(not real_scans.available(), reason="../shared/data/real-scans/ is not here")
 
-CT_FACTS = SeriesFacts(modality="CT", body_part_examined="ABDOMEN", slice_thickness_mm=3.0)
+CT_FACTS = GateFacts(modality="CT", body_part_examined="ABDOMEN", slice_thickness_mm=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,7 @@ def test_classical_baseline_claims_no_nodule_on_the_real_torso() -> None:
 def test_no_ct_pipeline_takes_the_mr_scan(organs: SegmentationPipeline, pipeline: str) -> None:
     domain = organs.domain if pipeline == "ct-organs" else ClassicalCTPipeline.domain
     volume = real_scans.nifti_volume("mr_abdomen_3mm.nii.gz", "MR")
-    honest = check(domain, SeriesFacts(modality="MR", body_part_examined="ABDOMEN"), volume)
+    honest = check(domain, GateFacts(modality="MR", body_part_examined="ABDOMEN"), volume)
     assert not honest.applicable and "Modality MR is not CT" in honest.reasons[0]
     mislabelled = check(domain, CT_FACTS, volume)  # an MR that says it is CT: its pixels say otherwise
     assert not mislabelled.applicable
@@ -100,8 +99,8 @@ def test_real_scans_through_the_node_with_the_shipped_configuration(tmp_path: Pa
     node = start_node(tmp_path / "node", config)
     try:
         for folder in series.values():
-            sent = subprocess.run([dcmtk.storescu, "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port),
-                                   *map(str, folder)], capture_output=True, text=True, env=dcmtk.env(), timeout=120)
+            sent = processes.run([dcmtk.storescu, "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port),
+                                   *map(str, folder)], env=dcmtk.env(), timeout=120)
             assert sent.returncode == 0, sent.stderr
         index_path = tmp_path / "node" / "var" / "index.sqlite"
 

@@ -23,6 +23,7 @@ from dicom_node.storage.index import Index
 from dicom_node.tools.synthetic import write_volume_series
 
 from ..conftest import new_postgres_database
+from ..support import processes
 from .test_worker import PEERS, index_series
 
 PIPELINES = {"cpu": {"kind": "classical"}, "cuda": {"kind": "classical", "device": "cuda"},
@@ -241,6 +242,7 @@ def test_serve_says_which_routes_jobs_no_worker_here_takes(tmp_path: Path) -> No
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve"], stdout=out,
                                 stderr=subprocess.STDOUT)
+    processes.watch(proc, log=log, name="dicom-node serve")
     try:
         line = wait_for(lambda: next((x for x in log.read_text().splitlines() if "no worker here takes" in x), None), 60,
                         "the warning")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dicom_node.config import NodeConfig
-from dicom_node.config.rules import SeriesFacts
+from dicom_node.config.rules import RuleFacts
 from dicom_node.errors import ConfigError
 from dicom_node.flow.jobs import JobQueue
 from dicom_node.flow.outbox import Outbox
@@ -88,9 +88,9 @@ def test_the_short_match_form_still_matches_as_it_did(config: NodeConfig) -> Non
     chest, anything = config.routes
     header = Dataset()
     header.Modality, header.BodyPartExamined, header.SeriesDescription = "CT", "THORAX", "Abdomen 5mm"
-    facts = SeriesFacts(header, calling_ae="PACS", instances=2)
+    facts = RuleFacts(header, calling_ae="PACS", instances=2)
     assert chest.condition.evaluate(facts).holds and anything.condition.evaluate(facts).holds
-    assert chest.condition.evaluate(SeriesFacts(header, calling_ae="PACS", instances=1)).reason == "instances is 1, wanted >= 2"
+    assert chest.condition.evaluate(RuleFacts(header, calling_ae="PACS", instances=1)).reason == "instances is 1, wanted >= 2"
     header.Modality = "MR"
     assert chest.condition.evaluate(facts).reason == "Modality is 'MR', wanted: is one of CT (any case)"
     header.Modality, header.SeriesDescription = "CT", "Chest"
@@ -259,7 +259,7 @@ def test_rules_act_in_order_until_one_stops_and_the_fallback_only_when_none_matc
     # one instance: chest's count fails, so abdomen (continue after archive) takes it
     assert routed(index, config, "5.2", "Thorax 1mm", "CHEST", 1) == (["abdomen"], ["archive"])
     # a localizer is discarded: nothing after it acts
-    caplog.set_level("INFO", logger="dicom_node.flow.routing")
+    caplog.set_level("INFO", logger="dicom_node.flow")
     assert routed(index, config, "5.3", "Scout", "CHEST", 2) == ([], [])
     assert "Series 5.3 v1 discarded by route localizers" in caplog.text
     # MR: none of the CT rules; the fallback forwards it
@@ -273,7 +273,7 @@ def test_a_fallback_alone_is_named_when_nothing_matches(open_index: Callable[[st
     index = open_index("index.sqlite")
     JobQueue(index)
     Outbox(index)
-    caplog.set_level("INFO", logger="dicom_node.flow.routing")
+    caplog.set_level("INFO", logger="dicom_node.flow")
     assert routed(index, config, "6.1", "T1", "HEAD", 1, modality="MR") == ([], [])
     assert "matched none of the rules" in caplog.text
     assert "abdomen: Modality is 'MR', wanted: is one of CT (any case)" in caplog.text

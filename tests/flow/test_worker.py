@@ -4,7 +4,6 @@ series that is not a volume dead-letters its job at once; the CLI shows and retr
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,8 @@ from dicom_node.flow.worker import Worker
 from dicom_node.storage.header import read_header
 from dicom_node.storage.index import Index, Outcome, Receipt
 from dicom_node.tools.synthetic import write_volume_series
+
+from ..support import processes
 
 PEERS = [
     {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1},
@@ -101,20 +102,20 @@ def test_cli_jobs_lists_and_retries_a_dead_job(config: NodeConfig, series: list[
     path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
     cli = [sys.executable, "-m", "dicom_node.cli", "--config", str(path)]
 
-    shown = subprocess.run([*cli, "jobs", "--json"], capture_output=True, text=True, timeout=60)
+    shown = processes.run([*cli, "jobs", "--json"], timeout=60)
     assert shown.returncode == 0, shown.stderr
     jobs = json.loads(shown.stdout)["jobs"]
     assert [(j["id"], j["state"]) for j in jobs] == [(1, "dead")]
-    table = subprocess.run([*cli, "jobs"], capture_output=True, text=True, timeout=60)
+    table = processes.run([*cli, "jobs"], timeout=60)
     assert "dead" in table.stdout and "No such file" in table.stdout
 
-    retried = subprocess.run([*cli, "jobs", "--retry", "1"], capture_output=True, text=True, timeout=60)
+    retried = processes.run([*cli, "jobs", "--retry", "1"], timeout=60)
     assert retried.returncode == 0 and "job 1 queued again" in retried.stdout
-    again = subprocess.run([*cli, "jobs", "--retry", "1"], capture_output=True, text=True, timeout=60)
+    again = processes.run([*cli, "jobs", "--retry", "1"], timeout=60)
     assert again.returncode == 1 and "not dead-lettered" in again.stderr
     assert JobQueue(Index(config.index.path)).list()[0]["state"] == "queued"
 
-    burst = subprocess.run([*cli, "worker", "--burst"], capture_output=True, text=True, timeout=120)
+    burst = processes.run([*cli, "worker", "--burst"], timeout=120)
     assert burst.returncode == 0 and "0 job(s) done" in burst.stdout  # the file is still missing: dead again
     assert JobQueue(Index(config.index.path)).list()[0]["state"] == "dead"
 
@@ -136,7 +137,7 @@ def test_a_series_outside_every_domain_ends_not_applicable(make_config: Callable
     """10 mm slices: both pipelines decline. The job ends "not applicable" (not failed, not
     retried) with each pipeline's reasons, in the job row, the audit trail and, by default,
     an SR to the destinations that says the AI looked and declined."""
-    from dicom_node.storage.audit import read_audit
+    from dicom_node.storage.audit_chain import read_audit
 
     from ..results.test_results import dciodvfy_errors
 
@@ -179,8 +180,7 @@ def test_jobs_shows_why_a_job_was_not_applicable(make_config: Callable[..., Node
     worker.close()
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
-    shown = subprocess.run([sys.executable, "-m", "dicom_node.cli", "jobs", "--config", str(path)], capture_output=True,
-                           text=True, timeout=60)
+    shown = processes.run([sys.executable, "-m", "dicom_node.cli", "jobs", "--config", str(path)], timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "not applicable" in shown.stdout and "slices 10 mm thick" in shown.stdout
 

@@ -2,7 +2,7 @@
 hundreds of connections that never finish their A-ASSOCIATE-RQ; from 127.0.0.1, an honest
 sender served within a second throughout. On the in-process listener (pynetdicom's server
 behind the admission room) and on `dicom-node serve` with two listener processes (the
-supervisor's dispatcher behind it). Bounded: a few hundred sockets, about ten seconds each."""
+supervisor's hand-off behind it). Bounded: a few hundred sockets, about ten seconds each."""
 
 from __future__ import annotations
 

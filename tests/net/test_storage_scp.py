@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 import threading
 import time
@@ -20,12 +19,13 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from dicom_node.config import NodeConfig
 from dicom_node.service.node import Node
-from dicom_node.storage.audit import read_audit
+from dicom_node.storage.audit_chain import read_audit
 from dicom_node.storage.header import read_header
 from dicom_node.storage.index import Outcome, Receipt
 from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import TEST_SCU, Dcmtk, dataset_bytes, dcmtk_reference_datasets, pydicom_values_unchecked, with_uids
+from ..support import processes
 
 
 def _testfile(name: str) -> Path:
@@ -144,8 +144,8 @@ DCMTK_PROPOSALS = {
 def test_dcmtk_storescu_each_file_in_its_own_syntax(node: Node, dcmtk: Dcmtk, tmp_path: Path, name: str) -> None:
     source = _testfile(name)
     args = ["-R", *DCMTK_PROPOSALS[name], "-aet", "STORESCU"]
-    result = subprocess.run([dcmtk.storescu, *args, "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(source)],
-                            capture_output=True, text=True, env=dcmtk.env(), timeout=60)
+    result = processes.run([dcmtk.storescu, *args, "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(source)],
+                            env=dcmtk.env(), timeout=60)
     print(f"ran {dcmtk.storescu}: rc={result.returncode}")
     assert result.returncode == 0, result.stderr
     reference = dcmtk_reference_datasets(dcmtk, tmp_path / "reference", args, [source])
@@ -156,14 +156,14 @@ def test_dcmtk_storescu_each_file_in_its_own_syntax(node: Node, dcmtk: Dcmtk, tm
 
 def test_dcmtk_storescu_folder_and_echoscu(node: Node, dcmtk: Dcmtk, tmp_path: Path) -> None:
     files = write_ct_series(tmp_path / "series", 30, 64, 64, seed=3)
-    result = subprocess.run(
+    result = processes.run(
         [dcmtk.storescu, "+sd", "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(tmp_path / "series")],
-        capture_output=True, text=True, env=dcmtk.env(), timeout=60,
+        env=dcmtk.env(), timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert_stored_unchanged(node, files)
-    echo = subprocess.run([dcmtk.echoscu, "-aet", "ECHOSCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port)],
-                          capture_output=True, text=True, env=dcmtk.env(), timeout=30)
+    echo = processes.run([dcmtk.echoscu, "-aet", "ECHOSCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port)],
+                          env=dcmtk.env(), timeout=30)
     print(f"ran {dcmtk.echoscu}: rc={echo.returncode}")
     assert echo.returncode == 0, echo.stderr
 
@@ -175,8 +175,8 @@ def test_unknown_caller_rejected_known_accepted_and_audited(node: Node, dcmtk: D
     assert assoc.is_rejected
     assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 1, 3)
 
-    refused = subprocess.run([dcmtk.echoscu, "-aet", "NOBODY", "-aec", "AI_NODE", "127.0.0.1", str(node.port)],
-                             capture_output=True, text=True, env=dcmtk.env(), timeout=30)
+    refused = processes.run([dcmtk.echoscu, "-aet", "NOBODY", "-aec", "AI_NODE", "127.0.0.1", str(node.port)],
+                             env=dcmtk.env(), timeout=30)
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stderr
 
@@ -296,9 +296,9 @@ def test_large_instance_streams_with_bounded_memory(node: Node, dcmtk: Dcmtk, tm
     size = big.stat().st_size
     tracemalloc.start()
     try:
-        result = subprocess.run(
+        result = processes.run(
             [dcmtk.storescu, "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port), str(big)],
-            capture_output=True, text=True, env=dcmtk.env(), timeout=120,
+            env=dcmtk.env(), timeout=120,
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -318,7 +318,7 @@ def test_large_instance_from_pynetdicom_streams_with_bounded_memory(node: Node, 
     )
     tracemalloc.start()  # the sender runs in its own process: only the node's allocations count
     try:
-        subprocess.run([sys.executable, "-c", script, str(Path(__file__).parents[2]), str(node.port), str(big)], check=True, timeout=120)
+        processes.run([sys.executable, "-c", script, str(Path(__file__).parents[2]), str(node.port), str(big)], check=True, timeout=120)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

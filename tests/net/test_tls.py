@@ -27,13 +27,14 @@ from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.flow.worker import Worker
 from dicom_node.service.node import Node
-from dicom_node.storage.audit import read_audit
-from dicom_node.tools.orthanc import find_orthanc, free_port, start_orthanc
+from dicom_node.storage.audit_chain import read_audit
+from dicom_node.tools.orthanc import find_orthanc, free_port
 from dicom_node.tools.synthetic import write_ct_series, write_volume_series
 
 from ..conftest import TEST_SCU, Dcmtk
+from ..support import processes
 from ..support.certs import Authority, Issued
-from ..support.peers import wait_for
+from ..support.peers import start_orthanc, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -196,14 +197,14 @@ def test_tls_only_serves_the_tls_port(make_config: Callable[..., NodeConfig], st
 def test_dcmtk_storescu_sends_over_tls(node: Node, pki: dict[str, Any], dcmtk: Dcmtk, tmp_path: Path) -> None:
     files = write_ct_series(tmp_path / "s", 3, 16, 16, seed=3)
     issued = pki["storescu"]
-    result = subprocess.run([dcmtk.storescu, "+tls", str(issued.private_key), str(issued.certificate), "+cf", str(pki["ca"]),
+    result = processes.run([dcmtk.storescu, "+tls", str(issued.private_key), str(issued.certificate), "+cf", str(pki["ca"]),
                              "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.tls_port), *map(str, files)],
-                            capture_output=True, text=True, env=dcmtk.env(), timeout=60)
+                            env=dcmtk.env(), timeout=60)
     assert result.returncode == 0, result.stderr
     assert node.index.query("SELECT count(*) AS n FROM instances WHERE calling_ae = 'STORESCU'")[0]["n"] == 3
     # The same program with the right AE title but without TLS: refused.
-    plain = subprocess.run([dcmtk.storescu, "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port),
-                            str(files[0])], capture_output=True, text=True, env=dcmtk.env(), timeout=60)
+    plain = processes.run([dcmtk.storescu, "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(node.port),
+                            str(files[0])], env=dcmtk.env(), timeout=60)
     assert plain.returncode != 0 and "Calling AE Title Not Recognized" in plain.stderr
 
 
@@ -279,6 +280,7 @@ def test_serve_hands_tls_connections_to_its_listener_processes(tmp_path: Path, p
     log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(tmp_path / "node.yaml"), "serve"],
                             stdout=log, stderr=subprocess.STDOUT)
+    processes.watch(proc, log=tmp_path / "serve.log", name="dicom-node serve")
     try:
         wait_for_port(tls_port, proc)
         files = write_ct_series(tmp_path / "s", 2, 16, 16, seed=9)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from dicom_node.privacy.deidentify import Deidentifier, Profile, SafePrivate, clean_text
 from dicom_node.privacy.pseudonyms import PseudonymKey, shift_date
 from dicom_node.privacy.table import OPTIONS, load_table
+
+from ..support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = PseudonymKey(b"k" * 32)
@@ -265,8 +266,8 @@ def test_profiles_refuse_unknown_and_conflicting_options() -> None:
 
 def test_the_committed_table_is_what_the_standards_parses_give() -> None:
     """The table is generated, not typed: regenerating it from the installed packages changes nothing."""
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_deid_table.py"), "--check"],
-                            capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, str(ROOT / "scripts" / "generate_deid_table.py"), "--check"],
+                            timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     table = load_table()
     assert len(table.rows) >= 650 and "2026c" in table.source["rows_and_basic_profile"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import yaml
 
 from dicom_node.tools.synthetic import write_ct_series
 
+from ..support import processes
 from ..support.external_ai import add_identity, identity_found
 from .test_reidentify import originals_of
 
@@ -34,7 +34,7 @@ def test_a_folder_is_exported_deidentified_with_a_summary_of_what_was_held_back(
     out = tmp_path / "out"
     command = [sys.executable, "-m", "dicom_node.cli", "--config", str(config), "deidentify", str(source), str(out),
                "--profile", "training"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = processes.run(command, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "5 instance(s) de-identified by profile training" in result.stdout
     assert "held back: 1 instance(s): a secondary capture that does not say Burned In Annotation NO" in result.stdout
@@ -48,16 +48,14 @@ def test_a_folder_is_exported_deidentified_with_a_summary_of_what_was_held_back(
     assert all(p.stem == str(d.SOPInstanceUID) for p, d in zip(written, exported))
     assert {d.PatientSex for d in exported} == {"O"}  # Retain Patient Characteristics kept it
     # The same export again gives the same pseudonyms (a second batch joins the first).
-    again = subprocess.run(command[:-3] + [str(tmp_path / "out2"), "--profile", "training"], capture_output=True,
-                           text=True, timeout=120)
+    again = processes.run(command[:-3] + [str(tmp_path / "out2"), "--profile", "training"], timeout=120)
     assert again.returncode == 0
     assert sorted(p.relative_to(tmp_path / "out2") for p in (tmp_path / "out2").rglob("*.dcm")) == \
         sorted(p.relative_to(out) for p in written)
 
-    inside = subprocess.run(command[:-3] + [str(source / "export"), "--profile", "training"], capture_output=True,
-                            text=True, timeout=120)
+    inside = processes.run(command[:-3] + [str(source / "export"), "--profile", "training"], timeout=120)
     assert inside.returncode == 2 and "is inside IN" in inside.stderr
-    unknown = subprocess.run(command[:-1] + ["nosuch"], capture_output=True, text=True, timeout=120)
+    unknown = processes.run(command[:-1] + ["nosuch"], timeout=120)
     assert unknown.returncode == 2 and "no profile named 'nosuch'" in unknown.stderr
 
 
@@ -76,8 +74,8 @@ def test_a_kept_uid_that_is_not_a_uid_never_names_a_path(tmp_path: Path) -> None
     config.write_text(yaml.safe_dump({"deidentification": {"key_file": str(key), "profiles": {
         "keep": {"options": ["retain_uids"]}}}}))
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "deidentify", str(source),
-                             str(out), "--profile", "keep"], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "deidentify", str(source),
+                             str(out), "--profile", "keep"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 instance(s) de-identified" in result.stdout
     assert "bad.dcm" in result.stdout and "not a UID" in result.stdout

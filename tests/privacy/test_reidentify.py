@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import TEST_SCU, config_dict
 from ..net.test_storage_scp import send
+from ..support import processes
 from ..support.external_ai import ExternalAI, add_identity, identity_found, table_violations
 from ..support.peers import free_port, start_orthanc, system_binary, wait_for
 
@@ -116,7 +116,7 @@ def test_orthanc_study_goes_out_deidentified_and_its_seg_comes_back_to_the_origi
         # Orthanc filed it under the original patient: one patient, one study.
         assert len(orthanc.call("GET", "/patients")) == 1 and len(orthanc.call("GET", "/studies")) == 1
         written = next((tmp_path / "results" / "returned").rglob("*.dcm"))
-        result = subprocess.run([system_binary("dciodvfy"), str(written)], capture_output=True, text=True, timeout=120)
+        result = processes.run([system_binary("dciodvfy"), str(written)], timeout=120)
         assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []
     finally:
         node.stop()
@@ -166,7 +166,7 @@ def test_burned_in_instances_are_held_back_and_only_the_peer_the_study_went_to_c
         wait_for(lambda: any(d.SOPInstanceUID == sent.SOPInstanceUID for d in pacs.received), 30, "the SEG at the PACS")
         seg = next(d for d in pacs.received if d.SOPInstanceUID == sent.SOPInstanceUID)
         check_mapped_back(seg, sent, files)
-        from dicom_node.storage.audit import read_audit
+        from dicom_node.storage.audit_chain import read_audit
 
         # The export to the PACS is audited under the original study, the one the PACS now holds.
         sent_records = wait_for(lambda: [r for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "result_sent"],

@@ -5,7 +5,6 @@ without probabilities."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from dicom_node.results.parametric_map import UNCERTAINTY, build_uncertainty_map
 from dicom_node.storage.volume import SeriesVolume, load_series
 from dicom_node.tools.synthetic import write_volume_series
 
+from ..support import processes
 from ..support.peers import system_binary
 
 
@@ -72,7 +72,7 @@ def test_each_frame_holds_the_uncertainty_of_the_image_it_references(source: Ser
     assert along == sorted(along)
     assert back.StudyInstanceUID == source.datasets[0].StudyInstanceUID
     assert back.FrameOfReferenceUID == source.datasets[0].FrameOfReferenceUID
-    result = subprocess.run([system_binary("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    result = processes.run([system_binary("dciodvfy"), str(path)], timeout=120)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
 

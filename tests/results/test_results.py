@@ -3,7 +3,6 @@ deterministic UIDs, per-peer encodings."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -29,6 +28,7 @@ from dicom_node.results import (
 from dicom_node.storage.volume import SeriesVolume, load_series
 from dicom_node.tools.synthetic import write_volume_series
 
+from ..support import processes
 from ..support.peers import system_binary
 
 
@@ -53,7 +53,7 @@ def findings(phantom: Phantom, source: SeriesVolume) -> Findings:
 
 def dciodvfy_errors(ds: object, path: Path) -> list[str]:
     ds.save_as(path, enforce_file_format=True)  # type: ignore[attr-defined]
-    result = subprocess.run([system_binary("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    result = processes.run([system_binary("dciodvfy"), str(path)], timeout=120)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.storage.audit import AuditLog, read_audit
+from dicom_node.storage.audit import AuditLog
+from dicom_node.storage.audit_chain import read_audit
 
 
 def test_lines_are_json_and_complete_under_concurrency(tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_a_reader_never_sees_half_a_record_while_other_processes_write(tmp_path:
     import subprocess
     import sys
 
-    from dicom_node.storage.audit import verify
+    from dicom_node.storage.audit_verify import verify
 
     path = tmp_path / "audit.jsonl"
     writer = ("import sys\nfrom pathlib import Path\nfrom dicom_node.storage.audit import AuditLog\n"
@@ -58,7 +59,7 @@ def test_the_chain_holds_across_processes_and_verify_finds_every_kind_of_tamperi
     import sys
 
     from dicom_node.cli import main
-    from dicom_node.storage.audit import verify
+    from dicom_node.storage.audit_verify import verify
 
     path = tmp_path / "audit.jsonl"
     writer = ("import sys\nfrom pathlib import Path\nfrom dicom_node.storage.audit import AuditLog\n"
@@ -198,14 +199,15 @@ def _anchored_trail(tmp_path: Path, records: int = 120, every: int = 25) -> tupl
 
 
 def _problems(path: Path, key: Path) -> list[str]:
-    from dicom_node.storage.audit import load_key, verify
+    from dicom_node.storage.audit_chain import load_key
+    from dicom_node.storage.audit_verify import verify
 
     return [b.problem for b in verify(path, load_key(key))[1]]
 
 
 def test_an_anchored_trail_verifies_whole_with_signed_checkpoints(tmp_path: Path) -> None:
     from dicom_node.cli import main
-    from dicom_node.storage.audit import records_after_last_checkpoint
+    from dicom_node.storage.audit_verify import records_after_last_checkpoint
 
     path, key = _anchored_trail(tmp_path)
     records = read_audit(path)
@@ -256,7 +258,7 @@ def test_a_rewritten_last_record_is_named_and_the_next_record_does_not_hide_it(t
 
 
 def test_a_removed_checkpoint_is_named_even_when_the_chain_is_rebuilt(tmp_path: Path) -> None:
-    from dicom_node.storage.audit import GENESIS, line_hash
+    from dicom_node.storage.audit_chain import GENESIS, line_hash
 
     path, key = _anchored_trail(tmp_path)
     lines = path.read_bytes().splitlines(keepends=True)

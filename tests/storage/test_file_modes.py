@@ -19,6 +19,7 @@ from dicom_node.tools.synthetic import write_volume_series
 
 from ..conftest import TEST_SCU, config_dict
 from ..net.test_storage_scp import send
+from ..support import processes
 from ..support.external_ai import ExternalAI
 from ..support.peers import free_port, wait_for, wait_for_port
 
@@ -49,6 +50,7 @@ def test_a_served_study_leaves_only_owner_only_files_and_folders(tmp_path: Path)
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config_path), "serve"],
                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_loose_umask)
+    processes.watch(proc, log=log, name="dicom-node serve")
     try:
         wait_for_port(port, proc)
         from ai.phantom import make_phantom

@@ -12,7 +12,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dicom_node.errors import InvalidInstanceError
-from dicom_node.storage.header import _plain_file_meta_transfer_syntax, _read_header, _scan_dataset, checked_uid, read_header
+from dicom_node.storage.header import _read_header, checked_uid, read_header
+from dicom_node.storage.header_scan import plain_file_meta_transfer_syntax, scan_dataset
 from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import with_uids
@@ -83,8 +84,8 @@ def test_header_scan_reads_what_pydicom_reads_on_every_shipped_file() -> None:
         for path in files:
             assert _outcome(path, fast=True) == _outcome(path, fast=False), path.name
             with open(path, "rb") as fp:
-                ts = _plain_file_meta_transfer_syntax(fp)
-                scanned += ts is not None and _scan_dataset(fp, os.path.getsize(path), ts) is not None
+                ts = plain_file_meta_transfer_syntax(fp)
+                scanned += ts is not None and scan_dataset(fp, os.path.getsize(path), ts) is not None
     assert scanned > 150
 
 
@@ -123,7 +124,7 @@ def test_header_scan_walks_nested_undefined_length_sequences(tmp_path: Path, ts:
     # Undefined-length sequences and items: the walk must follow them to their delimiters.
     assert b"\xfe\xff\xdd\xe0" in raw and b"\xfe\xff\x0d\xe0" in raw
     with open(path, "rb") as fp:
-        scan = _scan_dataset(fp, len(raw), _plain_file_meta_transfer_syntax(fp))
+        scan = scan_dataset(fp, len(raw), plain_file_meta_transfer_syntax(fp))
     assert scan is not None
     assert raw[scan.pixel_start:scan.pixel_start + 4] == b"\xe0\x7f\x10\x00"
     assert read_header(path) == _read_header(path, fast=False)

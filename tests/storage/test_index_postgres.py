@@ -18,6 +18,7 @@ from dicom_node.storage.index_postgres import to_postgres
 
 from ..conftest import TEST_SCU, config_dict, new_postgres_database
 from ..net.test_storage_scp import send
+from ..support import processes
 from ..support.external_ai import ExternalAI
 from ..support.peers import free_port, serve_role, stop_process, wait_for, wait_for_port
 
@@ -98,11 +99,11 @@ def test_the_node_runs_on_postgresql_as_role_processes_and_survives_a_database_r
         assert statuses == [0] * len(files)
         wait_for(lambda: results_of(second) == ["SEG", "SR"], 120, "the second study's SEG and SR after the restart")
         assert results_of(first) == ["SEG", "SR"]  # nothing went twice
-        out = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "status", "--json"],
-                             capture_output=True, text=True, timeout=60)
+        out = processes.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "status", "--json"],
+                             timeout=60)
         assert out.returncode == 0 and first in out.stdout and second in out.stdout
-        out = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "jobs", "--json"],
-                             capture_output=True, text=True, timeout=60)
+        out = processes.run([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "jobs", "--json"],
+                             timeout=60)
         listed = json.loads(out.stdout)
         # procrastinate ran them and keeps nothing of a finished job; the jobs table is the record
         assert listed["engine"] == {"name": "procrastinate", "procrastinate_jobs": {}}

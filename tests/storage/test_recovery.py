@@ -21,6 +21,7 @@ from dicom_node.storage.store import InstanceStore
 from dicom_node.tools.synthetic import write_ct_series
 
 from ..conftest import Dcmtk, config_dict, dataset_bytes, free_port
+from ..support import processes
 
 DICOM_NODE = [sys.executable, "-m", "dicom_node.cli"]
 
@@ -28,6 +29,7 @@ DICOM_NODE = [sys.executable, "-m", "dicom_node.cli"]
 def _start_node(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         proc = subprocess.Popen([*DICOM_NODE, "--config", str(config_path), "serve"], stdout=out, stderr=subprocess.STDOUT)
+    processes.watch(proc, log=log, name="dicom-node serve")
     port = yaml.safe_load(config_path.read_text())["node"]["port"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -107,12 +109,12 @@ def test_sigkill_mid_study_loses_no_acknowledged_instance(dcmtk: Dcmtk, tmp_path
             index.close()
 
         # The rest can be sent again (the acknowledged ones too: idempotent).
-        resend = subprocess.run(
+        resend = processes.run(
             [dcmtk.storescu, "+sd", "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(port), str(tmp_path / "study")],
-            capture_output=True, text=True, env=dcmtk.env(), timeout=120,
+            env=dcmtk.env(), timeout=120,
         )
         assert resend.returncode == 0, resend.stderr
-        status = subprocess.run([*DICOM_NODE, "--config", str(config_path), "status", "--json"], capture_output=True, text=True, timeout=60)
+        status = processes.run([*DICOM_NODE, "--config", str(config_path), "status", "--json"], timeout=60)
         assert status.returncode == 0, status.stderr
         [study] = json.loads(status.stdout)["studies"]
         assert study["series"][0]["instance_count"] == 300

@@ -17,7 +17,8 @@ from dicom_node.errors import ConfigError
 from dicom_node.flow.jobs import JobQueue
 from dicom_node.flow.outbox import Candidate, Outbox
 from dicom_node.flow.routing import route_completed
-from dicom_node.storage.audit import AuditLog, read_audit
+from dicom_node.storage.audit import AuditLog
+from dicom_node.storage.audit_chain import read_audit
 from dicom_node.storage.header import read_header
 from dicom_node.storage.index import Index, Outcome, Receipt
 from dicom_node.storage.retention import DAY, Retention

@@ -20,6 +20,7 @@ from dicom_node.storage import schema
 from dicom_node.storage.index import Index
 
 from ..conftest import config_dict, new_postgres_database
+from ..support import processes
 
 TABLES = {"meta", "studies", "series", "instances", "study_routes", "receipts", "jobs", "deliveries", "pseudonyms"}
 
@@ -149,8 +150,8 @@ def test_migrate_says_where_the_index_stands_and_upgrades_it(tmp_path: Path) -> 
     config.write_text(yaml.safe_dump(config_dict(tmp_path)))
 
     def migrate(*args: str) -> Any:
-        return subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "migrate", *args],
-                              capture_output=True, text=True, timeout=120)
+        return processes.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "migrate", *args],
+                              timeout=120)
 
     status = migrate("--status")
     assert status.returncode == 1 and "none (before migrations)" in status.stdout and "behind" in status.stdout

@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 
 from dicom_node.process import stop_process
-from dicom_node.tools.orthanc import Orthanc, free_port, start_orthanc, wait_for_port
+from dicom_node.tools.orthanc import Orthanc, free_port, wait_for_port
+from dicom_node.tools.orthanc import start_orthanc as _start_orthanc
+from tests.support.processes import start, watch
 
 __all__ = ["Orthanc", "PeerProcess", "dcmtk_env", "free_port", "start_node", "start_orthanc", "start_storescp",
            "system_binary", "wait_for", "wait_for_port"]
@@ -55,6 +57,13 @@ class PeerProcess:
         stop_process(self.proc, timeout)
 
 
+def start_orthanc(workdir: Path, *args: Any, **kwargs: Any) -> Orthanc:
+    """Orthanc (tools/orthanc.py) on free loopback ports, watched: a failing test shows its log."""
+    orthanc = _start_orthanc(workdir, *args, **kwargs)
+    watch(orthanc.proc, log=workdir / "orthanc.log", name="Orthanc")
+    return orthanc
+
+
 def start_storescp(workdir: Path, ae_title: str = "STORESCP", bit_preserving: bool = True) -> PeerProcess:
     """DCMTK storescp writing what it receives to ``workdir/received`` (+B: bytes as received)."""
     out = workdir / "received"
@@ -63,9 +72,7 @@ def start_storescp(workdir: Path, ae_title: str = "STORESCP", bit_preserving: bo
     args = [system_binary("storescp"), "+xa", "-od", str(out), "-aet", ae_title]
     if bit_preserving:
         args.insert(1, "+B")
-    log = open(workdir / "storescp.log", "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([*args, str(port)], stdout=log, stderr=subprocess.STDOUT, env=dcmtk_env())
-    log.close()
+    proc = start([*args, str(port)], workdir / "storescp.log", name="storescp", env=dcmtk_env()).proc
     wait_for_port(port, proc)
     return PeerProcess("storescp", ae_title, port, proc, workdir)
 
@@ -77,10 +84,8 @@ def start_node(workdir: Path, config: dict[str, Any]) -> PeerProcess:
     config = {**config, "node": {**config.get("node", {}), "port": port}}
     path = workdir / "node.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = open(workdir / "node.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    proc = start([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve"], workdir / "node.log",
+                 name="dicom-node serve").proc
     wait_for_port(port, proc)
     return PeerProcess("node", config["node"].get("ae_title", "AI_NODE"), port, proc, workdir, extra={"config": path})
 
@@ -89,9 +94,8 @@ def start_node(workdir: Path, config: dict[str, Any]) -> PeerProcess:
 def serve_role(config_path: Path, role: str, log: Path, own_session: bool = False) -> subprocess.Popen[bytes]:
     """``dicom-node serve --role ROLE`` in a subprocess logging to ``log``; ``own_session``: a
     process group of its own (a "host" a test can kill whole)."""
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config_path), "serve", "--role", role],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=own_session)
+    return start([sys.executable, "-m", "dicom_node.cli", "--config", str(config_path), "serve", "--role", role], log,
+                 name=f"dicom-node serve --role {role}", start_new_session=own_session).proc
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -29,6 +29,8 @@ from typing import Any
 
 from mfusepy import FUSE, FuseOSError, Operations
 
+from .processes import watch
+
 
 @dataclass(eq=False)
 class _Node:
@@ -279,6 +281,7 @@ class Mount:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.powercut_fs", str(self.mountpoint), str(self.ready)],
                                          stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+        watch(self.proc, log=self.log, name="power-cut filesystem")
         self._wait_mounted(0)
         return self
 

@@ -35,6 +35,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dicom_node.tools.synthetic import write_ct_series
 
+from .processes import start
 from .raw_peer import FRAGMENTATIONS, PeerClosed, RawSCP, RawSCU, fragment, raw_store_request, store_request
 
 #: (rows, columns, weight): 8x8 is a ~700-byte instance, 1536x1536 4.5 MiB.
@@ -318,9 +319,8 @@ def start_receivers(work: Path, storescp: str, seed: int) -> Receivers:
         out = work / f"storescp{number}"
         out.mkdir(parents=True)
         port = free_port()
-        proc = subprocess.Popen([storescp, "+B", "--max-pdu", str(max_pdu), "-od", str(out), "-aet", "STORESCP",
-                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "TCP_NODELAY": "1"})
+        proc = start([storescp, "+B", "--max-pdu", str(max_pdu), "-od", str(out), "-aet", "STORESCP", str(port)],
+                     work / f"storescp{number}.log", name=f"storescp {number}", env={**os.environ, "TCP_NODELAY": "1"}).proc
         wait_for_port(port, proc)
         dcmtk.append((proc, port, out))
     servers = []

@@ -3,13 +3,16 @@ table and a PNG preview."""
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from ..support import processes
+from ..support.peers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +27,8 @@ def test_demo_prints_measurements_and_writes_a_preview(tmp_path: Path, pipeline:
         workdir, where = tmp_path / "demo", ["--out", str(tmp_path / "demo")]
     else:
         workdir, where = tmp_path / "var" / "demo", []
-    done = subprocess.run([*CLI, "demo", *where, "--pipeline", pipeline, *pacs, "--timeout", "240"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    done = processes.run([*CLI, "demo", *where, "--pipeline", pipeline, *pacs, "--timeout", "240"], timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, processes.describe_run(done)
     out = done.stdout + done.stderr
     assert "lungs" in out and "volume (mL)" in out
     # One row per structure, volume and diameter together (the SR's twin groups merged).
@@ -45,7 +47,7 @@ def test_demo_prints_measurements_and_writes_a_preview(tmp_path: Path, pipeline:
 def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "file.txt").write_text("keep me")
-    done = subprocess.run([*CLI, "demo", "--workdir", str(tmp_path / "precious")], capture_output=True, text=True, timeout=60)
+    done = processes.run([*CLI, "demo", "--workdir", str(tmp_path / "precious")], timeout=60)
     assert done.returncode != 0 and "was not made by the demo" in done.stderr
     assert (tmp_path / "precious" / "file.txt").read_text() == "keep me"
 
@@ -57,19 +59,19 @@ def test_demo_viewer_serves_the_study_with_its_results_in_ohif(tmp_path: Path, o
 
     from .test_viewer import CHROMIUM, CHROMIUM_ARGS
 
-    proc = subprocess.Popen([*CLI, "demo", "--workdir", str(tmp_path / "demo"), "--pipeline", "ct-baseline", "--viewer",
-                             "--serve-seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = processes.start([*CLI, "demo", "--workdir", str(tmp_path / "demo"), "--pipeline", "ct-baseline", "--viewer",
+                            "--serve-seconds", "60"], tmp_path / "demo.log", name="dicom-node demo --viewer",
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        url = None
-        printed: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            printed.append(line)
-            found = re.search(r"(http://127\.0\.0\.1:\d+/viewer\?StudyInstanceUIDs=[0-9.]+)", line)
+        def printed_url() -> str | None:
+            found = re.search(r"(http://127\.0\.0\.1:\d+/viewer\?StudyInstanceUIDs=[0-9.]+)", demo.output())
             if found:
-                url = found.group(1)
-                break
-        assert url, f"the demo printed no viewer URL (exit {proc.poll()}); its output:\n{''.join(printed)[-6000:]}"
+                return found.group(1)
+            if demo.proc.poll() is not None:
+                raise AssertionError(f"the demo ended (exit {demo.proc.returncode}) without printing a viewer URL")
+            return None
+
+        url = wait_for(printed_url, 400, "the demo's viewer URL")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -82,8 +84,5 @@ def test_demo_viewer_serves_the_study_with_its_results_in_ohif(tmp_path: Path, o
             browser.close()
         assert any(t.startswith("SEG") for t in texts) and any(t.startswith("SR") for t in texts), texts
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert proc.returncode in (0, -15)
+        demo.stop(timeout=60)
+    assert demo.proc.returncode in (0, -15), f"the demo exited with {demo.proc.returncode}"

@@ -16,10 +16,12 @@ import yaml
 from dicom_node.config import PipelineSpec
 from dicom_node.tools.model_check import check_pipeline
 
+from ..support import processes
+
 
 def _cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DICOM_NODE_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "dicom_node.cli", *args], capture_output=True, text=True, timeout=timeout,
+    return processes.run([sys.executable, "-m", "dicom_node.cli", *args], timeout=timeout,
                           cwd=cwd, env=env)
 
 

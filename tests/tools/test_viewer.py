@@ -31,6 +31,7 @@ from dicom_node.tools.synthetic import write_volume_series
 from dicom_node.tools.viewer import ViewerServer, start_viewer_stack
 
 from ..conftest import config_dict
+from ..support import processes
 from ..support.peers import wait_for
 
 pytestmark = pytest.mark.slow
@@ -93,6 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator
     node.start()
     orthanc, viewer = start_viewer_stack(tmp / "orthanc", dist, dicom_port=orthanc_port,
                                          modalities={"ainode": ["AI_NODE", "127.0.0.1", node.port]})
+    processes.watch(orthanc.proc, log=tmp / "orthanc" / "orthanc.log", name="Orthanc (OHIF's DICOMweb)")
     try:
         studies = {}
         for name, paths in files.items():
@@ -135,6 +137,9 @@ def viewer_page(study: Study) -> Iterator[Any]:
         page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
         page.problems = []  # console errors and uncaught exceptions
         page.outside = []  # requests that leave our origin
+        console: list[str] = []  # everything the page logged, for a failure's report
+        processes.note("Chromium (OHIF's console)", lambda: "\n".join(console))
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         page.on("console", lambda m: page.problems.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: page.problems.append(f"uncaught: {e}"))
         page.on("request", lambda r: page.outside.append(r.url)

@@ -30,6 +30,7 @@ from dicom_node.tools.synthetic import write_volume_series
 from dicom_node.web.app import create_app
 
 from ..conftest import TEST_SCU, config_dict, new_postgres_database
+from ..support import processes
 from ..support.peers import stop_process, wait_for
 from ..tools.test_viewer import CHROMIUM, CHROMIUM_ARGS
 
@@ -215,11 +216,12 @@ def test_serve_sums_the_metrics_of_its_processes(tmp_path: Path) -> None:
     log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(path), "serve"], stdout=log,
                             stderr=subprocess.STDOUT)
+    processes.watch(proc, log=tmp_path / "serve.log", name="dicom-node serve")
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{web}/ready"), 60, "serve's web service")
         files = [write_volume_series(make_phantom(50 + n, shape=(4, 32, 32), spacing=(3.0, 3.0, 3.0), liver_lesions=(0, 0),
                                                   lung_nodules=(0, 0)).volume, tmp_path / f"s{n}", seed=50 + n) for n in range(4)]
-        # Four associations open at once: the dispatcher hands each to the process with the fewest.
+        # Four associations open at once: the hand-off gives each to the process with the fewest.
         associations = []
         for series in files:
             ae = AE(ae_title=TEST_SCU)

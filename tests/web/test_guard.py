@@ -1,4 +1,4 @@
-"""The web service against a hostile browser or client (web_guard.py): through the ASGI test
+"""The web service against a hostile browser or client (web/guard.py): through the ASGI test
 client for the rules, and through a real uvicorn for what only a socket shows (slow and silent
 connections, header size, the concurrency limit, HTTPS)."""
 
@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
-from dicom_node.storage.audit import AuditLog, read_audit
+from dicom_node.storage.audit import AuditLog
+from dicom_node.storage.audit_chain import read_audit
 from dicom_node.storage.index import Index
 from dicom_node.web.app import COOKIE, WebServer, create_app
 from dicom_node.web.guard import Sessions

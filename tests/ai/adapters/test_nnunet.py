@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from dicom_node.storage.volume import load_series
 from dicom_node.tools.synthetic import write_volume_series
 
 from ...flow.test_worker import PEERS, index_series
+from ...support import processes
 
 CT = Domain(modality=["CT"], body_width_mm=(100, 700))
 BIN = Path(sys.executable).parent
@@ -40,7 +40,7 @@ BIN = Path(sys.executable).parent
 def model() -> Path:
     """Built once by nnU-Net's own commands (a child process: nnU-Net reads its folders from the
     environment at import)."""
-    result = subprocess.run([sys.executable, "scripts/build_nnunet_model.py"], capture_output=True, text=True, timeout=900,
+    result = processes.run([sys.executable, "scripts/build_nnunet_model.py"], timeout=900,
                             cwd=Path(__file__).parents[3])
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
@@ -62,9 +62,9 @@ def test_the_node_gives_what_nnunetv2_predict_gives(model: Path, series: tuple, 
     inputs.mkdir()
     voxels = np.ascontiguousarray(source.volume.voxels.transpose(2, 1, 0)).astype(np.float32)
     nib.save(nib.Nifti1Image(voxels, source.volume.ras_affine()), inputs / "case_0000.nii.gz")
-    result = subprocess.run([str(BIN / "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(outputs),
+    result = processes.run([str(BIN / "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(outputs),
                              "-m", str(model), "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu", "--disable_tta",
-                             "-npp", "1", "-nps", "1"], capture_output=True, text=True, timeout=600)
+                             "-npp", "1", "-nps", "1"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = np.asarray(nib.load(str(outputs / "case.nii.gz")).dataobj).transpose(2, 1, 0).astype(np.uint8)
     assert np.array_equal(reference, findings.label_map)

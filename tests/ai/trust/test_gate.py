@@ -12,10 +12,10 @@ from ai.phantom import make_phantom
 from ai.pipeline import ClassicalCTPipeline
 from ai.registry import ModelRegistry
 from ai.trust.domain import Domain
-from ai.trust.gate import SeriesFacts, check
+from ai.trust.gate import GateFacts, check
 from ai.types import Volume
 
-FACTS = SeriesFacts(modality="CT", body_part_examined="CHEST", slice_thickness_mm=2.5, contrast_agent="iodine")
+FACTS = GateFacts(modality="CT", body_part_examined="CHEST", slice_thickness_mm=2.5, contrast_agent="iodine")
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +58,10 @@ def test_an_mr_labelled_ct_is_refused_by_its_pixels(organs: Domain, phantom: Vol
 def test_ten_millimetre_slices_are_refused(organs: Domain) -> None:
     volume = _phantom(7105, thickness=10.0)
     for domain in (organs, ClassicalCTPipeline.domain):
-        decision = check(domain, SeriesFacts("CT", "CHEST", 10.0, "iodine"), volume)
+        decision = check(domain, GateFacts("CT", "CHEST", 10.0, "iodine"), volume)
         assert any("10 mm thick" in reason for reason in decision.reasons)
     # the attribute alone decides nothing against the geometry: 2.5 mm spacing, 10 mm SliceThickness
-    assert not check(organs, SeriesFacts("CT", "CHEST", 10.0, "iodine"), _phantom(7106)).applicable
+    assert not check(organs, GateFacts("CT", "CHEST", 10.0, "iodine"), _phantom(7106)).applicable
 
 
 def test_a_head_ct_is_refused(organs: Domain) -> None:
@@ -72,9 +72,9 @@ def test_a_head_ct_is_refused(organs: Domain) -> None:
     hu = np.where(r < 70, 35.0, -1000.0) + np.where((r >= 70) & (r < 78), 1300.0, 0.0) + rng.normal(0, 8, (40, 200, 200))
     head = Volume(hu.astype(np.float32), (3.0, 1.0, 1.0))
     for domain in (organs, ClassicalCTPipeline.domain):
-        decision = check(domain, SeriesFacts("CT", "HEAD", 3.0), head)
+        decision = check(domain, GateFacts("CT", "HEAD", 3.0), head)
         assert any("Body Part Examined HEAD" in reason for reason in decision.reasons)
-    unnamed = check(organs, SeriesFacts("CT", None, 3.0), head)  # no attribute: the pixels still say no
+    unnamed = check(organs, GateFacts("CT", None, 3.0), head)  # no attribute: the pixels still say no
     assert not unnamed.applicable
     assert any("wide" in reason or "unlike the training data" in reason for reason in unnamed.reasons)
 
@@ -82,7 +82,7 @@ def test_a_head_ct_is_refused(organs: Domain) -> None:
 def test_missing_rescale_is_refused_when_the_pixels_say_so(organs: Domain, phantom: Volume) -> None:
     """Stored values (HU + 1024) read without their Rescale Intercept: air at +24."""
     stored = phantom.with_voxels(phantom.voxels + 1024.0)
-    facts = SeriesFacts("CT", "CHEST", 2.5, "iodine", has_rescale=False)
+    facts = GateFacts("CT", "CHEST", 2.5, "iodine", has_rescale=False)
     for domain in (organs, ClassicalCTPipeline.domain):
         decision = check(domain, facts, stored)
         assert not decision.applicable and "no Rescale Slope/Intercept" in decision.reasons[0]
@@ -92,7 +92,7 @@ def test_missing_rescale_is_refused_when_the_pixels_say_so(organs: Domain, phant
 
 
 def test_contrast_is_a_note_not_a_verdict(organs: Domain, phantom: Volume) -> None:
-    decision = check(organs, SeriesFacts("CT", "CHEST", 2.5, None), phantom)
+    decision = check(organs, GateFacts("CT", "CHEST", 2.5, None), phantom)
     assert decision.applicable
     assert "no contrast agent recorded" in decision.notes[0]
 
