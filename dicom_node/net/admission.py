@@ -204,17 +204,21 @@ class Admission:
             self._release(waiting)
             self._hand_over(conn, waiting.address, False)
             return
-        need = min(6 + struct.unpack(">L", head[2:6])[0], PEEK_LIMIT)
+        need = _request_length(head)
         if len(head) < need:
             if need != waiting.need:
                 waiting.need = need
                 self._set_lowat(conn, need)
             return
+        self._admit_whole(waiting)
+
+    def _admit_whole(self, waiting: _Waiting) -> None:
+        """A whole A-ASSOCIATE-RQ is in the buffer: to the listener, or refused when it has no slot."""
         self._release(waiting)
         if self.has_slot is not None and not self.has_slot():
             self._refuse(waiting, "local limit exceeded (node.max_associations associations open)", self.clock())
             return
-        self._hand_over(conn, waiting.address, False)
+        self._hand_over(waiting.conn, waiting.address, False)
 
     def _hand_over(self, conn: socket.socket, address: Any, tls: bool) -> None:
         try:
@@ -269,6 +273,11 @@ class Admission:
 
     def _expire(self, now: float) -> None:
         for waiting in [w for w in self._waiting.values() if w.deadline <= now]:
+            if not waiting.refusing and _whole_request_waiting(waiting.conn):
+                # It came whole while this thread was busy with others (a storm on a starved
+                # CPU): the sender kept its side of the deadline, so it is admitted, not closed.
+                self._admit_whole(waiting)
+                continue
             if not waiting.refusing:
                 self._summary.expired[waiting.host] += 1
             self._drop(waiting)
@@ -294,3 +303,18 @@ class Admission:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
         except OSError:
             pass  # without it a partial request only costs a few extra wake-ups
+
+
+def _request_length(head: bytes) -> int:
+    """The bytes an A-ASSOCIATE-RQ that starts with ``head`` (at least 6 bytes) takes, at most
+    PEEK_LIMIT (a longer one is admitted once that much is there)."""
+    return min(6 + struct.unpack(">L", head[2:6])[0], PEEK_LIMIT)
+
+
+def _whole_request_waiting(conn: socket.socket) -> bool:
+    """Whether a whole A-ASSOCIATE-RQ (or its first PEEK_LIMIT bytes) is in ``conn``'s buffer."""
+    try:
+        head = conn.recv(PEEK_LIMIT, socket.MSG_PEEK)
+    except OSError:
+        return False
+    return len(head) >= 6 and head[0] == 0x01 and len(head) >= _request_length(head)

@@ -1,4 +1,4 @@
-"""Findings -> standard DICOM result objects, with highdicom: a Segmentation (SEG), with highdicom, in the geometry of its source.
+"""Findings -> a Segmentation (SEG), with highdicom, in the geometry of its source.
 
 One frame per source frame (``empty_frames: keep`` is the default; ``omit`` drops frames with
 no voxel of a segment, which is smaller but leaves viewers that match frames by position to
