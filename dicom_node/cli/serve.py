@@ -38,9 +38,9 @@ def cmd_serve(config: NodeConfig, args: argparse.Namespace) -> int:
         _check_deidentification(config)
     if args.role in ("worker", "sender"):
         return _serve_downstream(config, args.role)
-    workers = config.node.worker_count(os.cpu_count())
-    node: Node | Supervisor = Node(config, log_pdus=args.verbose, role=args.role) if workers == 1 else \
-        Supervisor(config, workers, log_pdus=args.verbose, role=args.role)
+    listeners = config.node.worker_count(os.cpu_count())  # node.workers: listener processes
+    node: Node | Supervisor = Node(config, log_pdus=args.verbose, role=args.role) if listeners == 1 else \
+        Supervisor(config, listeners, log_pdus=args.verbose, role=args.role)
     stop = threading.Event()
     # Child processes start with SIGINT ignored (the disposition survives exec): a Ctrl-C in the
     # terminal reaches the whole process group, and a child still importing would die with a

@@ -63,9 +63,10 @@ class Supervisor:
     """Several listener processes behind one port (it accepts, net/handoff.py hands each
     connection to the least busy), plus recovery and the completion sweep."""
 
-    def __init__(self, config: NodeConfig, workers: int, log_pdus: bool = False, role: str = "all") -> None:
+    def __init__(self, config: NodeConfig, listeners: int, log_pdus: bool = False, role: str = "all") -> None:
         self.config = config
-        self.workers = workers
+        #: Listener processes behind the port (``node.workers``; not the analysis workers).
+        self.listener_count = listeners
         self.log_pdus = log_pdus
         self.store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
         self.index = Index(config.index.location, synchronous="NORMAL")
@@ -102,7 +103,7 @@ class Supervisor:
         ready = self._context.Queue()
         channels = []
         try:
-            for _ in range(self.workers):
+            for _ in range(self.listener_count):
                 ours, theirs = self._context.Pipe(duplex=True)
                 proc = self._context.Process(target=_listener_main, args=(worker_config, ready, self._stop, self.log_pdus, theirs),
                                              daemon=False)
@@ -110,7 +111,7 @@ class Supervisor:
                 theirs.close()
                 channels.append(ours)
                 self._procs.append(proc)
-            for _ in range(self.workers):
+            for _ in range(self.listener_count):
                 kind, detail = ready.get(timeout=60)
                 if kind != "ready":
                     raise NodeError(f"a listener process failed to start: {detail}")
@@ -130,7 +131,7 @@ class Supervisor:
         self.downstream.start()
         self.web = start_web(self.config, self.index, self._readiness, self.audit)
         self.retention = start_retention(self.config, self.index, self.audit)
-        log.info("%d listener processes on %s:%d%s: %s", self.workers, self.config.node.host, self.port,
+        log.info("%d listener processes on %s:%d%s: %s", self.listener_count, self.config.node.host, self.port,
                  f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",
                  ", ".join(str(p.pid) for p in self._procs))
 
