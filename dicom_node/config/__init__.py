@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .analysis import DeliverySection, JobsSection, LabelCodes, PipelineSpec, ResultsSection
 from .base import is_postgres_url, redacted
+from .dicomweb import AUTH_KINDS, DicomwebAuth, DicomwebSection
 from .loading import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, ENV_OVERRIDES, load_config, parse_config, resolve_config_path
 from .model import NodeConfig
 from .node import Durability, NodeSection, TlsSection
@@ -24,6 +25,9 @@ from .storage import AuditSection, IndexSection, LogsSection, RetentionSection, 
 from .web import WebSection, WebTlsSection, token_bits
 
 __all__ = [
+    "AUTH_KINDS",
+    "DicomwebAuth",
+    "DicomwebSection",
     "AuditSection",
     "CONFIG_ENV_VAR",
     "CompletionSection",

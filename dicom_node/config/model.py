@@ -45,6 +45,12 @@ class NodeConfig(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"peer names must be unique, repeated: {', '.join(dupes)}")
+        for client in (p for p in peers if p.stow):
+            # What a STOW-RS client sends is recorded under its AE title: no other peer may share it.
+            twins = [p.name for p in peers if p is not client and p.ae_title == client.ae_title]
+            if twins:
+                raise ValueError(f"peer {client.name} (stow: true) has AE title {client.ae_title!r}, as {', '.join(twins)} "
+                                 "has: give it an ae_title of its own")
         return peers
 
     @model_validator(mode="after")
@@ -101,6 +107,9 @@ class NodeConfig(_Section):
                     raise ValueError(f"{where}: {kind} {name!r} is not a peer")
                 if not peers[name].receive:
                     raise ValueError(f"{where}: peer {name!r} has receive: false")
+                if not peers[name].has_dimse and peers[name].dicomweb is None:
+                    raise ValueError(f"{where}: peer {name!r} has neither a DIMSE address nor a dicomweb: service to "
+                                     "send to")
         for name, spec in self.pipelines.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")
@@ -123,5 +132,9 @@ class NodeConfig(_Section):
         raise ConfigError(f"peers: no peer named {name!r} (known: {known})")
 
     def callers(self) -> list[Peer]:
-        """Peers allowed to send to us."""
-        return [p for p in self.peers if p.send]
+        """Peers allowed to send to us by DIMSE (C-STORE)."""
+        return [p for p in self.peers if p.send and p.has_dimse]
+
+    def stow_clients(self) -> list[Peer]:
+        """Peers allowed to push to the node's STOW-RS endpoint."""
+        return [p for p in self.peers if p.stow]

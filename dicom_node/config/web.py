@@ -37,6 +37,11 @@ class WebSection(_Section):
     session_hours: float = Field(12.0, gt=0)
     #: Failed sign-ins allowed per client address within 5 minutes before it must wait.
     login_attempts: int = Field(5, ge=1)
+    #: The STOW-RS endpoint (/dicomweb/...): a request's whole body, and one instance in it, at
+    #: most this many bytes; its body may take as long as it keeps arriving (request_timeout_seconds
+    #: then bounds each silence, not the whole upload).
+    stow_max_request_bytes: int = Field(4 * 2**30, ge=2**16)
+    stow_max_instance_bytes: int = Field(2 * 2**30, ge=2**16)
     #: HTTPS for the dashboard and API: {certificate, private_key} (PEM files).
     tls: WebTlsSection | None = None
 

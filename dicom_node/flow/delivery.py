@@ -1,4 +1,5 @@
-"""The sender: delivers due outbox rows by C-STORE, one association per job and peer.
+"""The sender: delivers due outbox rows by C-STORE, one association per job and peer (or by
+STOW-RS to a DICOMweb peer: delivery_dicomweb.py).
 
 For each (job, peer) group it proposes a presentation context for every candidate encoding,
 then takes the first variant (in the group's preference order) whose every object the peer
@@ -22,7 +23,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from .. import counters
-from ..config import NodeConfig, is_postgres_url
+from ..config import NodeConfig, Peer, is_postgres_url
 from ..errors import ConfigError, DeidentificationError, IndexError_, PeerError, TranscodeError
 from ..logs import log_context
 from ..net.patches.pynetdicom_settings import configure_sender
@@ -32,6 +33,7 @@ from ..periodic import PeriodicTask
 from ..privacy.deidentify import Deidentifier, deidentifier_for
 from ..privacy.outgoing import deidentified, split_variant
 from ..storage.audit import AuditLog
+from .delivery_dicomweb import send_group_by_stow
 from .outbox import Candidate, Delivery, Outbox, RetryPolicy, is_forward
 from .transcode import UNCOMPRESSED_VARIANTS, for_sending
 
@@ -82,10 +84,10 @@ class Sender:
                 delivered += self._send_group(peer_name, list(items))
         return delivered
 
-    def _fail(self, group: list[Delivery], reason: str) -> None:
+    def fail(self, group: list[Delivery], reason: str, permanent: bool = False) -> None:
         now = self.clock()
         for delivery in group:
-            state = self.outbox.failed(delivery, reason, now, self.policy)
+            state = self.outbox.failed(delivery, reason, now, self.policy, permanent)
             counters.DELIVERY_FAILURES.labels(delivery.peer).inc()
             log.warning("Delivery %d (%s of %s) to %s failed, attempt %d, %s: %s", delivery.id, delivery.object,
                         delivery.job_key, delivery.peer, delivery.attempts + 1,
@@ -107,7 +109,7 @@ class Sender:
             return ""
         return str(rows[0]["study_uid"]) if rows else ""
 
-    def _payload(self, candidate: Candidate) -> str | Dataset:
+    def payload(self, candidate: Candidate) -> str | Dataset:
         """What goes out for ``candidate``: the stored file, decompressed for an uncompressed
         variant (transcode.py), de-identified for a ``deid:`` variant (privacy/outgoing.py)."""
         profile, encoding = split_variant(candidate.variant)
@@ -119,12 +121,26 @@ class Sender:
             self._deidentifiers[profile] = deidentifier_for(self.config.deidentification, profile)
         return deidentified(payload, self._deidentifiers[profile])
 
+    def mark_delivered(self, delivery: Delivery, candidate: Candidate, peer: Peer, status: int) -> None:
+        """Mark one delivery done, count it, log it, and audit it as an Export."""
+        self.outbox.delivered(delivery.id, candidate.variant, self.clock())
+        counters.DELIVERIES.labels(peer.name).inc()
+        log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
+                 candidate.variant, candidate.sop_instance_uid)
+        if self.audit is not None:
+            event = "forwarded" if is_forward(delivery.job_key) else "result_sent"
+            self.audit.write(event, peer=peer.name, ae_title=peer.ae_title, host=peer.host or peer.address,
+                             object=delivery.object, job=delivery.job_key, sop_instance_uid=candidate.sop_instance_uid,
+                             variant=candidate.variant, status=status, study_uid=self._study_of(delivery))
+
     def _send_group(self, peer_name: str, group: list[Delivery]) -> int:
         try:
             peer = self.config.peer(peer_name)
         except ConfigError as exc:  # a peer removed from the config: say so on the row
-            self._fail(group, str(exc))
+            self.fail(group, str(exc))
             return 0
+        if peer.delivers_by_dicomweb:
+            return send_group_by_stow(self, peer, group)
         ae = AE(ae_title=self.config.node.ae_title)
         timeout = self.config.delivery.timeout_seconds
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -135,21 +151,21 @@ class Sender:
         try:
             assoc = associate(ae, peer, self.tls)
         except PeerError as exc:
-            self._fail(group, str(exc))
+            self.fail(group, str(exc))
             return 0
         delivered = 0
         try:
             accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
             chosen = _choose_variant(group, accepted)
             if chosen is None:
-                self._fail(group, f"{peer.name} accepted none of the encodings offered: " +
+                self.fail(group, f"{peer.name} accepted none of the encodings offered: " +
                            ", ".join(f"{c.variant} ({c.sop_class_uid}, {c.transfer_syntax_uid})" for c in group[0].candidates))
                 return 0
             for delivery in group:
                 candidate = chosen[delivery.id]
                 reason = ""
                 try:
-                    payload = self._payload(candidate)
+                    payload = self.payload(candidate)
                     status = assoc.send_c_store(payload) if assoc.is_established else None
                 except (TranscodeError, DeidentificationError, ConfigError) as exc:
                     status, reason = None, str(exc)
@@ -157,22 +173,13 @@ class Sender:
                     status, reason = None, f"send failed: {type(exc).__name__}: {exc}"
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code in _SUCCESS:
-                    self.outbox.delivered(delivery.id, candidate.variant, self.clock())
-                    counters.DELIVERIES.labels(peer.name).inc()
+                    self.mark_delivered(delivery, candidate, peer, code)
                     delivered += 1
-                    log.info("Delivered %s of %s to %s (%s, %s)", delivery.object, delivery.job_key, peer.name,
-                             candidate.variant, candidate.sop_instance_uid)
-                    if self.audit is not None:
-                        event = "forwarded" if is_forward(delivery.job_key) else "result_sent"
-                        self.audit.write(event, peer=peer.name, ae_title=peer.ae_title, host=peer.host,
-                                         object=delivery.object, job=delivery.job_key,
-                                         sop_instance_uid=candidate.sop_instance_uid, variant=candidate.variant,
-                                         status=code, study_uid=self._study_of(delivery))
                 else:
                     if not reason:
                         reason = (f"{peer.name} answered status 0x{code:04X} {status.get('ErrorComment', '')}".strip()
                                   if code is not None else "no response (association lost or timed out)")
-                    self._fail([delivery], reason)
+                    self.fail([delivery], reason)
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -120,10 +120,12 @@ class Outbox:
                 (now, variant, delivery_id),
             )
 
-    def failed(self, delivery: Delivery, error: str, now: float, policy: RetryPolicy) -> DeliveryState:
-        """Record a failed attempt; dead once it has failed for longer than the policy allows."""
+    def failed(self, delivery: Delivery, error: str, now: float, policy: RetryPolicy,
+               permanent: bool = False) -> DeliveryState:
+        """Record a failed attempt; dead once it has failed for longer than the policy allows, or
+        at once when ``permanent`` (the peer refused this object: sending it again cannot help)."""
         attempts = delivery.attempts + 1
-        dead = now - delivery.queued_at >= policy.give_up_after_seconds
+        dead = permanent or now - delivery.queued_at >= policy.give_up_after_seconds
         with self.index.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",

@@ -57,7 +57,7 @@ def rule_facts(db: sqlite3.Connection, series: sqlite3.Row | dict, peers: Sequen
 
 
 def source_peer(calling_ae: str, peers: Iterable[Peer]) -> str:
-    return next((p.name for p in peers if p.ae_title == calling_ae and p.send), "")
+    return next((p.name for p in peers if p.ae_title == calling_ae and (p.send or p.stow or p.query)), "")
 
 
 def frames_of(header: Dataset) -> int:

@@ -45,6 +45,8 @@ def associate(ae: AE, peer: Peer, tls: ssl.SSLContext | None = None) -> Associat
     """An established association with ``peer``, over TLS when the peer says ``tls: true``
     (``tls``: the node's client context, tls.client_context); PeerError says why not."""
     install_fixes()  # the exact send/reactor hand-over, in whichever process sends
+    if not peer.has_dimse:
+        raise PeerError(f"{peer.name} has no DIMSE address (host, port): it is reached by DICOMweb only")
     tls_args = None
     if peer.tls:
         if tls is None:

@@ -17,7 +17,6 @@ the final rename never copies.
 
 from __future__ import annotations
 
-import filecmp
 import logging
 import os
 import socket
@@ -39,6 +38,7 @@ from ..logs import bind_log_context
 from ..storage.audit import AuditLog
 from ..storage.header import read_header
 from ..storage.index import Index, Outcome, Receipt
+from ..storage.ingest import ingest
 from ..storage.store import InstanceStore
 from .contexts import storage_contexts, verification_context
 from .node_ae import NodeAE
@@ -146,65 +146,29 @@ class StorageSCP:
         response.ErrorComment = note[:64]
         return response
 
-    def _committed_anyway(self, sop_instance_uid: str, final: Path, receipt: Receipt) -> bool:
-        """Whether this receipt's row is in the index although recording it reported an error."""
-        try:
-            row = self.index.instance(sop_instance_uid)
-        except IndexError_:
-            return False
-        return row is not None and row["path"] == str(final) and row["received_at"] == receipt.received_at
-
     def _store(self, event: evt.Event, assoc: Association) -> tuple[int, str, int]:
         requested = str(event.request.AffectedSOPInstanceUID)
         caller = assoc.requestor
         try:
-            self.store.check_free_space()
             received = Path(event.dataset_path)
             header = read_header(received)
             bind_log_context(study_uid=header.study_instance_uid, series_uid=header.series_instance_uid,
                              sop_instance_uid=header.sop_instance_uid)
-            size = os.path.getsize(received)
             if header.sop_instance_uid != requested:
                 log.warning("C-STORE from %s: Affected SOP Instance UID %s differs from the dataset's %s; stored under the dataset's",
                             caller.ae_title, requested, header.sop_instance_uid)
-            final = self.store.path_for(header)
-            known = self.index.instance(header.sop_instance_uid)
-            if (known is None or known["path"] != str(final)) and final.exists():
-                owner = self.index.owner_of_path(final, header.sop_instance_uid)
-                if owner is not None:  # never replace another instance's acknowledged file
-                    raise InvalidInstanceError(f"path of another instance ({owner}); not stored")
-            if known is not None and final.exists() and filecmp.cmp(received, final, shallow=False):
-                outcome = Outcome.DUPLICATE
-            else:
-                outcome = Outcome.NEW if known is None else Outcome.REPLACED
-                final = self.store.commit(received, header, fd=open_dataset_fd(event.request))
             receipt = Receipt(
                 calling_ae=str(caller.ae_title).strip(),
                 called_ae=str(assoc.acceptor.ae_title).strip(),
                 peer_address=str(caller.address),
                 received_at=self.clock(),
             )
-            try:
-                self.index.record_instance(header, final, size, receipt, outcome)
-            except IndexError_ as exc:
-                if not self._committed_anyway(header.sop_instance_uid, final, receipt):
-                    if outcome is Outcome.NEW:  # refused: no file without its row either (the sender sends it again)
-                        try:
-                            final.unlink()
-                        except OSError:
-                            pass  # start-up recovery indexes it
-                    raise
-                # SQLite can report SQLITE_FULL from the WAL checkpoint that follows a commit: the
-                # row is durable all the same, so the answer is Success (what the index holds).
-                log.warning("Index reported an error after committing %s (%s); its row is there: Success",
-                            header.sop_instance_uid, exc)
-            if outcome is not Outcome.NEW:
-                log.info("SOP Instance %s received again from %s: %s", header.sop_instance_uid, receipt.calling_ae, outcome.value)
+            taken = ingest(self.store, self.index, received, receipt, fd=open_dataset_fd(event.request), header=header)
             stats = self._stats.get(id(assoc))
             if stats is not None:  # for the audit record: what was transferred, per study (DICOM audit message)
                 study = stats.studies.setdefault(header.study_instance_uid, {"patient_id": header.patient_id, "sop_classes": {}})
                 study["sop_classes"][header.sop_class_uid] = study["sop_classes"].get(header.sop_class_uid, 0) + 1
-            return STATUS_SUCCESS, outcome.value, size
+            return STATUS_SUCCESS, taken.outcome.value, taken.size
         except DiskFullError as exc:
             log.error("Refusing %s from %s with 0xA700: %s", requested, caller.ae_title, exc)
             return STATUS_OUT_OF_RESOURCES, str(exc), 0

@@ -1,5 +1,6 @@
-"""The node's web service: health and readiness for orchestrators, Prometheus metrics, a JSON API
-and a server-rendered dashboard, on Starlette under uvicorn, started by ``serve`` (``web:``).
+"""The node's web service: health and readiness for orchestrators, Prometheus metrics, a JSON API,
+a server-rendered dashboard and the STOW-RS endpoint (dicomweb/stow_server.py, its clients
+signing in with tokens of their own), on Starlette under uvicorn, started by ``serve`` (``web:``).
 
 It only reads the index, apart from two writes an operator asks for (queue a failed delivery
 or a dead job again), which go through the same Outbox and JobQueue methods as
@@ -31,13 +32,15 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ..config import NodeConfig
+from ..dicomweb.stow_server import StowEndpoint
 from ..flow.job_engine import job_queue
 from ..flow.outbox import Outbox
 from ..flow.route_check import describe_route
 from ..storage.audit import AuditLog
 from ..storage.index import Index
+from ..storage.store import InstanceStore
 from .dashboard import render_dashboard, render_login
-from .guard import LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
+from .guard import STREAMED_PREFIX, LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 from .metrics import exposition
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,14 @@ OPEN_PATHS = ("/health", "/ready", "/login")
 
 
 def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None,
-               token: str | None = None, audit: AuditLog | None = None) -> Any:
+               token: str | None = None, audit: AuditLog | None = None, store: InstanceStore | None = None) -> Any:
     """The ASGI app, behind web_guard's RequestGuard. ``readiness``: what keeps the node from
-    taking work ([] when ready); ``audit``: where failed sign-ins are recorded."""
+    taking work ([] when ready); ``audit``: where failed sign-ins are recorded; ``store``: where
+    STOW-RS instances go (the configured store by default)."""
     jobs, outbox = job_queue(index, config), Outbox(index)
+    store = store or InstanceStore(config.storage.path, config.storage.durability,
+                                   min_free_bytes=config.storage.min_free_mb * 2**20)
+    stow = StowEndpoint(config, index, store, audit)
     readiness = readiness or (lambda: [])
     sessions = Sessions(token, config.web.session_hours * 3600) if token else None
     throttle = LoginThrottle(config.web.login_attempts)
@@ -219,6 +226,10 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         Route("/api/peers", peers),
         Route("/api/routes", routes),
         Route("/api/audit", audit_tail),
+        Route("/dicomweb/studies", stow.handle, methods=["POST"]),
+        Route("/dicomweb/studies/{study}", stow.handle, methods=["POST"]),
+        Route("/dicomweb/{client}/studies", stow.handle, methods=["POST"]),
+        Route("/dicomweb/{client}/studies/{study}", stow.handle, methods=["POST"]),
     ], middleware=middleware)
     return RequestGuard(app, allowed_host_names(config.web.allowed_hosts, config.web.host), config.web.max_body_bytes,
                         config.web.max_header_bytes)
@@ -233,7 +244,7 @@ class _TokenCheck(BaseHTTPMiddleware):
         self.sessions = sessions
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path in OPEN_PATHS:
+        if request.url.path in OPEN_PATHS or request.url.path.startswith(STREAMED_PREFIX):  # STOW-RS: its own tokens
             return await call_next(request)
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):

@@ -13,7 +13,9 @@
   and ours (``web.max_header_bytes``, 431); a request must arrive whole within ``web.request_timeout_seconds``
   of its first byte or of the last response on the connection (``RequestDeadlineProtocol``: a
   trickled request would otherwise hold a connection for ever); ``web.max_concurrency``
-  connections at once (uvicorn answers 503 beyond).
+  connections at once (uvicorn answers 503 beyond). The STOW-RS endpoint (``/dicomweb/``)
+  streams its own bodies under its own limits (``web.stow_max_request_bytes``), and its body's
+  deadline restarts with each piece that arrives.
 - **Headers on every response**: a Content-Security-Policy allowing the dashboard's inline
   style, its own images and forms and nothing else (no scripts, no framing), X-Frame-Options,
   nosniff, no referrer to other sites, no caching of patient data.
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HOST_FREE_PATHS = frozenset({"/health", "/ready"})
+#: Paths whose handlers stream their own (large) bodies with limits of their own: the STOW-RS
+#: endpoint (dicomweb/stow_server.py). Their clients are archives, not browsers.
+STREAMED_PREFIX = "/dicomweb/"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -101,6 +106,16 @@ class RequestGuard:
             await _plain(send, status, message)
             return
 
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                present = {key.lower() for key, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *((k, v) for k, v in SECURITY_HEADERS if k not in present)]}
+            await send(message)
+
+        if scope["path"].startswith(STREAMED_PREFIX):
+            await self.app(scope, receive, send_with_headers)
+            return
         body, complete = await _read_body(receive, self.max_body_bytes)
         if not complete:
             log.warning("Web: refused %s %s: body over %d bytes", scope["method"], scope["path"], self.max_body_bytes)
@@ -115,13 +130,6 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: only the disconnect is left to come
 
-        async def send_with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                present = {key.lower() for key, _ in message.get("headers", [])}
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  *((k, v) for k, v in SECURITY_HEADERS if k not in present)]}
-            await send(message)
-
         await self.app(scope, replay, send_with_headers)
 
     def _refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> tuple[int, str] | None:
@@ -135,7 +143,7 @@ class RequestGuard:
             length = int(headers.get("content-length", "0") or 0)
         except ValueError:
             return 400, "Content-Length is not a number"
-        if length > self.max_body_bytes:
+        if length > self.max_body_bytes and not scope["path"].startswith(STREAMED_PREFIX):
             return 413, f"request body over {self.max_body_bytes} bytes"
         if scope["method"] not in SAFE_METHODS:
             # Sec-Fetch-Site is set by the browser itself (a page cannot forge it) and decides when
@@ -256,6 +264,9 @@ class RequestDeadlineProtocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
             self._disarm()  # the request is in: the response may take as long as it takes
+        elif self.conn.their_state is h11.SEND_BODY and str(getattr(self, "scope", {}).get("path", "")).startswith(
+                STREAMED_PREFIX):
+            self._arm()  # a STOW-RS upload may take minutes: only a silence of request_timeout ends it
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -23,6 +23,20 @@ def test_shipped_config_is_valid_and_documented_keys_exist() -> None:
     assert config.results.uncertainty_map is False and config.results.map_series_number == 9003
 
 
+def test_dicomweb_peers_parse() -> None:
+    """A DICOMweb-only archive and a STOW-RS client need no DIMSE address; the AE title they are
+    recorded under defaults to the name, and neither is a DIMSE caller."""
+    config = parse_config({"peers": [
+        {"name": "cloud-archive", "dicomweb": {"url": "https://dicom.example/v1/dicomWeb",
+                                              "auth": {"kind": "bearer", "token_file": "/run/secrets/t"}}},
+        {"name": "uploader", "stow": True, "stow_token_file": "/run/secrets/u", "send": True},
+    ]})
+    archive, uploader = config.peers
+    assert (archive.ae_title, archive.has_dimse, archive.address) == ("CLOUD-ARCHIVE", False, "https://dicom.example/v1/dicomWeb")
+    assert uploader.ae_title == "UPLOADER"
+    assert config.callers() == [] and config.stow_clients() == [uploader]
+
+
 def test_issue_example_parses() -> None:
     config = parse_config(
         {
@@ -45,7 +59,15 @@ def test_issue_example_parses() -> None:
         ({"node": {"ae_title": "BAD\\AE"}}, "node.ae_title: Value error, an AE title uses printable ASCII without backslash"),
         ({"storage": {"durability": "sometimes"}}, "storage.durability: Input should be 'fsync' or 'none'"),
         ({"storage": {"pathh": "x"}}, "storage.pathh: unknown key"),
-        ({"peers": [{"name": "pacs", "ae_title": "ORTHANC", "host": "h"}]}, "peers[0].port: Field required"),
+        ({"peers": [{"name": "pacs", "ae_title": "ORTHANC", "host": "h"}]},
+         "peers[0]: Value error, peer pacs: host and port go together"),
+        ({"peers": [{"name": "pacs", "ae_title": "ORTHANC"}]}, "peers[0]: Value error, peer pacs: give its DIMSE address"),
+        ({"peers": [{"name": "cloud", "dicomweb": {"url": "https://x/dicomweb", "auth": {"kind": "basic", "user": "u"}}}]},
+         "peers[0].dicomweb.auth: Value error, dicomweb.auth kind basic needs password_file"),
+        ({"peers": [{"name": "up", "stow": True}]}, "peers[0]: Value error, peer up: stow: true needs stow_token_file"),
+        ({"peers": [{"name": "pacs", "ae_title": "PACS", "host": "h", "port": 1},
+                    {"name": "pacs2", "ae_title": "PACS", "stow": True, "stow_token_file": "/t"}]},
+         "peers: Value error, peer pacs2 (stow: true) has AE title 'PACS', as pacs has"),
         (
             {"peers": [{"name": "a", "ae_title": "A", "host": "h", "port": 1}, {"name": "a", "ae_title": "B", "host": "h", "port": 2}]},
             "peers: Value error, peer names must be unique, repeated: a",
