@@ -41,14 +41,14 @@ log = logging.getLogger(__name__)
 
 
 def start_web(config: NodeConfig, index: Index, readiness: Callable[[], list[str]],
-              audit: AuditLog | None = None) -> WebServer | None:
+              audit: AuditLog | None = None, store: InstanceStore | None = None) -> WebServer | None:
     """The web service (web/app.py) when ``web.enabled``; a port it cannot bind is logged, not fatal:
     the DICOM listener matters more than its dashboard."""
     if not config.web.enabled:
         return None
     from ..web.app import WebServer
 
-    web = WebServer(config, index, readiness, audit)
+    web = WebServer(config, index, readiness, audit, store)
     try:
         web.start()
     except OSError as exc:
@@ -163,7 +163,7 @@ class Node:
             self.downstream.start()
         if self.standalone:
             self.web = start_web(self.config, self.index, lambda: [] if self.server is not None else ["listener not started"],
-                                 self.audit)
+                                 self.audit, self.store)
             self.retention = start_retention(self.config, self.index, self.audit)
         self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
                          port=self.port, pid=os.getpid())

@@ -129,7 +129,7 @@ class Supervisor:
         self.handoff.start()
         self.completion.start()
         self.downstream.start()
-        self.web = start_web(self.config, self.index, self._readiness, self.audit)
+        self.web = start_web(self.config, self.index, self._readiness, self.audit, self.store)
         self.retention = start_retention(self.config, self.index, self.audit)
         log.info("%d listener processes on %s:%d%s: %s", self.listener_count, self.config.node.host, self.port,
                  f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",

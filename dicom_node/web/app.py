@@ -321,10 +321,10 @@ class WebServer:
     supervisor owns SIGTERM and stops it)."""
 
     def __init__(self, config: NodeConfig, index: Index, readiness: Callable[[], list[str]] | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, store: InstanceStore | None = None) -> None:
         self.config = config
         web = config.web
-        app = create_app(config, index, readiness, token=web.token(), audit=audit)
+        app = create_app(config, index, readiness, token=web.token(), audit=audit, store=store)
         tls = {"ssl_certfile": str(web.tls.certificate), "ssl_keyfile": str(web.tls.private_key)} if web.tls else {}
         self.server = uvicorn.Server(uvicorn.Config(
             app, host=web.host, port=web.port, log_level="warning", access_log=False, lifespan="off",
