@@ -16,6 +16,7 @@ from .common import CONFIG_HELP, EXIT_FAILED, EXIT_USAGE, MISSING_HINT, err, fai
 from .models import cmd_models
 from .peers import cmd_echo, cmd_send
 from .privacy import cmd_deidentify
+from .query import cmd_find, cmd_retrieve
 from .routes import cmd_routes
 from .serve import cmd_serve, cmd_worker
 from .start import cmd_demo, cmd_init
@@ -63,6 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0)
     send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     send.set_defaults(func=cmd_send)
+
+    find = sub.add_parser("find", help="query a peer with query: true (C-FIND, or QIDO-RS for a DICOMweb peer)")
+    find.add_argument("keys", nargs="*", metavar="KEYWORD=VALUE",
+                      help="matching keys as DICOM keywords: PatientID=123 StudyDate=20240101-20241231 ModalitiesInStudy=CT")
+    find.add_argument("--on", required=True, metavar="PEER", help="peer name from the configuration")
+    find.add_argument("--level", choices=["study", "series"], default="study")
+    find.add_argument("--json", action="store_true")
+    find.add_argument("--timeout", type=float, default=30.0)
+    find.set_defaults(func=cmd_find)
+
+    retrieve = sub.add_parser("retrieve", help="fetch a study from a peer into the node (C-MOVE, C-GET or WADO-RS), "
+                                               "where it is stored, indexed and routed as a received one")
+    retrieve.add_argument("study", metavar="STUDY_UID", help="the Study Instance UID (or, with --accession, the "
+                                                             "accession number)")
+    retrieve.add_argument("--from", dest="source", required=True, metavar="PEER", help="peer name (query: true)")
+    retrieve.add_argument("--accession", action="store_true", help="STUDY_UID is an accession number")
+    retrieve.add_argument("--analyse", "--analyze", metavar="ROUTE",
+                          help="hand it to the running node as a request: retrieve, run ROUTE's pipeline and deliver")
+    retrieve.add_argument("--timeout", type=float, default=600.0)
+    retrieve.set_defaults(func=cmd_retrieve)
 
     status = sub.add_parser("status", help="studies and series in the index, with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output")

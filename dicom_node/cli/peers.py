@@ -17,13 +17,22 @@ def cmd_echo(config: NodeConfig, args: argparse.Namespace) -> int:
 
     peer = config.peer(args.peer)
     started = time.perf_counter()
+    if not peer.has_dimse:  # a DICOMweb peer: one signed-in QIDO-RS shows it answers
+        from ..dicomweb.client import DicomwebPeerClient
+
+        try:
+            DicomwebPeerClient(peer).check()
+        except PeerError as exc:
+            return fail(EXIT_PEER, str(exc))
+        print(f"QIDO-RS {peer.name} ({peer.address}): answered in {1000 * (time.perf_counter() - started):.0f} ms")
+        return EXIT_OK
     try:
         status = echo(config.node.ae_title, peer, timeout=args.timeout, tls=client_tls(config))
     except PeerError as exc:
         return fail(EXIT_PEER, str(exc))
     if status != 0:
         return fail(EXIT_FAILED, f"{peer.name} answered C-ECHO with status 0x{status:04X}")
-    print(f"C-ECHO {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): success in {1000 * (time.perf_counter() - started):.0f} ms")
+    print(f"C-ECHO {peer.name} ({peer.address}): success in {1000 * (time.perf_counter() - started):.0f} ms")
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from .node import Durability, NodeSection, TlsSection
 from .peers import Peer
 from .privacy import DEIDENTIFICATION_OPTIONS, DeidentificationProfileSection, DeidentificationSection, SafePrivateSection
 from .routes import CompletionSection, DeidentifiedTarget, Route, RouteMatch, StudyTrigger, match_conditions
+from .sources import PollSource
 from .storage import AuditSection, IndexSection, LogsSection, RetentionSection, StorageSection, SyslogSection
 from .web import WebSection, WebTlsSection, token_bits
 
@@ -46,6 +47,7 @@ __all__ = [
     "NodeConfig",
     "NodeSection",
     "Peer",
+    "PollSource",
     "PipelineSpec",
     "ResultsSection",
     "RetentionSection",

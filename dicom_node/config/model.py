@@ -15,6 +15,7 @@ from .node import NodeSection
 from .peers import Peer
 from .privacy import DeidentificationSection
 from .routes import CompletionSection, DeidentifiedTarget, Route
+from .sources import PollSource
 from .storage import AuditSection, IndexSection, LogsSection, RetentionSection, StorageSection
 from .web import WebSection
 
@@ -37,6 +38,7 @@ class NodeConfig(_Section):
     jobs: JobsSection = JobsSection()
     delivery: DeliverySection = DeliverySection()
     deidentification: DeidentificationSection = DeidentificationSection()
+    sources: list[PollSource] = []
 
     @field_validator("peers")
     @classmethod
@@ -110,6 +112,11 @@ class NodeConfig(_Section):
                 if not peers[name].has_dimse and peers[name].dicomweb is None:
                     raise ValueError(f"{where}: peer {name!r} has neither a DIMSE address nor a dicomweb: service to "
                                      "send to")
+        for number, source in enumerate(self.sources):
+            if source.peer not in peers or not peers[source.peer].query:
+                raise ValueError(f"sources[{number}]: peer {source.peer!r} is not a peer with query: true")
+            if source.route is not None and source.route not in {r.name for r in self.routes}:
+                raise ValueError(f"sources[{number}]: no route named {source.route!r}")
         for name, spec in self.pipelines.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")

@@ -10,7 +10,8 @@ routed again once complete.
 Routing by trigger and by action, one module each: what the rules see and the order they are
 evaluated in (rule_evaluation.py), study rules (study_routing.py), and what a firing rule does:
 jobs, forwards, de-identified forwards, returned results (route_actions.py). This module is the
-sweep that ties them together.
+sweep that ties them together. A study an open request asked for (requests.py) is left to the
+request's route.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..logs import log_context
 from ..privacy.reidentify import returning
 from ..storage.index import Index
 from .jobs import NewJob
+from .requests import held_studies
 from .route_actions import act, route_returned
 from .rule_evaluation import evaluate_rules, rule_facts
 from .study_routing import route_studies
@@ -40,15 +42,19 @@ def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob
             "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
         ).fetchall()
         returns_possible = any(r.deidentifies for r in config.routes)
+        held = frozenset(held_studies(db))
         for series in rows:
             with log_context(study_uid=series["study_uid"], series_uid=series["series_uid"]):
                 back = returning(db, series["study_uid"], series["calling_ae"], config.peers) if returns_possible else None
-                if back is not None:
+                if series["study_uid"] in held:
+                    log.info("Series %s v%d: its study was asked for by a request; the request's route runs, not the "
+                             "rules", series["series_uid"], series["version"])
+                elif back is not None:
                     route_returned(db, series, back, config, now)
                 else:
                     queued.extend(_route_series(db, series, series_rules, config, now))
             db.execute("UPDATE series SET routed_version = ? WHERE series_uid = ?", (series["version"], series["series_uid"]))
-        queued.extend(route_studies(db, config, now))
+        queued.extend(route_studies(db, config, now, held))
     for job in queued:
         log.info("Series %s v%d -> route %s, pipeline %s, results to %s", job.series_uid, job.series_version, job.route,
                  job.pipeline, ", ".join(job.destinations) or "nobody")

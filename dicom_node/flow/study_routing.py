@@ -17,7 +17,7 @@ from .rule_evaluation import rule_facts
 log = logging.getLogger(__name__)
 
 
-def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> list[NewJob]:
+def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float, held: frozenset[str] = frozenset()) -> list[NewJob]:
     """Decide the study rules of every study version not yet routed, in the caller's transaction.
 
     A rule decides once per study version: ``fired`` (it acted on the study's matching complete
@@ -31,6 +31,8 @@ def route_studies(db: sqlite3.Connection, config: NodeConfig, now: float) -> lis
     ordered = [r for r in rules if not r.fallback] + [r for r in rules if r.fallback]
     queued: list[NewJob] = []
     for study in db.execute("SELECT * FROM studies WHERE routed_version < version").fetchall():
+        if study["study_uid"] in held:
+            continue
         decided = {r["route"]: r["outcome"] for r in db.execute(
             "SELECT route, outcome FROM study_routes WHERE study_uid = ? AND version = ?", (study["study_uid"], study["version"]))}
         series_rows = db.execute("SELECT * FROM series WHERE study_uid = ? ORDER BY series_number, series_uid",

@@ -71,6 +71,24 @@ def start_retention(config: NodeConfig, index: Index, audit: AuditLog) -> Retent
     return scheduler
 
 
+def start_requests(config: NodeConfig, index: Index, store: InstanceStore, audit: AuditLog) -> list[Any]:
+    """The request runner and the pollers of ``sources`` (flow/request_runner.py, polling.py) when
+    a peer may be queried; their modules (and the DICOMweb client) are loaded only then."""
+    if not any(p.query for p in config.peers):
+        return []
+    from ..flow.polling import Poller
+    from ..flow.request_runner import RequestRunner
+
+    started: list[Any] = [RequestRunner(config, index, store, audit)]
+    if config.sources:
+        started.append(Poller(config, index))
+    for task in started:
+        task.start()
+    log.info("Requests: retrieving from %s on request%s", ", ".join(p.name for p in config.peers if p.query),
+             f"; polling {', '.join(s.peer for s in config.sources)}" if config.sources else "")
+    return started
+
+
 class Node:
     """A listener process: DICOM server + durable store + index (+ recovery and sweep when it
     runs alone, which is what tests and single-worker deployments use). ``role``: ``all`` also
@@ -102,6 +120,7 @@ class Node:
                                               after_sweep=self.downstream.route if self.downstream else None)
         self.web: WebServer | None = None
         self.retention: RetentionScheduler | None = None
+        self.requests: list[Any] = []
         self.server: Any = None
         self.tls_server: Any = None
         self.admission: Admission | None = None
@@ -165,6 +184,7 @@ class Node:
             self.web = start_web(self.config, self.index, lambda: [] if self.server is not None else ["listener not started"],
                                  self.audit, self.store)
             self.retention = start_retention(self.config, self.index, self.audit)
+            self.requests = start_requests(self.config, self.index, self.store, self.audit)
         self.audit.write("listener_started", ae_title=self.config.node.ae_title, host=self.config.node.host,
                          port=self.port, pid=os.getpid())
         log.info("%s listening on %s:%d (pid %d), storing to %s", self.config.node.ae_title, self.config.node.host,
@@ -178,6 +198,8 @@ class Node:
             self.web.stop()
         if self.retention is not None:
             self.retention.stop()
+        for task in self.requests:
+            task.stop()
         self.completion.stop()
         if self.downstream is not None:
             self.downstream.stop()

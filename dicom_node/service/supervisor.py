@@ -25,7 +25,7 @@ from ..storage.recovery import RecoveryReport, mark_clean_shutdown, recover
 from ..storage.retention import RetentionScheduler
 from ..storage.store import InstanceStore
 from .downstream import Downstream
-from .node import Node, start_retention, start_web
+from .node import Node, start_requests, start_retention, start_web
 
 if TYPE_CHECKING:
     from ..web.app import WebServer
@@ -83,6 +83,7 @@ class Supervisor:
         self.tls_port: int | None = None
         self.web: WebServer | None = None
         self.retention: RetentionScheduler | None = None
+        self.requests: list[Any] = []
 
     def start(self) -> None:
         self.recovery = recover(self.store, self.index)
@@ -131,6 +132,7 @@ class Supervisor:
         self.downstream.start()
         self.web = start_web(self.config, self.index, self._readiness, self.audit, self.store)
         self.retention = start_retention(self.config, self.index, self.audit)
+        self.requests = start_requests(self.config, self.index, self.store, self.audit)
         log.info("%d listener processes on %s:%d%s: %s", self.listener_count, self.config.node.host, self.port,
                  f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",
                  ", ".join(str(p.pid) for p in self._procs))
@@ -153,6 +155,8 @@ class Supervisor:
             self.web.stop()
         if self.retention is not None:
             self.retention.stop()
+        for task in self.requests:
+            task.stop()
         self.completion.stop()
         self.downstream.stop()
         if self.handoff is not None:

@@ -35,6 +35,7 @@ from ..config import NodeConfig
 from ..dicomweb.stow_server import StowEndpoint
 from ..flow.job_engine import job_queue
 from ..flow.outbox import Outbox
+from ..flow.requests import RequestStore
 from ..flow.route_check import describe_route
 from ..storage.audit import AuditLog
 from ..storage.index import Index
@@ -42,6 +43,7 @@ from ..storage.store import InstanceStore
 from .dashboard import render_dashboard, render_login
 from .guard import STREAMED_PREFIX, LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 from .metrics import exposition
+from .requests_api import request_routes
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         seg_jobs = {r["job_id"] for r in index.query(
             f"SELECT DISTINCT job_id FROM deliveries WHERE object = 'seg' AND job_id IN ({recent_jobs})")}
         html = render_dashboard(config=config, job_counts=jobs.counts(), delivery_counts=outbox.counts(),
+                                requests=RequestStore(index).list(20),
                                 queue=[_job(r) for r in queue], studies=recent, series_jobs=series_jobs,
                                 failing=[_delivery(r) for r in failing], previews=seg_jobs,
                                 routes=[describe_route(r, config) for r in config.routes])
@@ -226,6 +229,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         Route("/api/peers", peers),
         Route("/api/routes", routes),
         Route("/api/audit", audit_tail),
+        *request_routes(config, index),
         Route("/dicomweb/studies", stow.handle, methods=["POST"]),
         Route("/dicomweb/studies/{study}", stow.handle, methods=["POST"]),
         Route("/dicomweb/{client}/studies", stow.handle, methods=["POST"]),

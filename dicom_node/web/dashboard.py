@@ -1,6 +1,6 @@
 """The dashboard page, rendered on the server (Jinja2, autoescaped; no front-end build, no
 script): the queue, recent studies with their rules' and jobs' states and a preview of each
-analysed series, delivery failures with a retry button (a plain form post), the routing rules.
+analysed series, requests (retrieve and analyse) with their states, delivery failures with a retry button (a plain form post), the routing rules.
 It refreshes itself every 15 s."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ table { border-collapse: collapse; width: 100%; background: #fff; font-size: .9r
 th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #e3e6ec; vertical-align: top; }
 th { background: #eef0f4; }
 .state { font-weight: 600; } .done, .delivered, .complete { color: #1a7f37; } .dead, .failed { color: #b42318; }
-.queued, .running, .pending, .receiving { color: #9a6700; } .not_applicable { color: #5b6272; }
+.queued, .running, .pending, .receiving, .retrieving, .waiting, .delivering { color: #9a6700; } .not_applicable { color: #5b6272; }
 .counts span { display: inline-block; margin-right: 1.2rem; }
 code { font-size: .8rem; } img.preview { max-height: 140px; border: 1px solid #ccd; }
 button { padding: .2rem .7rem; cursor: pointer; }
@@ -47,6 +47,17 @@ _DASHBOARD = _ENV.from_string("""<!doctype html>
 <td class="state {{ job.state }}">{{ job.state }}</td><td>{{ job.attempts }} of {{ job.max_attempts }}</td><td>{{ job.created_at | when }}</td></tr>
 {% else %}<tr><td colspan="7">nothing queued or running</td></tr>{% endfor %}
 </table>
+
+{% if requests %}
+<h2>Requests</h2>
+<table id="requests"><tr><th>request</th><th>study</th><th>from</th><th>route / pipeline</th><th>state</th><th>detail</th><th>since</th></tr>
+{% for r in requests %}
+<tr><td>{{ r.id }} ({{ r.origin }})</td><td><code>{{ r.study_uid or ("accession " ~ r.accession) }}</code></td><td>{{ r.source }}</td>
+<td>{{ r.route or r.pipeline or "the rules" }}</td><td class="state {{ r.state | replace(" ", "_") }}">{{ r.state }}</td>
+<td>{{ r.detail[:200] }}</td><td>{{ r.created_at | when }}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
 
 <h2>Delivery failures</h2>
 <div class="counts">{% for state, n in delivery_counts.items() %}<span class="{{ state }}">{{ state }}: <b>{{ n }}</b></span>{% endfor %}</div>
@@ -76,7 +87,7 @@ _DASHBOARD = _ENV.from_string("""<!doctype html>
 <h2>Routing rules</h2>
 <ol id="routes">{% for line in routes %}<li><code>{{ line }}</code></li>{% else %}<li>none configured</li>{% endfor %}</ol>
 <p class="sub">JSON: <a href="/api/studies">studies</a> &middot; <a href="/api/jobs">jobs</a> &middot; <a href="/api/deliveries">deliveries</a>
-&middot; <a href="/api/peers">peers</a> &middot; <a href="/api/routes">routes</a> &middot; <a href="/api/audit">audit</a>
+&middot; <a href="/api/requests">requests</a> &middot; <a href="/api/peers">peers</a> &middot; <a href="/api/routes">routes</a> &middot; <a href="/api/audit">audit</a>
 &middot; <a href="/metrics">metrics</a> &middot; <a href="/ready">ready</a></p>
 </body></html>
 """)
