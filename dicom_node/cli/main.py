@@ -16,7 +16,7 @@ from .common import CONFIG_HELP, EXIT_FAILED, EXIT_USAGE, MISSING_HINT, err, fai
 from .models import cmd_models
 from .peers import cmd_echo, cmd_send
 from .privacy import cmd_deidentify
-from .query import cmd_find, cmd_retrieve
+from .query import cmd_find, cmd_requests, cmd_retrieve
 from .routes import cmd_routes
 from .serve import cmd_serve, cmd_worker
 from .start import cmd_demo, cmd_init
@@ -81,9 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--from", dest="source", required=True, metavar="PEER", help="peer name (query: true)")
     retrieve.add_argument("--accession", action="store_true", help="STUDY_UID is an accession number")
     retrieve.add_argument("--analyse", "--analyze", metavar="ROUTE",
-                          help="hand it to the running node as a request: retrieve, run ROUTE's pipeline and deliver")
+                          help="hand it to the running node as a request: retrieve, run ROUTE (a route, or a pipeline "
+                               "by name) and deliver")
+    retrieve.add_argument("--to", dest="destinations", nargs="+", metavar="PEER",
+                          help="with --analyse: where the results go (default: the route's destinations)")
     retrieve.add_argument("--timeout", type=float, default=600.0)
     retrieve.set_defaults(func=cmd_retrieve)
+
+    requests = sub.add_parser("requests", help="requests to retrieve and analyse a study, with their states")
+    requests.add_argument("--json", action="store_true")
+    requests.add_argument("--limit", type=int, default=50)
+    requests.set_defaults(func=cmd_requests)
 
     status = sub.add_parser("status", help="studies and series in the index, with their states")
     status.add_argument("--json", action="store_true", help="machine-readable output")

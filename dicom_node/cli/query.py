@@ -74,13 +74,15 @@ def cmd_retrieve(config: NodeConfig, args: argparse.Namespace) -> int:
 
         index = Index(config.index.location)
         try:
-            request_id = RequestStore(index).create(study_uid=study, source=peer.name, route=args.analyse,
-                                                    config=config)
+            route, pipeline = (args.analyse, "") if args.analyse in {r.name for r in config.routes} else ("", args.analyse)
+            request_id = RequestStore(index).create(study_uid=study, source=peer.name, route=route, pipeline=pipeline,
+                                                    destinations=args.destinations, config=config, origin="cli")
         except ConfigError as exc:
             return fail(EXIT_USAGE, str(exc))
         finally:
             index.close()
-        print(f"Request {request_id}: study {study} from {peer.name}, route {args.analyse}; the running node "
+        print(f"Request {request_id}: study {study} from {peer.name}, {'route' if route else 'pipeline'} {args.analyse}; "
+              "the running node "
               "retrieves, analyses and delivers it (dicom-node requests shows its state)")
         return EXIT_OK
     store = InstanceStore(config.storage.path, config.storage.durability, min_free_bytes=config.storage.min_free_mb * 2**20)
@@ -100,3 +102,25 @@ def cmd_retrieve(config: NodeConfig, args: argparse.Namespace) -> int:
     for reason in report.refused[:10]:
         print(f"  refused: {reason}")
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_requests(config: NodeConfig, args: argparse.Namespace) -> int:
+    from ..flow.requests import RequestStore
+    from ..storage.index import Index
+
+    index = Index(config.index.location)
+    try:
+        rows = RequestStore(index).list(args.limit)
+    finally:
+        index.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    table = Table(title=f"{len(rows)} request(s)")
+    for column in ("id", "origin", "study", "from", "route / pipeline", "state", "detail"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r["id"]), r["origin"], r["study_uid"] or f"accession {r['accession']}", r["source"],
+                      r["route"] or r["pipeline"] or "the rules", r["state"], r["detail"][:120])
+    Console(soft_wrap=True).print(table)
+    return EXIT_OK

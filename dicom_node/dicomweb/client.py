@@ -27,6 +27,10 @@ from .auth import auth_for
 
 log = logging.getLogger(__name__)
 
+#: QIDO-RS pages of this many matches, at most MAX_MATCHES in all (a query that big is a bad query).
+PAGE = 500
+MAX_MATCHES = 10_000
+
 #: HTTP answers worth sending again later.
 RETRIABLE = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -108,12 +112,26 @@ class DicomwebPeerClient:
 
     def search_studies(self, filters: dict[str, Any], limit: int | None = None) -> list[Dataset]:
         """QIDO-RS /studies with attribute filters (keyword -> value); DICOM JSON as datasets."""
-        return self._search(lambda: self.reader.search_for_studies(search_filters=filters, limit=limit,
-                                                                   get_remaining=limit is None))
+        return self._paged(lambda offset, size: self.reader.search_for_studies(
+            search_filters=filters, limit=size, offset=offset), "StudyInstanceUID", limit)
 
     def search_series(self, study_uid: str, filters: dict[str, Any] | None = None) -> list[Dataset]:
-        return self._search(lambda: self.reader.search_for_series(study_uid, search_filters=filters or {},
-                                                                  get_remaining=True))
+        return self._paged(lambda offset, size: self.reader.search_for_series(
+            study_uid, search_filters=filters or {}, limit=size, offset=offset), "SeriesInstanceUID")
+
+    def _paged(self, page: Any, key: str, limit: int | None = None) -> list[Dataset]:
+        """Every match, a page of PAGE at a time (``offset``), until a short page, a page of
+        nothing new (an archive that ignores ``offset``), ``limit`` or MAX_MATCHES."""
+        found: dict[str, Dataset] = {}
+        while len(found) < (limit or MAX_MATCHES):
+            size = min(PAGE, (limit or MAX_MATCHES) - len(found))
+            batch = self._search(lambda: page(len(found), size))
+            fresh = [ds for ds in batch if str(ds.get(key, "")) not in found]
+            for ds in fresh:
+                found[str(ds.get(key, ""))] = ds
+            if len(batch) < size or not fresh:
+                break
+        return list(found.values())
 
     def _search(self, call: Any) -> list[Dataset]:
         try:
@@ -139,4 +157,4 @@ class DicomwebPeerClient:
     def check(self) -> int:
         """One cheap authenticated QIDO-RS (a study, at most) to show the peer answers; returns
         how many studies it listed."""
-        return len(self._search(lambda: self.reader.search_for_studies(limit=1)))
+        return len(self._search(lambda: self.reader.search_for_studies(limit=1, get_remaining=False)))

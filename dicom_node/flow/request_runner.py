@@ -19,7 +19,7 @@ from ..storage.store import InstanceStore
 from .job_engine import dispatch_for, queue_for
 from .jobs import JobQueue, NewJob, job_key
 from .requests import RequestStore
-from .retrieval import query_peer, retrieve, study_for_accession
+from .retrieval import find, query_peer, retrieve, study_for_accession
 from .rule_evaluation import resolve_destinations
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ class RequestRunner:
     study is complete."""
 
     def __init__(self, config: NodeConfig, index: Index, store: InstanceStore, audit: AuditLog | None = None,
-                 clock: Callable[[], float] = time.time, interval_seconds: float = 1.0) -> None:
+                 clock: Callable[[], float] = time.time, interval_seconds: float = 1.0,
+                 retry_seconds: float = RETRY_SECONDS) -> None:
         self.config, self.index, self.store, self.audit, self.clock = config, index, store, audit, clock
+        self.retry_seconds = retry_seconds
         self.requests = RequestStore(index)
         self._task = PeriodicTask("requests", self.run_once, interval_seconds)
 
@@ -70,6 +72,10 @@ class RequestRunner:
             study = row["study_uid"] or study_for_accession(self.config, peer, row["accession"])
             if study != row["study_uid"]:
                 self._set(request_id, study_uid=study)
+            elif not find(self.config, peer, "STUDY", {"StudyInstanceUID": study}):
+                self._set(request_id, state="failed", detail=f"{peer.name} has no study {study}")
+                log.error("Request %d failed: %s has no study %s", request_id, peer.name, study)
+                return
             report = retrieve(self.config, peer, study, self.store, self.index, self.audit)
         except (PeerError, ConfigError) as exc:
             attempts = int(row["attempts"]) + 1
@@ -77,10 +83,10 @@ class RequestRunner:
                 self._set(request_id, state="failed", attempts=attempts, detail=f"retrieve: {exc}")
                 log.error("Request %d failed after %d attempt(s): %s", request_id, attempts, exc)
             else:
-                self._set(request_id, attempts=attempts, next_attempt_at=self.clock() + RETRY_SECONDS,
+                self._set(request_id, attempts=attempts, next_attempt_at=self.clock() + self.retry_seconds,
                           detail=f"retrieve attempt {attempts} failed, trying again: {exc}")
                 log.warning("Request %d: retrieve attempt %d failed (%s); again in %.0f s", request_id, attempts, exc,
-                            RETRY_SECONDS)
+                            self.retry_seconds)
             return
         detail = (f"retrieved {report.stored} instance(s) ({report.duplicates} already held) from {row['source']} "
                   f"in {report.seconds:.1f} s")

@@ -164,11 +164,23 @@ class _GetReceiver:
         self.on_stored = on_stored
 
     def handle(self, event: evt.Event) -> int:
+        try:
+            return self._handle(event)
+        except Exception as exc:  # a sub-operation must get a status, and the retrieval go on
+            log.exception("C-GET from %s: an instance could not be taken in", self.peer.name)
+            self.report.refused.append(f"0xC211 unexpected error: {exc}")
+            return 0xC211
+
+    def _handle(self, event: evt.Event) -> int:
         path = self.store.incoming / f".get.{uuid.uuid4().hex}.part"
         try:
-            try:  # streamed to a file already (this process also runs the listener: chunked receive is on)
-                shutil.copyfile(event.dataset_path, path)
+            try:
+                streamed = event.dataset_path
             except AttributeError:
+                streamed = None
+            if streamed:  # already in a file (this process also runs the listener: chunked receive is on)
+                shutil.copyfile(streamed, path)
+            else:
                 with open(path, "wb") as handle:
                     handle.write(event.encoded_dataset())
             receipt = Receipt(calling_ae=self.peer.ae_title, called_ae=self.local_title, peer_address=str(self.peer.host),
