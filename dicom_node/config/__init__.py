@@ -20,7 +20,7 @@ from .model import NodeConfig
 from .node import Durability, NodeSection, TlsSection
 from .peers import Peer
 from .privacy import DEIDENTIFICATION_OPTIONS, DeidentificationProfileSection, DeidentificationSection, SafePrivateSection
-from .routes import CompletionSection, DeidentifiedTarget, Route, RouteMatch, StudyTrigger, match_conditions
+from .routes import CompletionSection, DeidentifiedTarget, PriorsSpec, Route, RouteMatch, StudyTrigger, match_conditions
 from .sources import PollSource
 from .storage import AuditSection, IndexSection, LogsSection, RetentionSection, StorageSection, SyslogSection
 from .web import WebSection, WebTlsSection, token_bits
@@ -51,6 +51,7 @@ __all__ = [
     "PipelineSpec",
     "ResultsSection",
     "RetentionSection",
+    "PriorsSpec",
     "Route",
     "RouteMatch",
     "SafePrivateSection",

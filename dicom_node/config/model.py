@@ -112,6 +112,15 @@ class NodeConfig(_Section):
                 if not peers[name].has_dimse and peers[name].dicomweb is None:
                     raise ValueError(f"{where}: peer {name!r} has neither a DIMSE address nor a dicomweb: service to "
                                      "send to")
+        for route in self.routes:
+            if route.priors is None:
+                continue
+            if route.priors.source is not None and (route.priors.source not in peers or not peers[route.priors.source].query):
+                raise ValueError(f"route {route.name}: priors.source {route.priors.source!r} is not a peer with query: true")
+            others = [n for n in route.pipeline_names if n in self.pipelines and self.pipelines[n].kind != "command"]
+            if not route.pipeline_names or others:
+                raise ValueError(f"route {route.name}: priors are handed to command pipelines only"
+                                 + (f" ({', '.join(others)} is not one)" if others else ""))
         for number, source in enumerate(self.sources):
             if source.peer not in peers or not peers[source.peer].query:
                 raise ValueError(f"sources[{number}]: peer {source.peer!r} is not a peer with query: true")

@@ -69,6 +69,18 @@ class DeidentifiedTarget(_Section):
     deidentify: str = Field(min_length=1)
 
 
+class PriorsSpec(_Section):
+    """A route's priors: the ``count`` most recent other studies of the same patient on
+    ``source`` (a peer with ``query: true``; default: the peer that sent the series, when it
+    has query: true) with the series' modality (``match: modality``), body part
+    (``body_part``) or both, retrieved before the job runs and handed to ``command`` pipelines,
+    each in a folder of its own (pipelines/command.py)."""
+
+    count: int = Field(1, ge=1, le=10)
+    match: Literal["modality", "body_part", "both"] = "modality"
+    source: str | None = None
+
+
 class Route(_Section):
     """A routing rule. A completed series that matches goes to ``pipeline``, whose results go to
     ``destinations`` (peer names; ``sender`` means the peer that sent the series, when it may
@@ -100,6 +112,7 @@ class Route(_Section):
     destinations: list[str | DeidentifiedTarget] = ["sender"]
     forward: list[str | DeidentifiedTarget] = []
     priority: Literal["urgent", "routine"] = "routine"
+    priors: PriorsSpec | None = None
     _condition: Condition = PrivateAttr()
     _required: tuple[Condition, ...] = PrivateAttr(default=())
 

@@ -35,11 +35,18 @@ log = logging.getLogger(__name__)
 OPEN_STATES = ("retrieving", "waiting")
 
 
-def held_studies(db: sqlite3.Connection) -> set[str]:
-    """Studies whose series the rules leave alone: an open request with a route or pipeline has them."""
-    rows = db.execute("SELECT DISTINCT study_uid FROM requests WHERE state IN ('retrieving', 'waiting') "
-                      "AND (route != '' OR pipeline != '') AND study_uid != ''").fetchall()
-    return {r["study_uid"] for r in rows}
+def held_studies(db: sqlite3.Connection, candidates: set[str]) -> set[str]:
+    """Which of ``candidates`` the rules leave alone: an open request with a route or pipeline
+    has them, or they came in as another study's priors (priors.py)."""
+    held: set[str] = set()
+    ordered = sorted(candidates)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start:start + 500]
+        rows = db.execute(f"SELECT DISTINCT study_uid FROM requests WHERE study_uid IN ({', '.join('?' for _ in chunk)}) "
+                          "AND (origin = 'prior' OR (state IN ('retrieving', 'waiting') AND (route != '' OR pipeline != '')))",
+                          tuple(chunk)).fetchall()
+        held.update(r["study_uid"] for r in rows)
+    return held
 
 
 class RequestStore:

@@ -42,7 +42,8 @@ def route_completed(index: Index, config: NodeConfig, now: float) -> list[NewJob
             "SELECT * FROM series WHERE state = 'complete' AND routed_version < version ORDER BY completed_at"
         ).fetchall()
         returns_possible = any(r.deidentifies for r in config.routes)
-        held = frozenset(held_studies(db))
+        unrouted = {r["study_uid"] for r in db.execute("SELECT study_uid FROM studies WHERE routed_version < version")}
+        held = frozenset(held_studies(db, {r["study_uid"] for r in rows} | unrouted))
         for series in rows:
             with log_context(study_uid=series["study_uid"], series_uid=series["series_uid"]):
                 back = returning(db, series["study_uid"], series["calling_ae"], config.peers) if returns_possible else None

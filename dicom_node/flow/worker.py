@@ -117,6 +117,23 @@ class Worker:
 
     # -- one job -------------------------------------------------------------------------
 
+    def priors(self, job: Job, header: Dataset) -> list[Any]:
+        """The route's priors, held by the node (flow/priors.py); [] when the route asks for none."""
+        route = next((r for r in self.config.routes if r.name == job.route), None)
+        if route is None or route.priors is None:
+            return []
+        from ..storage.store import InstanceStore
+        from .priors import fetch_priors
+
+        store = InstanceStore(self.config.storage.path, self.config.storage.durability,
+                              min_free_bytes=self.config.storage.min_free_mb * 2**20)
+        if self._audit is None:
+            self._audit = AuditLog.from_config(self.config)
+        found = fetch_priors(self.config, self.index, store, route.priors, header, job.calling_ae, self._audit)
+        log.info("Job %d: %d prior(s) for the pipeline: %s", job.id, len(found),
+                 ", ".join(f"{p.study_uid} ({p.study_date}, {len(p.files)} files)" for p in found) or "none found")
+        return found
+
     def analyse(self, job: Job) -> JobOutcome:
         """Run the job's pipeline on its series and write the result files (no index writes)."""
         timings: dict[str, float] = {}
@@ -137,8 +154,13 @@ class Worker:
         module_files: list[Path] = []
         findings: Findings | None
         if isinstance(pipeline, CommandPipeline):
+            priors = self.priors(job, source.datasets[0])
+            if priors:
+                timings["priors"] = time.perf_counter() - started
+                started = time.perf_counter()
             try:
-                output = pipeline.run_series(source, files, job.key, keep=folder)
+                output = pipeline.run_series(source, files, job.key, keep=folder,
+                                             priors=[(p.study_uid, p.study_date, list(p.files)) for p in priors])
             except CommandOutputError as exc:
                 raise PermanentJobError(str(exc)) from exc
             findings, module_files = output.findings, output.dicom

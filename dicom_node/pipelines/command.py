@@ -8,7 +8,11 @@ The contract, as the node carries it out:
   with ``task.json`` (the job's id, the series, the pipeline's ``settings``);
 * an empty output folder (``MERCURE_OUT_DIR``, also ``MONAI_OUTPUTPATH``) for the results;
 * ``{in}`` and ``{out}`` in the command line are replaced by the two folders (for a container's
-  ``-v`` mounts); the program runs in its own process group, killed whole at the timeout.
+  ``-v`` mounts); the program runs in its own process group, killed whole at the timeout;
+* a route with ``priors`` (flow/priors.py): each prior study in its own folder
+  ``DICOM_NODE_PRIORS_DIR/<rank>`` (1 the newest; ``{priors}`` in the command line), and
+  task.json's ``priors`` lists them (rank, study_uid, study_date, folder, files); always
+  present in task.json, empty without priors.
 
 What it writes becomes the job's results:
 
@@ -85,9 +89,12 @@ class CommandPipeline:
         self.domain = Domain.model_validate(spec.domain)
         self.work_root = work_root
 
-    def run_series(self, source: SeriesVolume, files: list[Path], job_key: str, keep: Path) -> CommandOutput:
+    def run_series(self, source: SeriesVolume, files: list[Path], job_key: str, keep: Path,
+                   priors: list[tuple[str, str, list[Path]]] | None = None) -> CommandOutput:
         """Run the module on the series; its DICOM results are moved into ``keep`` (as
-        ``module-N.dcm``, the checked SEG first) before the work folder goes."""
+        ``module-N.dcm``, the checked SEG first) before the work folder goes. ``priors``:
+        (Study Instance UID, StudyDate, files) of earlier studies of the patient, newest first,
+        each put in a folder of its own under ``DICOM_NODE_PRIORS_DIR`` and listed in task.json."""
         if self.work_root is not None:
             self.work_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="module-", dir=self.work_root))
@@ -97,9 +104,19 @@ class CommandPipeline:
             outputs.mkdir()
             for number, path in enumerate(files):
                 _link_or_copy(path, inputs / f"{number:06d}.dcm")
-            (inputs / "task.json").write_text(json.dumps(self.task(source, job_key), indent=2))
+            task = self.task(source, job_key)
+            listed = []
+            for rank, (study_uid, study_date, prior_files) in enumerate(priors or [], start=1):
+                folder = work / "priors" / str(rank)
+                folder.mkdir(parents=True)
+                for number, path in enumerate(prior_files):
+                    _link_or_copy(path, folder / f"{number:06d}.dcm")
+                listed.append({"rank": rank, "study_uid": study_uid, "study_date": study_date, "folder": str(folder),
+                               "files": len(prior_files)})
+            task["priors"] = listed
+            (inputs / "task.json").write_text(json.dumps(task, indent=2))
             started = time.perf_counter()
-            self._execute(inputs, outputs)
+            self._execute(inputs, outputs, work / "priors" if listed else None)
             output = self.collect(outputs, source)
             output.seconds = time.perf_counter() - started
             keep.mkdir(parents=True, exist_ok=True)
@@ -125,10 +142,13 @@ class CommandPipeline:
                 "process": {"module_name": self.name, "module_config": {"version": self.version},
                             "settings": dict(self.spec.settings)}}
 
-    def _execute(self, inputs: Path, outputs: Path) -> None:
-        argv = [part.replace("{in}", str(inputs)).replace("{out}", str(outputs)) for part in self.spec.command]
+    def _execute(self, inputs: Path, outputs: Path, priors: Path | None = None) -> None:
+        argv = [part.replace("{in}", str(inputs)).replace("{out}", str(outputs))
+                .replace("{priors}", str(priors or "")) for part in self.spec.command]
         env = {**os.environ, "MERCURE_IN_DIR": str(inputs), "MERCURE_OUT_DIR": str(outputs),
                "MONAI_INPUTPATH": str(inputs), "MONAI_OUTPUTPATH": str(outputs)}
+        if priors is not None:
+            env["DICOM_NODE_PRIORS_DIR"] = str(priors)
         with tempfile.TemporaryFile() as stderr:
             try:
                 process = subprocess.Popen(argv, env=env, cwd=inputs.parent, stdin=subprocess.DEVNULL,

@@ -121,3 +121,53 @@ def test_a_polled_dicomweb_archive_hands_each_new_study_in_once(tmp_path: Path) 
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_a_route_with_priors_hands_the_patients_last_study_to_its_module(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import sys
+
+    from dicom_node.tools.synthetic import write_ct_series
+
+    modules = Path(__file__).parents[1] / "support" / "modules"
+    record = tmp_path / "priors.json"
+    monkeypatch.setenv("PRIORS_RECORD", str(record))  # the worker processes inherit it
+    studies = {}
+    for name, seed, date in (("now", 21, "20261201"), ("prior", 22, "20250101"), ("older", 23, "20230101")):
+        files = write_ct_series(tmp_path / name, 8, seed=seed, patient_id="PRIOR1")  # 512x512: a body the gate takes
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.StudyDate = date
+            ds.save_as(path)
+        studies[name] = (files, str(pydicom.dcmread(files[0]).StudyInstanceUID))
+    node_port = free_port()
+    orthanc = start_qr_orthanc(tmp_path / "orthanc", "AI_NODE", node_port)
+    data = _node_config(tmp_path, node_port, orthanc)
+    data["routes"] = [{"name": "compare", "match": {"modality": "CT"}, "pipeline": "with-priors", "destinations": ["pacs"],
+                       "priors": {"count": 1}}]
+    data["pipelines"] = {"with-priors": {"kind": "command", "command": [sys.executable, str(modules / "priors_module.py")],
+                                         "domain": {"modality": ["CT"]}}}
+    node = Node(parse_config(data, "e2e"))
+    node.start()
+    try:
+        for files, _ in studies.values():
+            for path in files:
+                orthanc.upload(path)
+        now_uid, prior_uid = studies["now"][1], studies["prior"][1]
+        api = httpx.Client(base_url=f"http://127.0.0.1:{node.web.port}", timeout=30)  # type: ignore[union-attr]
+        made = api.post("/api/requests", json={"study_uid": now_uid, "source": "pacs", "route": "compare"}).json()
+        wait_for(lambda: api.get(f"/api/requests/{made['id']}").json()["state"] in ("delivered", "failed", "not applicable"),
+                 180, "the request with priors")
+        assert api.get(f"/api/requests/{made['id']}").json()["state"] == "delivered", api.get(f"/api/requests/{made['id']}").text
+        seen = json.loads(record.read_text())["priors"]
+        assert [(p["rank"], p["study_uid"], p["study_date"], p["files_in_folder"]) for p in seen] == \
+            [(1, prior_uid, "20250101", 8)]
+        assert {"SEG", "SR"} <= _results_in(orthanc, now_uid)
+        # The prior came in (by C-MOVE, from the worker) and was held from the rules: one job only.
+        assert node.index.query("SELECT count(*) AS n FROM instances WHERE study_uid = ?", (prior_uid,))[0]["n"] == 8
+        time.sleep(2.5)  # past series_stable_seconds: the prior's series complete, and are not routed
+        assert [r["study_uid"] for r in node.index.query("SELECT study_uid FROM jobs")] == [now_uid]
+    finally:
+        node.stop()
+        orthanc.stop()

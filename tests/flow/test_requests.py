@@ -4,7 +4,6 @@ down or refuses: retried a set number of times, then failed with the peer's answ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -76,4 +75,4 @@ def test_a_source_that_is_down_is_retried_then_the_request_fails_with_why(config
 
 def held_studies_now(index: Index) -> set[str]:
     with index.transaction() as db:
-        return held_studies(db)
+        return held_studies(db, {STUDY, "1.2.3"})
