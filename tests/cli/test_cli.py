@@ -123,9 +123,10 @@ def test_config_is_accepted_after_every_command() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     required = {"echo": ["pacs"], "send": ["x.dcm", "--to", "pacs"], "init": [], "audit": ["verify"],
-                "deidentify": ["in", "out", "--profile", "research"]}
+                "deidentify": ["in", "out", "--profile", "research"], "find": ["--on", "pacs"],
+                "retrieve": ["1.2.3", "--from", "pacs"]}
     assert {"serve", "echo", "send", "status", "jobs", "worker", "demo", "models", "init", "routes", "audit",
-            "deidentify"} <= set(commands)
+            "deidentify", "find", "retrieve", "requests"} <= set(commands)
     for command in commands:
         after = parser.parse_args([command, *required.get(command, []), "--config", "after.yaml"])
         assert after.config == Path("after.yaml"), command
