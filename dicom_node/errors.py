@@ -15,7 +15,9 @@
      ├── TranscodeError       a stored instance cannot be decoded into what the peer accepted
      ├── PermanentJobError    retrying the job cannot help
      ├── NotApplicable        no pipeline of the route may analyse the series (each gate's reason)
-     └── JobNotSettled        a job ran but how it ended was not recorded (procrastinate retries)
+     ├── JobNotSettled        a job ran but how it ended was not recorded (procrastinate retries)
+     └── NotificationError    a notification not delivered: ``permanent`` when sending it again
+                              cannot help (a RIS that answered AE or AR, a webhook's 4xx)
 
     LeaseLost                 not a failure of the node: the job's lease passed to another
                               worker, whose result counts; this one's is void
@@ -83,6 +85,14 @@ class CommandOutputError(NodeError):
 
 class TranscodeError(NodeError):
     """The stored instance cannot be decoded into the encoding the peer accepted."""
+
+
+class NotificationError(NodeError):
+    """A notification was not delivered; ``permanent``: sending it again cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class PermanentJobError(NodeError):

@@ -18,6 +18,7 @@ from .dicomweb import AUTH_KINDS, DicomwebAuth, DicomwebSection
 from .loading import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, ENV_OVERRIDES, load_config, parse_config, resolve_config_path
 from .model import NodeConfig
 from .node import Durability, NodeSection, TlsSection
+from .notifications import EmailTarget, Hl7Target, NotificationsSection, Subscription, WebhookTarget
 from .peers import Peer
 from .privacy import DEIDENTIFICATION_OPTIONS, DeidentificationProfileSection, DeidentificationSection, SafePrivateSection
 from .routes import CompletionSection, DeidentifiedTarget, PriorsSpec, Route, RouteMatch, StudyTrigger, match_conditions
@@ -26,6 +27,11 @@ from .storage import AuditSection, IndexSection, LogsSection, RetentionSection, 
 from .web import WebSection, WebTlsSection, token_bits
 
 __all__ = [
+    "EmailTarget",
+    "Hl7Target",
+    "NotificationsSection",
+    "Subscription",
+    "WebhookTarget",
     "AUTH_KINDS",
     "DicomwebAuth",
     "DicomwebSection",

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from .analysis import DeliverySection, JobsSection, PipelineSpec, ResultsSection
 from .base import _Section
 from .node import NodeSection
+from .notifications import NotificationsSection
 from .peers import Peer
 from .privacy import DeidentificationSection
 from .routes import CompletionSection, DeidentifiedTarget, Route
@@ -39,6 +40,7 @@ class NodeConfig(_Section):
     delivery: DeliverySection = DeliverySection()
     deidentification: DeidentificationSection = DeidentificationSection()
     sources: list[PollSource] = []
+    notifications: NotificationsSection = NotificationsSection()
 
     @field_validator("peers")
     @classmethod

@@ -205,6 +205,11 @@ class SenderLock:
         self._conn: Any = None
         self._state = ""
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock now (without trying to take it)."""
+        return self._fd is not None or self._conn is not None
+
     def acquire(self) -> bool:
         """Whether this process holds the lock (taking it if it is free)."""
         held = self._acquire_postgres() if self.postgres else self._acquire_file()

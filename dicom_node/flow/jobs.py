@@ -41,6 +41,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ..errors import LeaseLost
+from ..storage.events import emit
 from ..storage.index import Index
 
 DEFAULT_QUEUE = "default"
@@ -256,7 +257,7 @@ class JobQueue:
         left (or the failure is ``permanent``: retrying cannot help)."""
         fence, value = _fence(attempt)
         with self.index.transaction() as db:
-            row = db.execute("SELECT attempts, max_attempts, queue, priority FROM jobs "
+            row = db.execute("SELECT attempts, max_attempts, queue, priority, route, study_uid, series_uid FROM jobs "
                              "WHERE id = ? AND lease_owner = ? AND state = 'running'" + fence,
                              (job_id, owner, *value)).fetchone()
             if row is None:
@@ -273,6 +274,9 @@ class JobQueue:
             )
             if not dead and self.dispatch is not None:
                 self.dispatch.defer(db, job_id, row["queue"], row["priority"], now + delay)
+            emit(db, "job.dead" if dead else "job.failed", study_uid=row["study_uid"], series_uid=row["series_uid"],
+                 job_id=job_id, now=now, payload={"job": job_id, "route": row["route"], "error": error[:2000],
+                                                  "attempt": row["attempts"], "retried": not dead})
         return JobState.DEAD if dead else JobState.QUEUED
 
     # -- operating -------------------------------------------------------------------------

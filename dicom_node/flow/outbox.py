@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..storage.events import emit
 from ..storage.index import Index
 
 FORWARD_PREFIX = "forward:"
@@ -131,6 +132,13 @@ class Outbox:
                 "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 ("dead" if dead else "pending", attempts, now + policy.delay(attempts), error[:2000], delivery.id),
             )
+            if dead:
+                job = db.execute("SELECT study_uid, series_uid FROM jobs WHERE id = ?", (delivery.job_id,)).fetchone() \
+                    if delivery.job_id else None
+                emit(db, "delivery.dead", study_uid=job["study_uid"] if job else "", series_uid=job["series_uid"] if job else "",
+                     job_id=delivery.job_id or None, now=now,
+                     payload={"delivery": delivery.id, "peer": delivery.peer, "object": delivery.object,
+                              "job_key": delivery.job_key, "error": error[:2000], "attempts": attempts})
         return DeliveryState.DEAD if dead else DeliveryState.PENDING
 
     def retry(self, delivery_id: int, now: float, include_pending: bool = False) -> bool:

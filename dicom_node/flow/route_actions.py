@@ -14,6 +14,7 @@ import hashlib
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -24,6 +25,7 @@ from ..privacy.deidentify import Deidentifier, deidentifier_for
 from ..privacy.outgoing import deid_variant
 from ..privacy.pseudonym_map import record as record_pseudonyms
 from ..privacy.reidentify import Return, reidentify
+from ..storage.events import emit
 from ..storage.header import file_version, header_at
 from ..storage.store import make_durable_dirs, write_dataset_atomically
 from .job_engine import dispatch_for, queue_for
@@ -173,6 +175,8 @@ def route_returned(db: sqlite3.Connection, series: sqlite3.Row, back: Return, co
     rows = db.execute("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ? AND series_version = ? "
                       "ORDER BY instance_number, sop_instance_uid", (series["series_uid"], series["version"])).fetchall()
     mapped = 0
+    objects: list[dict[str, str]] = []
+    structures: list[dict[str, Any]] = []
     for number, row in enumerate(rows):
         try:
             ds = dcmread(row["path"])
@@ -186,5 +190,13 @@ def route_returned(db: sqlite3.Connection, series: sqlite3.Row, back: Return, co
                               str(ds.SOPInstanceUID))
         for peer in destinations:
             Outbox.add(db, 0, key, str(ds.SOPInstanceUID), peer, [candidate], now)
+        objects.append({"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
+                        "modality": str(ds.get("Modality", ""))})
+        structures += [{"value": int(s.SegmentNumber), "name": str(s.get("SegmentLabel", ""))}
+                       for s in ds.get("SegmentSequence", [])]
+    sr = next((o["sop_instance_uid"] for o in objects if o["modality"] == "SR"), "")
+    emit(db, "results.returned", study_uid=back.original_study_uid, series_uid=series["series_uid"], now=now,
+         payload={"route": route.name, "peer": back.peer, "job_key": key, "objects": objects, "structures": structures,
+                  "destinations": destinations, **({"sr_sop_instance_uid": sr} if sr else {})})
     log.info("%s: %d instance(s) mapped back to the original patient and study (%d UID values), to %s", where, len(rows),
              mapped, ", ".join(destinations))

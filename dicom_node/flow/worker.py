@@ -48,6 +48,7 @@ from ..results import (
 )
 from ..results.parametric_map import build_uncertainty_map
 from ..storage.audit import AuditLog
+from ..storage.events import emit
 from ..storage.index import Index
 from ..storage.store import make_durable_dirs, write_dataset_atomically
 from ..storage.volume import gate_facts, load_series
@@ -78,6 +79,25 @@ def file_candidate(variant: str, path: Path, meta: Dataset | None = None) -> Can
 
 def results_folder(root: Path, key: str) -> Path:
     return root / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def job_summary(job: Job, pipeline: str, findings: Findings | None, sr_rows: list[Any]) -> dict[str, Any]:
+    """The ``job.done`` payload: what the job found, in numbers a notification can carry (no pixels)."""
+    summary: dict[str, Any] = {"job": job.id, "route": job.route, "pipeline": pipeline, "job_key": job.key,
+                               "destinations": list(job.destinations)}
+    srs = [c for _, _, candidates in sr_rows for c in candidates[:1]]
+    if srs:
+        summary["sr_sop_instance_uid"] = srs[0].sop_instance_uid
+    if findings is not None:
+        summary.update({
+            "model": findings.model_name, "model_version": findings.model_version,
+            "structures": [{"value": info.value, "name": info.name} for info in findings.labels],
+            "measurements": [{"name": m.name, "label": m.label, "lesion": m.lesion_index, "volume_ml": round(m.volume_ml, 2),
+                              "mean_hu": round(m.mean, 1), "longest_axial_diameter_mm": round(m.longest_axial_diameter_mm, 1)}
+                             for m in findings.measurements],
+            "findings": dict(findings.findings), "scores": {k: round(float(v), 4) for k, v in findings.scores.items()},
+            "confidence": findings.extra.get("confidence", {}), "withheld": findings.extra.get("withheld", [])})
+    return summary
 
 
 class Worker:
@@ -288,6 +308,8 @@ class Worker:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
                 JobQueue.mark_done(db, job.id, self.owner, now, outcome.pipeline, attempt=job.attempts)
+                emit(db, "job.done", study_uid=job.study_uid, series_uid=job.series_uid, job_id=job.id, now=now,
+                     payload=job_summary(job, outcome.pipeline, outcome.findings, [r for r in rows if r[0] == "sr"]))
         except LeaseLost as exc:
             log.warning("%s; another worker will finish it", exc)
             return False
@@ -329,6 +351,8 @@ class Worker:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
                 JobQueue.mark_not_applicable(db, job.id, self.owner, reasons, now, attempt=job.attempts)
+                emit(db, "job.not_applicable", study_uid=job.study_uid, series_uid=job.series_uid, job_id=job.id, now=now,
+                     payload={"job": job.id, "route": job.route, "reasons": reasons})
         except (LeaseLost, NodeError, OSError) as inner:
             log.error("Job %d is not applicable (%s) and could not be recorded: %s", job.id, reasons, inner)
             return False

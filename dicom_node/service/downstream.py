@@ -9,14 +9,17 @@ import threading
 from typing import Any
 
 from ..config import NodeConfig
+from ..errors import IndexError_
 from ..flow.delivery import Sender, SenderScheduler
 from ..flow.job_engine import job_queue
 from ..flow.outbox import Outbox
 from ..flow.route_check import describe_route
 from ..flow.routing import route_completed
 from ..flow.worker import worker_main
+from ..notify.notifier import Notifier
 from ..process import StopFlag
 from ..storage.audit import AuditLog
+from ..storage.events import emit
 from ..storage.index import Index
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,9 @@ class Downstream:
         self.runs_workers = workers
         self.sender = SenderScheduler(Sender(config, self.outbox, audit), config.delivery.interval_seconds) \
             if sender else None
+        # Notifications go out from the process that sends results (one per index: the sender lock).
+        self.notifier = Notifier(config, self._sender_index or index, active=lambda: self.sender.lock.held) \
+            if self.sender is not None and config.notifications.subscriptions else None
         self._context = multiprocessing.get_context("spawn")
         self._stop = StopFlag(self._context)
         self.workers: list[Any] = []
@@ -66,6 +72,12 @@ class Downstream:
                     # Its job (if any) is not lost: the lease expires and a worker claims it again.
                     log.error("Analysis worker %d exited with code %s; starting another", proc.pid, proc.exitcode)
                     self.workers[number] = self._start_worker()
+                    try:
+                        with self.index.transaction() as db:
+                            emit(db, "process.died", payload={"process": "analysis worker", "pid": proc.pid,
+                                                              "exitcode": proc.exitcode, "replaced_by": self.workers[number].pid})
+                    except IndexError_ as exc:
+                        log.error("The process.died event could not be recorded: %s", exc)
 
     def supervise(self) -> None:
         """Replace any worker that died (a ``--role worker`` process calls this on its own clock)."""
@@ -79,6 +91,10 @@ class Downstream:
                 log.info("No routes configured: series are stored, none analysed or forwarded")
         if self.sender is not None:
             self.sender.start()
+        if self.notifier is not None:
+            self.notifier.start()
+            log.info("Notifications: %d subscription(s) to %s", len(self.config.notifications.subscriptions),
+                     ", ".join(sorted(self.config.notifications.targets)))
         # No analysing route, no jobs: listening-only and forward-only set-ups (and most tests)
         # start no model process.
         count = self.config.jobs.workers if self.runs_workers and any(r.pipeline for r in self.config.routes) else 0
@@ -90,6 +106,8 @@ class Downstream:
     def stop(self) -> None:
         with self._lock:
             self._stop.set()
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.sender is not None:
             self.sender.stop()
         if self._sender_index is not None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..config import is_postgres_url, redacted
 from ..errors import IndexError_
+from .events import emit
 from .header import InstanceHeader
 from .schema import ensure_current
 from .store import fsync_directory, make_durable_dirs
@@ -316,6 +317,13 @@ class Index:
                 """,
                 (now, now - study_stable_seconds),
             ).fetchall()
+            for row in studies:  # the event commits with the state it reports
+                facts = db.execute("SELECT count(*) AS series, coalesce(sum(instance_count), 0) AS instances, "
+                                   "max(calling_ae) AS calling_ae FROM series WHERE study_uid = ?",
+                                   (row["study_uid"],)).fetchone()
+                emit(db, "study.complete", study_uid=row["study_uid"], now=now,
+                     payload={"version": row["version"], "series": facts["series"], "instances": facts["instances"],
+                              "calling_ae": facts["calling_ae"] or ""})
         done = [Completed("series", r["series_uid"], r["version"], r["study_uid"]) for r in series]
         done += [Completed("study", r["study_uid"], r["version"], r["study_uid"]) for r in studies]
         return done

@@ -37,10 +37,12 @@ from ..flow.job_engine import job_queue
 from ..flow.outbox import Outbox
 from ..flow.requests import RequestStore
 from ..flow.route_check import describe_route
+from ..notify.notifier import recent as recent_notifications
 from ..storage.audit import AuditLog
 from ..storage.index import Index
 from ..storage.store import InstanceStore
 from .dashboard import render_dashboard, render_login
+from .events_api import event_routes
 from .guard import STREAMED_PREFIX, LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 from .metrics import exposition
 from .requests_api import request_routes
@@ -182,6 +184,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
             f"SELECT DISTINCT job_id FROM deliveries WHERE object = 'seg' AND job_id IN ({recent_jobs})")}
         html = render_dashboard(config=config, job_counts=jobs.counts(), delivery_counts=outbox.counts(),
                                 requests=RequestStore(index).list(20),
+                                notifications=recent_notifications(index, 20)["notifications"],
                                 queue=[_job(r) for r in queue], studies=recent, series_jobs=series_jobs,
                                 failing=[_delivery(r) for r in failing], previews=seg_jobs,
                                 routes=[describe_route(r, config) for r in config.routes])
@@ -230,6 +233,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         Route("/api/routes", routes),
         Route("/api/audit", audit_tail),
         *request_routes(config, index),
+        *event_routes(index),
         Route("/dicomweb/studies", stow.handle, methods=["POST"]),
         Route("/dicomweb/studies/{study}", stow.handle, methods=["POST"]),
         Route("/dicomweb/{client}/studies", stow.handle, methods=["POST"]),

@@ -59,6 +59,17 @@ _DASHBOARD = _ENV.from_string("""<!doctype html>
 </table>
 {% endif %}
 
+{% if notifications %}
+<h2>Notifications</h2>
+<table id="notifications"><tr><th>notification</th><th>event</th><th>to</th><th>state</th><th>attempts</th><th>last error</th><th></th></tr>
+{% for n in notifications %}
+<tr><td>{{ n.id }}</td><td>{{ n.type }} ({{ n.event_id }})</td><td>{{ n.target }}</td><td class="state {{ n.state }}">{{ n.state }}</td>
+<td>{{ n.attempts }}</td><td>{{ n.last_error[:200] }}</td>
+<td>{% if n.state != "delivered" %}<form method="post" action="/api/notifications/{{ n.id }}/retry"><button type="submit">Retry now</button></form>{% endif %}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
+
 <h2>Delivery failures</h2>
 <div class="counts">{% for state, n in delivery_counts.items() %}<span class="{{ state }}">{{ state }}: <b>{{ n }}</b></span>{% endfor %}</div>
 <table id="failures"><tr><th>delivery</th><th>to</th><th>what</th><th>attempts</th><th>state</th><th>last error</th><th></th></tr>
@@ -87,7 +98,8 @@ _DASHBOARD = _ENV.from_string("""<!doctype html>
 <h2>Routing rules</h2>
 <ol id="routes">{% for line in routes %}<li><code>{{ line }}</code></li>{% else %}<li>none configured</li>{% endfor %}</ol>
 <p class="sub">JSON: <a href="/api/studies">studies</a> &middot; <a href="/api/jobs">jobs</a> &middot; <a href="/api/deliveries">deliveries</a>
-&middot; <a href="/api/requests">requests</a> &middot; <a href="/api/peers">peers</a> &middot; <a href="/api/routes">routes</a> &middot; <a href="/api/audit">audit</a>
+&middot; <a href="/api/requests">requests</a> &middot; <a href="/api/events">events</a>
+&middot; <a href="/api/notifications">notifications</a> &middot; <a href="/api/peers">peers</a> &middot; <a href="/api/routes">routes</a> &middot; <a href="/api/audit">audit</a>
 &middot; <a href="/metrics">metrics</a> &middot; <a href="/ready">ready</a></p>
 </body></html>
 """)
