@@ -39,6 +39,7 @@ from .. import counters
 from ..config import NodeConfig, Peer
 from ..errors import DiskFullError, IndexError_, InvalidInstanceError, PeerError, StoreError
 from ..storage.audit import AuditLog
+from ..storage.events import emit_alert
 from ..storage.header import read_header
 from ..storage.index import Index, Outcome, Receipt
 from ..storage.ingest import ingest
@@ -188,6 +189,8 @@ class StowEndpoint:
             client = self.client_for(request)
         except StowError as exc:
             log.warning("STOW-RS from %s refused (%d): %s", address, exc.status, exc)
+            emit_alert(self.index, "security.alert", f"stow_refused:{address}",
+                       {"alert": "stow_refused", "address": address, "reason": str(exc)})
             if self.audit is not None:
                 self.audit.write("association", outcome="rejected", reason=f"STOW-RS: {exc}", protocol="STOW-RS",
                                  address=address, port=port, calling_ae="", called_ae=self.config.node.ae_title)

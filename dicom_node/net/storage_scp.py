@@ -36,6 +36,7 @@ from ..config import NodeConfig
 from ..errors import DiskFullError, IndexError_, InvalidInstanceError, StoreError
 from ..logs import bind_log_context
 from ..storage.audit import AuditLog
+from ..storage.events import emit_alert
 from ..storage.header import read_header
 from ..storage.index import Index, Outcome, Receipt
 from ..storage.ingest import ingest
@@ -201,6 +202,8 @@ class StorageSCP:
         counters.ASSOCIATIONS.labels("refused-tls").inc()
         self.audit.write("association", outcome="rejected", reason=f"TLS: {reason}", address=address, port=port,
                          calling_ae="", called_ae="")
+        emit_alert(self.index, "security.alert", f"tls_refused:{address}",
+                   {"alert": "tls_refused", "address": address, "reason": reason})
 
     def on_admission_refused(self, address: str, port: int, reason: str) -> None:
         """A connection admission.Admission refused before it became an association."""
@@ -252,6 +255,8 @@ class StorageSCP:
             "association", outcome="rejected", reason=reason, calling_ae=calling,
             called_ae=called or str(assoc.acceptor.ae_title).strip(), address=address, port=assoc.requestor.port,
         )
+        emit_alert(self.index, "security.alert", f"association_rejected:{address}",
+                   {"alert": "association_rejected", "address": address, "calling_ae": calling, "reason": reason})
 
     # An association's audit line needs both its end (EVT_RELEASED / EVT_ABORTED, from the
     # association thread) and its connection's close (EVT_CONN_CLOSE, from the DUL thread); they

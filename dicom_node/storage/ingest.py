@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import IndexError_, InvalidInstanceError
+from ..errors import DiskFullError, IndexError_, InvalidInstanceError
+from .events import emit_alert
 from .header import InstanceHeader, read_header
 from .index import Index, Outcome, Receipt
 from .store import InstanceStore
@@ -54,7 +55,11 @@ def ingest(store: InstanceStore, index: Index, received: Path, receipt: Receipt,
     the file's header when the caller already read it. Raises DiskFullError, StoreError,
     InvalidInstanceError or IndexError_; ``received`` is the caller's to remove then.
     """
-    store.check_free_space()
+    try:
+        store.check_free_space()
+    except DiskFullError as exc:
+        emit_alert(index, "disk.low", str(store.root), {"path": str(store.root), "reason": str(exc)})
+        raise
     header = header if header is not None else read_header(received)
     size = os.path.getsize(received)
     final = store.path_for(header)

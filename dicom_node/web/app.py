@@ -39,6 +39,7 @@ from ..flow.requests import RequestStore
 from ..flow.route_check import describe_route
 from ..notify.notifier import recent as recent_notifications
 from ..storage.audit import AuditLog
+from ..storage.events import emit_alert
 from ..storage.index import Index
 from ..storage.store import InstanceStore
 from .dashboard import render_dashboard, render_login
@@ -205,6 +206,8 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
             failures = throttle.failed(client, now)
             log.warning("Web: failed sign-in from %s (%d within %.0f s)", client, failures, throttle.window)
             if audit is not None:
+                emit_alert(index, "security.alert", f"login_failed:{client}", {"alert": "login_failed", "address": client,
+                                                                               "reason": f"{failures} failed sign-in(s)"})
                 audit.write("security_alert", alert="login_failed", object=f"{request.url.scheme}://{request.url.netloc}/login",
                             address=client, description=f"failed sign-in to the web service ({failures} within "
                                                         f"{throttle.window:.0f} s)")
