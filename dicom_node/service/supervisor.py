@@ -18,8 +18,10 @@ from ..flow.completion import CompletionScheduler
 from ..logs import setup_logging
 from ..net.handoff import HandOff
 from ..net.tls import server_context
+from ..periodic import PeriodicTask
 from ..process import StopFlag, die_with_parent, name_process
 from ..storage.audit import AuditLog
+from ..storage.events import emit
 from ..storage.index import Index
 from ..storage.recovery import RecoveryReport, mark_clean_shutdown, recover
 from ..storage.retention import RetentionScheduler
@@ -84,6 +86,24 @@ class Supervisor:
         self.web: WebServer | None = None
         self.retention: RetentionScheduler | None = None
         self.requests: list[Any] = []
+        self._reported_dead: set[int] = set()
+        self._watch = PeriodicTask("listener-watch", self._watch_listeners, 5.0)
+
+    def _watch_listeners(self) -> None:
+        """A listener process that died (the others go on taking associations; /ready names it)
+        is logged and recorded as a ``process.died`` event, once."""
+        if self._stop.is_set():
+            return
+        for proc in self._procs:
+            if not proc.is_alive() and proc.pid not in self._reported_dead:
+                self._reported_dead.add(proc.pid)
+                log.error("Listener process %d exited with code %s; the other listeners go on", proc.pid, proc.exitcode)
+                try:
+                    with self.index.transaction() as db:
+                        emit(db, "process.died", payload={"process": "listener", "pid": proc.pid, "exitcode": proc.exitcode,
+                                                          "replaced_by": None})
+                except NodeError as exc:
+                    log.error("The process.died event could not be recorded: %s", exc)
 
     def start(self) -> None:
         self.recovery = recover(self.store, self.index)
@@ -133,6 +153,7 @@ class Supervisor:
         self.web = start_web(self.config, self.index, self._readiness, self.audit, self.store)
         self.retention = start_retention(self.config, self.index, self.audit)
         self.requests = start_requests(self.config, self.index, self.store, self.audit)
+        self._watch.start()
         log.info("%d listener processes on %s:%d%s: %s", self.listener_count, self.config.node.host, self.port,
                  f" (DICOM TLS on {self.tls_port})" if self.tls_port and self.config.node.plain else "",
                  ", ".join(str(p.pid) for p in self._procs))
@@ -157,6 +178,7 @@ class Supervisor:
             self.retention.stop()
         for task in self.requests:
             task.stop()
+        self._watch.stop()
         self.completion.stop()
         self.downstream.stop()
         if self.handoff is not None:

@@ -13,7 +13,7 @@ Event types and what their payload holds (README, "Notifications"):
     results.returned    route, peer, job_key, objects, structures, sr_sop_instance_uid: what an external
                         AI sent back for a de-identified study, mapped to the original (its event
                         names the original study)
-    process.died        process (analysis worker), pid, exitcode, replaced_by
+    process.died        process (analysis worker, listener), pid, exitcode, replaced_by
     security.alert      alert (association_rejected, tls_refused, login_failed, stow_refused), address,
                         reason: at most one per alert and address every 10 minutes (a scan is one event)
     disk.low            path, free_mb, min_free_mb: an instance refused for space, at most one every 10 minutes
