@@ -124,6 +124,20 @@ def _tally(report: RetrieveReport, status: Dataset | None, peer: Peer, what: str
     return code
 
 
+def _drive(assoc: Any, responses: Any, report: RetrieveReport, peer: Peer, what: str) -> tuple[int, str]:
+    """Read a C-MOVE's or C-GET's responses to the end (counting its sub-operations), release the
+    association, and return the final status and its Error Comment."""
+    code, comment = 0xC000, ""
+    try:
+        for status, _ in responses:
+            code = _tally(report, status, peer, what) or 0
+            comment = str(status.get("ErrorComment", ""))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return code, comment
+
+
 def _final(report: RetrieveReport, code: int, peer: Peer, what: str, comment: str) -> RetrieveReport:
     report.status = code
     if code not in (0x0000, 0xB000):
@@ -141,15 +155,8 @@ def move(local_title: str, peer: Peer, study_uid: str, destination: str, timeout
     keys = {"StudyInstanceUID": study_uid, **({"SeriesInstanceUID": series_uid} if series_uid else {})}
     assoc = associate(ae, peer, tls)
     report = RetrieveReport()
-    code, comment = 0xC000, ""
-    try:
-        for status, _ in assoc.send_c_move(_identifier("SERIES" if series_uid else "STUDY", keys), destination,
-                                           StudyRootQueryRetrieveInformationModelMove):
-            code = _tally(report, status, peer, "C-MOVE") or 0
-            comment = str(status.get("ErrorComment", ""))
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    code, comment = _drive(assoc, assoc.send_c_move(_identifier("SERIES" if series_uid else "STUDY", keys), destination,
+                                                    StudyRootQueryRetrieveInformationModelMove), report, peer, "C-MOVE")
     report.seconds = time.monotonic() - started
     report.stored = report.completed
     return _final(report, code, peer, "C-MOVE", comment)
@@ -227,15 +234,8 @@ def get(local_title: str, peer: Peer, study_uid: str, store: InstanceStore, inde
     if not assoc.is_established:
         raise PeerError(f"{peer.name} ({peer.address}) {'rejected' if assoc.is_rejected else 'did not accept'} "
                         "the C-GET association")
-    code, comment = 0xC000, ""
-    try:
-        for status, _ in assoc.send_c_get(_identifier("STUDY", {"StudyInstanceUID": study_uid}),
-                                          StudyRootQueryRetrieveInformationModelGet):
-            code = _tally(report, status, peer, "C-GET") or 0
-            comment = str(status.get("ErrorComment", ""))
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    code, comment = _drive(assoc, assoc.send_c_get(_identifier("STUDY", {"StudyInstanceUID": study_uid}),
+                                                   StudyRootQueryRetrieveInformationModelGet), report, peer, "C-GET")
     report.seconds = time.monotonic() - started
     return _final(report, code, peer, "C-GET", comment)
 
