@@ -63,6 +63,17 @@ def import_monai() -> Any:
         raise BundleError(f"a MONAI bundle needs MONAI, which is not installed: {INSTALL_HINT}") from exc
 
 
+def bundle_modality(folder: Path) -> str | None:
+    """The modality the bundle's metadata gives its image input
+    (``network_data_format.inputs.image.modality``), None when it names none."""
+    try:
+        metadata = json.loads((Path(folder) / "configs" / "metadata.json").read_text())
+        modality = metadata["network_data_format"]["inputs"]["image"]["modality"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(modality).strip().upper() or None if isinstance(modality, str) else None
+
+
 def bundle_labels(metadata: Mapping[str, Any], codes: Mapping[str, tuple[tuple[str, str, str], tuple[str, str, str]]]
                   ) -> tuple[LabelInfo, ...]:
     """LabelInfo for each non-background channel of the bundle's ``pred`` output."""

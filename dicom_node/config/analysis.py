@@ -5,16 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import _Section
 
 
 class LabelCodes(_Section):
-    """SNOMED CT (or other) codes of a label, as (code value, scheme, meaning)."""
+    """SNOMED CT (or other) codes of a label, as (code value, scheme, meaning). A code value
+    written unquoted in YAML (``[123037004, SCT, Anatomical Structure]``) reads as a number; code
+    values are strings in DICOM, so a whole number is taken as its digits."""
 
     category: tuple[str, str, str]
     type: tuple[str, str, str]
+
+    @field_validator("category", "type", mode="before")
+    @classmethod
+    def _numbers_are_code_values(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+        return value
 
 
 class PipelineSpec(_Section):

@@ -131,9 +131,12 @@ class NodeConfig(_Section):
         for name, spec in self.pipelines.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"pipelines.{name}: a pipeline name uses letters, digits, '_', '.' and '-'")
-            if spec.kind in ("monai-bundle", "nnunet") and (spec.path is None or spec.domain is None):
-                raise ValueError(f"pipelines.{name}: kind {spec.kind} needs the model folder (path:) and a domain "
+            if spec.kind == "nnunet" and (spec.path is None or spec.domain is None):
+                raise ValueError(f"pipelines.{name}: kind nnunet needs the model folder (path:) and a domain "
                                  "(at least its modality)")
+            if spec.kind == "monai-bundle" and spec.path is None:
+                raise ValueError(f"pipelines.{name}: kind monai-bundle needs the bundle folder (path:); its domain's "
+                                 "modality defaults to what the bundle's metadata names")
             if spec.kind == "command" and (not spec.command or spec.domain is None):
                 raise ValueError(f"pipelines.{name}: kind command needs a command and a domain (at least its modality)")
             if spec.kind == "model" and (spec.model is None) == (spec.path is None):

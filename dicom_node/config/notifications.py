@@ -82,6 +82,14 @@ class Subscription(_Section):
     include_patient_name: bool = False
     _condition: Condition | None = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 (PyYAML) reads an unquoted ``on:`` key as the boolean true: take it as ``on``."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Subscription:
         unknown = [t for t in self.on if t not in EVENT_TYPES]

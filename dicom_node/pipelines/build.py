@@ -52,11 +52,18 @@ def build_pipeline(spec: PipelineSpec, uncertainty: bool = False, name: str = "p
     if spec.kind == "classical":
         return ClassicalCTPipeline()
     if spec.kind == "monai-bundle":
-        from ai.adapters.monai_bundle import BundleError, MonaiBundlePipeline
+        from ai.adapters.monai_bundle import BundleError, MonaiBundlePipeline, bundle_modality
         from ai.trust.domain import Domain
 
+        domain = dict(spec.domain or {})
+        if not domain.get("modality"):  # the bundle's metadata names its modality: the domain starts there
+            named = bundle_modality(Path(str(spec.path)))
+            if named is None:
+                raise PipelineError(f"pipelines.{name}: give domain.modality (the bundle's metadata.json names no "
+                                    "network_data_format.inputs.image.modality)")
+            domain["modality"] = [named]
         try:
-            return MonaiBundlePipeline(Path(str(spec.path)), Domain.model_validate(spec.domain), spec.label_codes(),
+            return MonaiBundlePipeline(Path(str(spec.path)), Domain.model_validate(domain), spec.label_codes(),
                                        device=spec.device)  # type: ignore[return-value]
         except (BundleError, ValueError, RuntimeError) as exc:
             raise PipelineError(f"pipelines.{name}: {exc}") from None

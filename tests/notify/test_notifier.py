@@ -231,3 +231,17 @@ def test_an_hl7_target_takes_job_done_only(make_config: Callable[..., NodeConfig
                                    "subscriptions": [{"on": ["job.dead"], "to": ["ris"]}]})
     with pytest.raises(ConfigError, match="unknown event type"):
         make_config(notifications={"targets": {}, "subscriptions": [{"on": ["job.exploded"], "to": ["x"]}]})
+
+
+def test_on_written_unquoted_in_yaml_is_the_subscriptions_event_list(make_config: Callable[..., NodeConfig]) -> None:
+    """PyYAML reads `on:` as the boolean true (YAML 1.1); the configuration takes it as `on`."""
+    import yaml
+
+    section = yaml.safe_load("""
+targets: {ris: {kind: hl7, host: 127.0.0.1, port: 2575}}
+subscriptions:
+  - {on: [job.done], to: [ris]}
+""")
+    assert True in section["subscriptions"][0]
+    config = make_config(notifications=section)
+    assert config.notifications.subscriptions[0].on == ["job.done"]

@@ -139,3 +139,23 @@ def test_a_bundle_job_becomes_seg_and_sr(make_config: Callable[..., NodeConfig],
     segment = seg.SegmentSequence[0]
     assert segment.SegmentLabel == "spleen" and segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "78961009"
     assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "phantom_spleen_ct_segmentation"
+
+
+def test_the_bundles_metadata_names_the_modality_when_the_configuration_does_not(make_config: Callable[..., NodeConfig],
+                                                                                 bundle: Path, tmp_path: Path) -> None:
+    from dicom_node.errors import PipelineError
+    from dicom_node.pipelines.build import build_pipeline
+
+    config = make_config(pipelines={"spleen": {"kind": "monai-bundle", "path": str(bundle)},
+                                    "spleen-abdomen": {"kind": "monai-bundle", "path": str(bundle),
+                                                       "domain": {"body_regions": ["ABDOMEN"]}}})
+    assert build_pipeline(config.pipelines["spleen"], name="spleen").domain.modality == ["CT"]
+    assert build_pipeline(config.pipelines["spleen-abdomen"], name="spleen-abdomen").domain.modality == ["CT"]
+    unnamed = tmp_path / "unnamed"
+    shutil.copytree(bundle, unnamed)
+    metadata = json.loads((unnamed / "configs" / "metadata.json").read_text())
+    del metadata["network_data_format"]["inputs"]["image"]["modality"]
+    (unnamed / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    bare = make_config(pipelines={"x": {"kind": "monai-bundle", "path": str(unnamed)}})
+    with pytest.raises(PipelineError, match="give domain.modality"):
+        build_pipeline(bare.pipelines["x"], name="x")
