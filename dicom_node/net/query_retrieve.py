@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import ssl
 import time
 import uuid
@@ -34,6 +33,7 @@ from ..storage.index import Index, Outcome, Receipt
 from ..storage.ingest import ingest
 from ..storage.store import InstanceStore
 from .contexts import ACCEPTED_TRANSFER_SYNTAXES
+from .patches.pynetdicom_settings import take_streamed_dataset
 from .scu import associate
 
 log = logging.getLogger(__name__)
@@ -179,15 +179,12 @@ class _GetReceiver:
             return 0xC211
 
     def _handle(self, event: evt.Event) -> int:
-        path = self.store.incoming / f".get.{uuid.uuid4().hex}.part"
+        # Streamed (this process runs a listener too, so chunked receive is on): the file is in
+        # the store's .incoming already (the AE's incoming_dir) and is ingested where it lies.
+        path = take_streamed_dataset(event.request)
         try:
-            try:
-                streamed = event.dataset_path
-            except AttributeError:
-                streamed = None
-            if streamed:  # already in a file (this process also runs the listener: chunked receive is on)
-                shutil.copyfile(streamed, path)
-            else:
+            if path is None:
+                path = self.store.incoming / f".get.{uuid.uuid4().hex}.part"
                 with open(path, "wb") as handle:
                     handle.write(event.encoded_dataset())
             receipt = Receipt(calling_ae=self.peer.ae_title, called_ae=self.local_title, peer_address=str(self.peer.host),
@@ -203,7 +200,7 @@ class _GetReceiver:
             self.report.refused.append(f"0xA701 {exc}")
             return 0xA701
         finally:
-            if path.exists():
+            if path is not None and path.exists():
                 os.unlink(path)
         self.report.stored += 1
         self.report.duplicates += taken.outcome is Outcome.DUPLICATE
@@ -222,6 +219,7 @@ def get(local_title: str, peer: Peer, study_uid: str, store: InstanceStore, inde
     for sop_class in GET_STORAGE_CLASSES:
         ae.add_requested_context(sop_class, GET_TRANSFER_SYNTAXES)
     roles = [build_role(sop_class, scp_role=True) for sop_class in GET_STORAGE_CLASSES]
+    ae.incoming_dir = store.incoming  # type: ignore[attr-defined]  # where a streamed sub-operation lands
     report = RetrieveReport()
     receiver = _GetReceiver(peer, local_title, store, index, report, on_stored)
     install_handlers = [(evt.EVT_C_STORE, receiver.handle)]

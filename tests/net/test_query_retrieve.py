@@ -5,6 +5,7 @@ refuses or is down makes of a retrieval."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,8 +64,12 @@ def test_orthanc_find_and_retrieve(make_config: Callable[..., NodeConfig], tmp_p
         series = find(node.config, peer, "SERIES", {"StudyInstanceUID": study})
         assert len(series) == 1 and str(series[0].Modality) == "CT"
         assert study_for_accession(node.config, peer, "ACC0003") == study
+        temporary = set(Path(tempfile.gettempdir()).glob("tmp*.dcm"))
         report = retrieve(node.config, peer, study, node.store, node.index, node.audit)
         assert report.ok and report.completed == 6 and report.failed == 0
+        # Nothing left behind: C-GET's streamed sub-operations land in .incoming and are taken from there.
+        assert set(Path(tempfile.gettempdir()).glob("tmp*.dcm")) - temporary == set()
+        assert [p.name for p in node.store.incoming.iterdir()] == []
         stored = _stored(node, study)
         assert len(stored) == 6 and set(stored.values()) == {orthanc.ae_title}  # marked with their source
         for path in files:

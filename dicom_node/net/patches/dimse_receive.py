@@ -33,6 +33,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.uid import UID
+from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import evt
 from pynetdicom.dimse_messages import DIMSEMessage
@@ -45,6 +46,7 @@ from .p_data import peer_name
 log = logging.getLogger(__name__)
 
 _original_receive_primitive = _dimse.DIMSEServiceProvider.receive_primitive
+_original_kill = _association.Association.kill
 #: Status answered to a request that could not be read as one: "Error: Cannot understand".
 CANNOT_UNDERSTAND = 0xC210
 _RESPONSES = {"C-STORE-RQ": C_STORE, "C-ECHO-RQ": C_ECHO}
@@ -243,9 +245,31 @@ def _error_comment(why: str) -> str:
     return text if len(text) <= 64 else text[:61] + "..."
 
 
+def _kill(self: Any) -> None:
+    """Association.kill, then the data set of a message cut off by the association's end (a
+    sender that died, aborted or timed out mid-instance) closed and removed. pynetdicom streams
+    a C-STORE data set to a temporary file and closes and removes it only when the message
+    completes, so a half-received one stayed open until garbage collection and on disk. Done
+    once the DUL thread has ended, which alone writes to that file."""
+    _original_kill(self)
+    dul = getattr(self, "dul", None)
+    if isinstance(dul, threading.Thread) and dul is not threading.current_thread():
+        dul.join(timeout=5)
+        if dul.is_alive():
+            return  # still writing: leave the file to garbage collection rather than race it
+    dimse = getattr(self, "dimse", None)
+    message = getattr(dimse, "message", None)
+    if message is not None and getattr(message, "_data_set_file", None) is not None:
+        _discard_spooled(message)
+        dimse.message = None
+
+
 def install() -> None:
     _dimse.DIMSEServiceProvider.receive_primitive = receive_primitive  # type: ignore[method-assign]
+    if _association.Association.kill is not _kill:
+        _association.Association.kill = _kill  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     _dimse.DIMSEServiceProvider.receive_primitive = _original_receive_primitive  # type: ignore[method-assign]
+    # _kill stays: it is a fix (a half-received data set's file closed and removed), not a fast path.

@@ -73,6 +73,22 @@ def install_incoming_tempfile() -> None:
     _dimse_messages.NamedTemporaryFile = named_temporary_file  # type: ignore[attr-defined]
 
 
+def take_streamed_dataset(request: Any) -> Path | None:
+    """The file a C-STORE received on the node's own association as an SCU (a C-GET's
+    sub-operation) was streamed to, closed and handed to the caller, who then owns it; None
+    when it was not streamed. pynetdicom's SCU-side C-STORE leaves that file open and on disk
+    (its storage SCP closes and removes it after the handler; this path does neither)."""
+    handle = getattr(request, "_dataset_file", None)
+    if handle is None:
+        return None
+    try:
+        if not handle.closed:
+            handle.close()
+        return Path(handle.name)
+    except (AttributeError, OSError):
+        return None
+
+
 def open_dataset_fd(request: Any) -> int | None:
     """The descriptor of the streamed dataset file pynetdicom still holds open for ``request``
     during the handler (it closes the file afterwards), or None where it has none."""

@@ -125,3 +125,43 @@ def test_an_unreadable_command_set_aborts_with_the_peer_named(any_node: Node, ca
     scu.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "dicom_node.net.patches.dimse_receive"]
     assert len(lines) == 1 and "TEST_SCU@127.0.0.1" in lines[0] and "aborting the association" in lines[0]
+
+
+def test_a_sender_that_dies_mid_instance_leaves_no_open_or_stray_file(tmp_path: Path) -> None:
+    """A plain pynetdicom storage SCP in a process where the node streams C-STORE data sets to
+    files (chunked receive on): a sender that vanishes mid-instance used to leave pynetdicom's
+    temporary file open (a ResourceWarning at some later garbage collection) and on disk."""
+    import gc
+    import tempfile
+    import time
+    import warnings
+
+    from pynetdicom import AE, evt
+
+    from dicom_node.net.patches import pynetdicom_settings, pynetdicom_tuning
+
+    pynetdicom_settings.configure_listener(False, 60.0)
+    pynetdicom_tuning.install_fixes()
+    ae = AE(ae_title="PLAIN_SCP")
+    ae.add_supported_context(CT, [EXPLICIT_LE])
+    ended = []
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_CONN_CLOSE, lambda e: ended.append(1))])
+    try:
+        before = set(Path(tempfile.gettempdir()).glob("tmp*.dcm"))
+        [first] = write_ct_series(tmp_path / "s", 1, 64, 64)
+        scu = RawSCU("127.0.0.1", int(server.server_address[1]), "ANYONE", "PLAIN_SCP", [(CT, [EXPLICIT_LE])])
+        context = scu.accepted[CT][0]
+        scu.send([pdu(P_DATA_TF, pdv(context, 0x03, store_request(1, CT, _uid(first)))),
+                  pdu(P_DATA_TF, pdv(context, 0x00, dataset_bytes(first)[:2000]))])
+        time.sleep(0.3)
+        scu.close()  # gone mid-instance
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            gc.collect()
+        assert set(Path(tempfile.gettempdir()).glob("tmp*.dcm")) - before == set()
+    finally:
+        ae.shutdown()
