@@ -85,6 +85,15 @@ class Row:
         return f"Row({dict(zip(self._names, self._values))})"
 
 
+def execute_script(op: Any, script: str) -> None:
+    """Run a migration's ``;``-separated SQLite DDL through Alembic's ``op``, translated when the
+    database is PostgreSQL (the tables every revision that creates tables writes this way)."""
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in (s.strip() for s in script.split(";")):
+        if statement:
+            op.execute(to_postgres(statement) if postgres else statement)
+
+
 def _row_factory(cursor: psycopg.Cursor[Any]) -> Any:
     names = {column.name: number for number, column in enumerate(cursor.description or [])}
     return lambda values: Row(names, values)

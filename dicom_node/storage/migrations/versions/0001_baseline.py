@@ -150,12 +150,9 @@ def _columns(table: str) -> set[str]:
 
 
 def upgrade() -> None:
-    from dicom_node.storage.index_postgres import to_postgres
+    from dicom_node.storage.index_postgres import execute_script
 
-    postgres = op.get_bind().dialect.name == "postgresql"
-    for statement in (s.strip() for s in TABLES.split(";")):
-        if statement:
-            op.execute(to_postgres(statement) if postgres else statement)
+    execute_script(op, TABLES)
     # Columns earlier releases added at open, for an index written before them.
     if "routed_version" not in _columns("series"):  # before routing existed
         op.execute("ALTER TABLE series ADD COLUMN routed_version INTEGER NOT NULL DEFAULT 0")

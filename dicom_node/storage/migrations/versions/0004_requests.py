@@ -47,12 +47,9 @@ CREATE TABLE IF NOT EXISTS polled_studies (
 
 
 def upgrade() -> None:
-    from dicom_node.storage.index_postgres import to_postgres
+    from dicom_node.storage.index_postgres import execute_script
 
-    postgres = op.get_bind().dialect.name == "postgresql"
-    for statement in (s.strip() for s in TABLES.split(";")):
-        if statement:
-            op.execute(to_postgres(statement) if postgres else statement)
+    execute_script(op, TABLES)
 
 
 def downgrade() -> None:
