@@ -47,10 +47,10 @@ def main() -> int:
                 print(f"the node EXITED after case {case.number} ({case.kind}: {case.what}), seed {args.seed}")
                 return 1
             if case.number % 100 == 99:
-                slowest_echo = max(slowest_echo, _echo_seconds(peer.port))
+                slowest_echo = max(slowest_echo, _echo_seconds(peer.port, drain=5.0)[0])
         seconds = time.monotonic() - started
         grown = _tree_rss_mb(peer.proc.pid) - before
-        echo = _echo_seconds(peer.port)
+        echo = _echo_seconds(peer.port, drain=5.0)[0]
     finally:
         peer.stop()
     log = (root / "node" / "node.log").read_text(errors="replace")

@@ -90,7 +90,6 @@ class HandOff:
                 conn.close()
                 host, port = (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
                 reason = f"local limit exceeded ({self.max_associations} associations open)"
-                log.warning("Refused a TLS connection from %s:%d: %s", host, port, reason)
                 if self.on_refused is not None:
                     self.on_refused(host, port, reason)
                 continue

@@ -162,6 +162,7 @@ class Supervisor:
         """A connection the hand-off refused over node.max_associations: audited and counted."""
         from .. import counters
 
+        log.warning("Refused a connection from %s:%d: %s", address, port, reason)
         counters.ASSOCIATIONS.labels("rejected").inc()
         self.audit.write("association", outcome="rejected", reason=reason, address=address, port=port,
                          calling_ae="", called_ae="")
