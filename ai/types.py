@@ -93,11 +93,33 @@ class Measurement:
     bbox: tuple[tuple[int, int, int], tuple[int, int, int]]  # (k, j, i) min, max inclusive
     centroid_kji: tuple[float, float, float]
     centroid_patient: tuple[float, float, float]
-    longest_axial_diameter_mm: float
+    #: The longest in-plane distance across one connected structure (RECIST-style for a lesion);
+    #: None for a row that gathers several structures (both kidneys, all bones, all lesions of a
+    #: label together): a distance measured across separate parts describes none of them.
+    longest_axial_diameter_mm: float | None
     #: The two voxel (k, j, i) ends of the longest axial diameter, on its slice.
     diameter_endpoints_kji: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     lesion_index: int | None = None  # 1, 2, ... for lesions; None for a whole-label measurement
     score: float | None = None  # the model's probability for this lesion, if it gives one
+    #: A voxel (k, j, i) of the structure near its centroid, on a slice that holds it: where a
+    #: viewer points at a row without a diameter (the centroid of both kidneys is the spine).
+    anchor_kji: tuple[float, float, float] | None = None
+    #: "left" or "right": one side of a paired organ (the patient's side, from patient x).
+    side: str | None = None
+    #: How many connected parts the measured voxels form (26-connectivity).
+    parts: int = 1
+
+    @property
+    def kind(self) -> str:
+        """"lesion" (one connected component of a lesion label), "side" (one side of a paired
+        organ) or "label" (every voxel of the label)."""
+        return "lesion" if self.lesion_index is not None else "side" if self.side else "label"
+
+    @property
+    def display_name(self) -> str:
+        """What a reader calls it: "liver lesion 2", "left kidney" (a side is named so when
+        measured), "kidneys"."""
+        return f"{self.name} {self.lesion_index}" if self.lesion_index is not None else self.name
 
 
 Code = tuple[str, str, str]

@@ -103,7 +103,7 @@ def one(kind: str, series: Path, device: str) -> dict:
         else:
             findings = pipeline.run(source.volume)
         seconds = time.perf_counter() - started
-    found = sorted({m.name for m in findings.measurements if m.lesion_index is None}) if findings else []
+    found = sorted({m.name for m in findings.measurements if m.kind == "label"}) if findings else []
     if isinstance(pipeline, CommandPipeline):  # the module's own process: its peak, as the kernel kept it
         import resource
 

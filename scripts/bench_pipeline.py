@@ -142,7 +142,7 @@ def main() -> int:
         print(f"peak memory of the analysis (peak RSS above the RSS before it: torch, the model and the "
               f"interpreter, {baseline_rss:.0f} MB) {rss - baseline_rss:.0f} MB = {(rss - baseline_rss) / raw_mb:.2f} x the raw "
               f"volume (target < 4 x); whole process {rss:.0f} MB = {rss / raw_mb:.2f} x")
-        present = {m.name: round(m.volume_ml, 1) for m in findings.measurements if m.lesion_index is None}
+        present = {m.name: round(m.volume_ml, 1) for m in findings.measurements if m.kind == "label"}
         print(f"labels found (mL): {present}; scores: {findings.scores}")
 
         settings = ResultSettings()

@@ -92,8 +92,10 @@ def job_summary(job: Job, pipeline: str, findings: Findings | None, sr_rows: lis
         summary.update({
             "model": findings.model_name, "model_version": findings.model_version,
             "structures": [{"value": info.value, "name": info.name} for info in findings.labels],
-            "measurements": [{"name": m.name, "label": m.label, "lesion": m.lesion_index, "volume_ml": round(m.volume_ml, 2),
-                              "mean_hu": round(m.mean, 1), "longest_axial_diameter_mm": round(m.longest_axial_diameter_mm, 1)}
+            "measurements": [{"name": m.name, "label": m.label, "lesion": m.lesion_index, "side": m.side,
+                              "volume_ml": round(m.volume_ml, 2), "mean_hu": round(m.mean, 1),
+                              "longest_axial_diameter_mm": None if m.longest_axial_diameter_mm is None
+                              else round(m.longest_axial_diameter_mm, 1)}
                              for m in findings.measurements],
             "findings": dict(findings.findings), "scores": {k: round(float(v), 4) for k, v in findings.scores.items()},
             "confidence": findings.extra.get("confidence", {}), "withheld": findings.extra.get("withheld", [])})

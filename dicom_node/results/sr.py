@@ -58,10 +58,11 @@ _IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 
 
 def _key_slice(measurement: Measurement) -> int:
-    """The slice an annotation of this measurement is drawn on: its longest diameter's slice."""
+    """The slice an annotation of this measurement is drawn on: its longest diameter's slice,
+    else the slice of its anchor (a voxel of the structure near its centroid)."""
     if measurement.diameter_endpoints_kji is not None:
         return int(round(measurement.diameter_endpoints_kji[0][0]))
-    return int(round(measurement.centroid_kji[0]))
+    return int(round((measurement.anchor_kji or measurement.centroid_kji)[0]))
 
 
 def _source_for_slice(source: SeriesVolume, k: int) -> hd.sr.SourceImageForRegion:
@@ -79,6 +80,21 @@ def _diameter_polyline(measurement: Measurement) -> np.ndarray:
         j1, i1 = j0, i0 + 1.0
     # Pixel coordinates: (column, row), 0.5 is the centre of the first pixel (DICOM PS3.3 C.18.6.1.1).
     return np.asarray([[i0 + 0.5, j0 + 0.5], [i1 + 0.5, j1 + 0.5]], dtype=float)
+
+
+def _region(source: SeriesVolume, measurement: Measurement) -> hd.sr.ImageRegion:
+    """Where a viewer draws the finding: its longest axial diameter on its key slice, or, for a
+    row without one (several structures together), a point on the structure near its centroid."""
+    image = _source_for_slice(source, _key_slice(measurement))
+    if measurement.longest_axial_diameter_mm is not None:
+        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                 graphic_data=_diameter_polyline(measurement), source_image=image)
+    _, j, i = measurement.anchor_kji or measurement.centroid_kji
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT,
+                             graphic_data=np.asarray([[i + 0.5, j + 0.5]], dtype=float), source_image=image)
+
+
+_LATERALITY = {"left": hd.sr.CodedConcept("7771000", "SCT", "Left"), "right": hd.sr.CodedConcept("24028007", "SCT", "Right")}
 
 
 def _intensity_unit(modality: str) -> hd.sr.CodedConcept:
@@ -111,28 +127,51 @@ def _segment_groups(
             hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
         ],
     )
+    diameter = measurement.longest_axial_diameter_mm
     planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_diameter_polyline(measurement),
-            source_image=_source_for_slice(source, _key_slice(measurement)),
-        ),
+        referenced_region=_region(source, measurement),
         finding_type=coded(info.type),
         finding_category=coded(info.category),
         algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=codes.SCT.Diameter, value=round(measurement.longest_axial_diameter_mm, 2), unit=_UNIT_MM),
-        ],
+        # A diameter only across one connected structure; a row of several carries none.
+        measurements=None if diameter is None else [
+            hd.sr.Measurement(name=codes.SCT.Diameter, value=round(diameter, 2), unit=_UNIT_MM)],
     )
     return [volumetric, planar]
+
+
+def _side_group(
+    source: SeriesVolume, info: LabelInfo, measurement: Measurement, job_key: str, algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One side of a paired organ (TID 1410: "left kidney"): its Finding Site with laterality,
+    its longest axial diameter drawn on its key slice, its volume, mean and SD."""
+    assert measurement.side is not None
+    unit = _intensity_unit(source.volume.modality)
+    items = [] if measurement.longest_axial_diameter_mm is None else [
+        hd.sr.Measurement(name=codes.SCT.Diameter, value=round(measurement.longest_axial_diameter_mm, 2), unit=_UNIT_MM)]
+    items += [
+        hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=_UNIT_ML),
+        hd.sr.Measurement(name=codes.SCT.Mean, value=round(measurement.mean, 2), unit=unit),
+        hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
+    ]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, f"side-{info.value}-{measurement.side}"),
+                                                     identifier=measurement.name),
+        referenced_region=_region(source, measurement),
+        finding_type=coded(info.type),
+        finding_category=coded(info.category),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=coded(info.type), laterality=_LATERALITY[measurement.side])],
+        algorithm_id=algorithm,
+        measurements=items,
+    )
 
 
 def _lesion_group(
     source: SeriesVolume, info: LabelInfo, measurement: Measurement, job_key: str, algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    key = _source_for_slice(source, _key_slice(measurement))
     measurements = [
-        hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(measurement.longest_axial_diameter_mm, 2), unit=_UNIT_MM),
+        hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(measurement.longest_axial_diameter_mm or 0.0, 2), unit=_UNIT_MM),
         hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 4), unit=_UNIT_ML),
     ]
     if measurement.score is not None:
@@ -142,9 +181,7 @@ def _lesion_group(
             uid=derive_uid(job_key, f"lesion-{info.value}-{measurement.lesion_index}"),
             identifier=f"{info.name} {measurement.lesion_index}",
         ),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_diameter_polyline(measurement), source_image=key
-        ),
+        referenced_region=_region(source, measurement),
         finding_type=coded(info.type),
         finding_category=coded(info.category),
         algorithm_id=algorithm,
@@ -215,9 +252,12 @@ def build_report(
     if seg is not None:
         numbers = {info.value: n for n, info in enumerate(present_labels(findings), start=1)}
         for measurement in findings.measurements:
-            if measurement.lesion_index is None and measurement.label in numbers and measurement.voxel_count:
+            if measurement.kind == "label" and measurement.label in numbers and measurement.voxel_count:
                 info = findings.label(measurement.label)
                 groups.extend(_segment_groups(source, seg, numbers[measurement.label], info, measurement, job_key, algorithm))
+    for measurement in findings.measurements:
+        if measurement.side is not None and measurement.voxel_count:
+            groups.append(_side_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
     for measurement in findings.measurements:
         if measurement.lesion_index is not None and measurement.voxel_count:
             groups.append(_lesion_group(source, findings.label(measurement.label), measurement, job_key, algorithm))

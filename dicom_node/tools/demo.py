@@ -81,27 +81,30 @@ def _pacs_node_config(workdir: Path) -> NodeConfig:
 
 def measurement_table(sr: hd.sr.Comprehensive3DSR) -> Table:
     """One row per finding: a segment's volumetric group and its planar twin (same tracking
-    UID: the diameter on the key slice) make one row; each lesion's planar group another."""
+    UID: the diameter on the key slice, only when the segment is one connected structure) make
+    one row; each side of a paired organ and each lesion (planar groups) another."""
     table = Table(title=f"{sr.SeriesDescription}")
     for column in ("structure", "volume (mL)", "mean (HU)", "longest axial diameter (mm)"):
         table.add_column(column, justify="left" if column == "structure" else "right")
 
-    def value(group: Any, name: Any) -> str:
-        found = group.get_measurements(name=name)
-        return f"{found[0].value:.1f}" if found else ""
+    def value(group: Any, *names: Any) -> str:
+        for name in names:
+            found = group.get_measurements(name=name) if group is not None else []
+            if found:
+                return f"{found[0].value:.1f}"
+        return ""
 
     planar = sr.content.get_planar_roi_measurement_groups()
     twins = {str(g.tracking_uid): g for g in planar}
     segments = sr.content.get_volumetric_roi_measurement_groups()
     for group in segments:
-        twin = twins.get(str(group.tracking_uid))
         table.add_row(str(group.tracking_identifier), value(group, codes.SCT.Volume), value(group, codes.SCT.Mean),
-                      value(twin, codes.SCT.Diameter) if twin is not None else "")
+                      value(twins.get(str(group.tracking_uid)), codes.SCT.Diameter))
     segment_uids = {str(g.tracking_uid) for g in segments}
     for group in planar:
         if str(group.tracking_uid) not in segment_uids:
-            table.add_row(f"[yellow]{group.tracking_identifier}[/]", value(group, codes.SCT.Volume), "",
-                          value(group, codes.SCT.LongAxis))
+            table.add_row(f"[yellow]{group.tracking_identifier}[/]", value(group, codes.SCT.Volume),
+                          value(group, codes.SCT.Mean), value(group, codes.SCT.Diameter, codes.SCT.LongAxis))
     return table
 
 

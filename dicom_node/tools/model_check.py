@@ -42,5 +42,5 @@ def check_pipeline(name: str, spec: PipelineSpec) -> str:
             seconds = time.perf_counter() - started
     except Exception as exc:  # noqa: BLE001 - whatever a site's model raises is the check's answer
         return f"failed: {type(exc).__name__}: {exc}"
-    found = sorted({m.name for m in findings.measurements if m.lesion_index is None and m.voxel_count}) if findings else []
+    found = sorted({m.name for m in findings.measurements if m.kind == "label" and m.voxel_count}) if findings else []
     return f"ok: {pipeline.name} {pipeline.version} ran in {seconds:.1f} s, found {', '.join(found) or 'nothing'}{extra}"

@@ -68,7 +68,14 @@ def test_findings_carry_measurements_and_identity(results: list) -> None:
     truth_ml = float((phantom.labels == LUNG).sum()) * phantom.volume.voxel_volume_ml
     assert lungs.volume_ml == pytest.approx(truth_ml, rel=0.1)
     assert -900 < lungs.mean < -750  # measured on the input's HU
-    assert lungs.longest_axial_diameter_mm > 50
+    # Two lungs: the row of both carries no diameter; each side its own.
+    assert lungs.longest_axial_diameter_mm is None
+    sides = {m.side: m for m in findings.measurements if m.name.endswith(" lung")}
+    assert set(sides) == {"left", "right"}
+    assert all(m.longest_axial_diameter_mm > 50 for m in sides.values())
+    for side, sign in (("left", 1), ("right", -1)):
+        truth = (phantom.labels == LUNG) & ((np.arange(phantom.labels.shape[2]) - phantom.labels.shape[2] / 2) * sign > 0)
+        assert sides[side].volume_ml == pytest.approx(float(truth.sum()) * phantom.volume.voxel_volume_ml, rel=0.1)
 
 
 def test_label_map_is_aligned_with_an_odd_oblique_input(pipeline: SegmentationPipeline) -> None:

@@ -117,7 +117,7 @@ def test_sr_measurements_equal_the_computed_ones_and_pass_dciodvfy(source: Serie
     assert dciodvfy_errors(sr, tmp_path / "sr.dcm") == []
     read = hd.sr.srread(tmp_path / "sr.dcm")
     assert str(read.SeriesDescription) == "AI measurements (ct-organs v1.0.0)"
-    organs = {m.name: m for m in findings.measurements if m.lesion_index is None}
+    organs = {m.name: m for m in findings.measurements if m.kind == "label"}
     groups = read.content.get_volumetric_roi_measurement_groups()
     assert {str(g.tracking_identifier) for g in groups} == set(organs)
     for group in groups:
@@ -129,18 +129,35 @@ def test_sr_measurements_equal_the_computed_ones_and_pass_dciodvfy(source: Serie
         for item in group[0].ContentSequence:
             if item.ValueType == "NUM":
                 assert "ContentSequence" not in item
-    # Each segment's volumetric group has a planar twin with the same tracking UID (its longest
-    # axial diameter on the key slice): OHIF merges groups by tracking UID and draws that.
+    # Each segment's volumetric group has a planar twin with the same tracking UID: OHIF merges
+    # groups by tracking UID and draws the twin. The twin carries the longest axial diameter
+    # only when the segment is one connected structure (the liver); a segment of several (both
+    # lungs, both kidneys, every lesion) is pointed at on one of its parts and measured per part.
     planar = read.content.get_planar_roi_measurement_groups()
     twins = {str(g.tracking_identifier): g for g in planar if str(g.tracking_identifier) in organs}
     assert set(twins) == set(organs)
+    assert any(m.longest_axial_diameter_mm is None for m in organs.values())
+    assert any(m.longest_axial_diameter_mm is not None for m in organs.values())
     for group in groups:
         twin = twins[str(group.tracking_identifier)]
+        expected = organs[str(group.tracking_identifier)]
         assert twin.tracking_uid == group.tracking_uid
-        assert twin.get_measurements(name=codes.SCT.Diameter)[0].value == pytest.approx(
-            organs[str(group.tracking_identifier)].longest_axial_diameter_mm, abs=0.01)
+        if expected.longest_axial_diameter_mm is None:
+            assert twin.get_measurements() == [] and twin.roi.GraphicType == "POINT"  # type: ignore[union-attr]
+            continue
+        assert twin.get_measurements(name=codes.SCT.Diameter)[0].value == pytest.approx(expected.longest_axial_diameter_mm, abs=0.01)
+    # Each side of a paired organ: its own group with Finding Site and laterality, its diameter.
+    sides = {m.name: m for m in findings.measurements if m.kind == "side"}
+    assert {"left lung", "right lung", "left kidney", "right kidney"} <= set(sides)
+    side_groups = {str(g.tracking_identifier): g for g in planar if str(g.tracking_identifier) in sides}
+    assert set(side_groups) == set(sides)
+    for name, group in side_groups.items():
+        site = group.finding_sites[0]
+        assert site.laterality.meaning == name.split()[0].capitalize()
+        assert group.get_measurements(name=codes.SCT.Diameter)[0].value == pytest.approx(sides[name].longest_axial_diameter_mm, abs=0.01)
+        assert group.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(sides[name].volume_ml, abs=1e-3)
     lesions = [m for m in findings.measurements if m.lesion_index is not None]
-    lesion_groups = [g for g in planar if str(g.tracking_identifier) not in organs]
+    lesion_groups = [g for g in planar if str(g.tracking_identifier) not in organs and str(g.tracking_identifier) not in sides]
     assert len(lesion_groups) == len(lesions) >= 1
     for group, lesion in zip(lesion_groups, lesions, strict=True):
         assert group.get_measurements(name=codes.SCT.LongAxis)[0].value == pytest.approx(lesion.longest_axial_diameter_mm, abs=0.01)

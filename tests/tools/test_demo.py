@@ -31,9 +31,14 @@ def test_demo_prints_measurements_and_writes_a_preview(tmp_path: Path, pipeline:
     assert done.returncode == 0, processes.describe_run(done)
     out = done.stdout + done.stderr
     assert "lungs" in out and "volume (mL)" in out
-    # One row per structure, volume and diameter together (the SR's twin groups merged).
-    lung_rows = [line for line in out.splitlines() if line.startswith("│ lungs")]
-    assert len(lung_rows) == 1 and len([c for c in lung_rows[0].split("│") if c.strip()]) == 4, lung_rows
+    # One row per structure (the SR's twin groups merged): both lungs together carry volume and
+    # mean, no diameter (one measured across two lungs describes neither); each lung its own.
+    def cells(prefix: str) -> list[list[str]]:
+        return [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith(f"│ {prefix} ")]
+
+    assert [row[3] for row in cells("lungs")] == [""] and all(cells("lungs")[0][:3]), cells("lungs")
+    for side in ("left lung", "right lung"):
+        assert len(cells(side)) == 1 and all(cells(side)[0]), cells(side)
     assert "SR delivered to the PACS" in out
     if pacs:
         assert "Orthanc (PACS, http://127.0.0.1:" in out
