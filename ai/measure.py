@@ -161,6 +161,25 @@ def left_of_midline(volume: Volume, box: tuple[slice, slice, slice], midline: fl
     return out
 
 
+def with_vessels(lungs: np.ndarray, volume: Volume) -> np.ndarray:
+    """``lungs`` with what each lung encloses on its slice (vessels, airway walls, nodules):
+    the holes of each side's mask, filled one slice at a time. Per side, because both lungs
+    together enclose the mediastinum where they meet in front of and behind the heart."""
+    out = lungs.copy()
+    found = ndimage.find_objects(lungs.astype(np.uint8))
+    if not found or found[0] is None:
+        return out
+    box = found[0]
+    left = left_of_midline(volume, box, midline_x(volume))
+    local, target = lungs[box], out[box]  # a view: filling it fills ``out``
+    for n in range(local.shape[0]):
+        for side in (left[n], ~left[n]):
+            plane = local[n] & side
+            if plane.any():
+                target[n] |= ndimage.binary_fill_holes(plane) & side
+    return out
+
+
 def measure_sides(mask: np.ndarray, volume: Volume, label: LabelInfo, box: tuple[slice, slice, slice],
                   midline: float, min_fraction: float = 0.01) -> list[Measurement]:
     """The left and the right part of a paired organ's mask (``mask`` is ``box`` of the volume),

@@ -18,7 +18,8 @@ import torch
 from scipy import ndimage
 
 from .inference import release_free_memory, select_device, sliding_window
-from .measure import measure_all, probability_score
+from .lung_density import lung_density
+from .measure import measure_all, probability_score, with_vessels
 from .postprocess import components, postprocess
 from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
 from .registry import ModelCard, load_model
@@ -176,7 +177,8 @@ class ClassicalCTPipeline:
       stomach or bowel: at least ``LUNG_MIN_ML``, median HU between ``LUNG_MEDIAN_HU`` (aerated
       parenchyma with its vessels, -900 to -700 on real CT) and at most ``LUNG_MAX_PURE_AIR`` of
       their voxels below -950 HU (bowel gas is pure air: 40-70 % below -950 on the real abdomen
-      scan, lung bases 0 %); the two largest such components;
+      scan, lung bases 0 %); the two largest such components; then the vessels inside them (holes
+      of each side's mask on its slice), as a lung mask for volumes and densitometry includes them;
     * bone: > ``BONE_HU`` after an in-plane closing (``BONE_CLOSING`` voxels) and a slice-wise hole
       fill, so the cancellous inside of a vertebral body (80-250 HU on real CT) counts with the
       cortex around it; a component counts only if it holds at least ``BONE_CORTEX_VOXELS``
@@ -228,10 +230,14 @@ class ClassicalCTPipeline:
         labels[body] = 1
         labels[lungs] = 2
         labels[bone] = 3
-        labels[self.nodule_candidates(hu, labels, volume)] = 4
+        nodules = self.nodule_candidates(hu, labels, volume)
+        labels[with_vessels(lungs, volume) & (labels == 1)] = 2
+        labels[nodules] = 4
         measurements = measure_all(labels, volume, BASELINE_LABELS)
+        density = lung_density(volume, labels == 2)
         return Findings(labels, BASELINE_LABELS, tuple(measurements), {}, {}, self.name, self.version,
-                        algorithm_family="Image Processing", extra={"timings": {"total": time.perf_counter() - started}})
+                        algorithm_family="Image Processing",
+                        extra={"timings": {"total": time.perf_counter() - started}, "lung_density": density.as_dict()})
 
     def lungs(self, hu: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
         labelled, count = components(body & (hu < -400))

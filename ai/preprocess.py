@@ -47,7 +47,8 @@ def resample_to_shape(volume: Volume, shape: tuple[int, int, int], order: int = 
     shift_kji = (new_spacing - old) / 2.0
     origin = np.asarray(volume.origin) + np.asarray(volume.direction) @ shift_kji[::-1]
     return Volume(data.astype(volume.voxels.dtype, copy=False), tuple(float(s) for s in new_spacing),
-                  tuple(float(o) for o in origin), volume.direction, volume.modality)
+                  tuple(float(o) for o in origin), volume.direction, volume.modality,
+                  max(volume.effective_thickness_mm, float(new_spacing[0])))
 
 
 def resample_labels(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -161,7 +162,8 @@ def crop(volume: Volume, region: Crop) -> Volume:
     """The sub-volume ``region`` with its origin moved to the first kept voxel."""
     data = volume.voxels[tuple(slice(a, b) for a, b in zip(region.start, region.stop))]
     origin = volume.index_to_patient(np.asarray(region.start, dtype=float))
-    return Volume(data, volume.spacing, tuple(float(o) for o in origin), volume.direction, volume.modality)
+    return Volume(data, volume.spacing, tuple(float(o) for o in origin), volume.direction, volume.modality,
+                  volume.slice_thickness_mm)
 
 
 OPS: dict[str, Callable[..., Volume]] = {

@@ -28,6 +28,10 @@ class Volume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     modality: str = "CT"
+    #: The reconstructed slice thickness the images record (mm; None: not recorded). Slices
+    #: may be thicker than their spacing (overlapping reconstruction); quantities that depend
+    #: on it (lung densitometry) use the larger of the two (``effective_thickness_mm``).
+    slice_thickness_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.voxels.ndim != 3:
@@ -59,9 +63,17 @@ class Volume:
         to_lps[:3, 3] = self.origin
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ to_lps
 
+    @property
+    def effective_thickness_mm(self) -> float:
+        """The thickness each slice's voxels average over: the recorded thickness or the slice
+        spacing, whichever is larger."""
+        return max(self.slice_thickness_mm or 0.0, float(self.spacing[0]))
+
     def with_voxels(self, voxels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> Volume:
-        """The same geometry (origin, direction) with other voxels, optionally another spacing."""
-        return Volume(voxels, spacing or self.spacing, self.origin, self.direction, self.modality)
+        """The same geometry (origin, direction) with other voxels, optionally another spacing
+        (a resampled volume's slices are as thick as its new spacing, or thicker)."""
+        thickness = self.slice_thickness_mm if spacing is None else max(self.effective_thickness_mm, spacing[0])
+        return Volume(voxels, spacing or self.spacing, self.origin, self.direction, self.modality, thickness)
 
 
 @dataclass(frozen=True)

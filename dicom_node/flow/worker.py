@@ -99,6 +99,8 @@ def job_summary(job: Job, pipeline: str, findings: Findings | None, sr_rows: lis
                              for m in findings.measurements],
             "findings": dict(findings.findings), "scores": {k: round(float(v), 4) for k, v in findings.scores.items()},
             "confidence": findings.extra.get("confidence", {}), "withheld": findings.extra.get("withheld", [])})
+        if findings.extra.get("lung_density"):
+            summary["lung_density"] = findings.extra["lung_density"]
     return summary
 
 

@@ -39,6 +39,9 @@ CODING = "99DCMNODE"  # local coding system of the node's observation identifier
 #: UCUM units of the measurements.
 UNITS = {"volume_ml": ("mL", "milliliter"), "mean_hu": ("[hnsf'U]", "Hounsfield unit"),
          "longest_axial_diameter_mm": ("mm", "millimeter")}
+#: Lung densitometry (ai/lung_density.py): key, what it is, UCUM units.
+LUNG_DENSITY = (("volume_ml", "volume", "mL^milliliter^UCUM"), ("mld_hu", "mean lung density", "[hnsf'U]^Hounsfield unit^UCUM"),
+                ("laa950_percent", "LAA%-950", "%^percent^UCUM"), ("perc15_hu", "Perc15", "[hnsf'U]^Hounsfield unit^UCUM"))
 LABELS = {"volume_ml": "volume", "mean_hu": "mean attenuation", "longest_axial_diameter_mm": "longest axial diameter"}
 
 
@@ -113,6 +116,15 @@ def build_oru(target: Hl7Target, context: dict[str, Any], index: Index) -> Messa
             if m.get(key) is not None:
                 observations.append(("NM", f"{code}_{key.upper()}^{what} {LABELS[key]}^{CODING}", str(m[key]),
                                      f"{unit}^{unit_name}^UCUM", "F"))
+    density = payload.get("lung_density") or {}
+    for row in density.get("rows", []):
+        region = _clean(row.get("region", ""), 40)
+        for key, label, unit in LUNG_DENSITY:
+            if row.get(key) is not None:
+                observations.append(("NM", f"{region.upper().replace(' ', '_')}_{key.upper()}^{region} {label}^{CODING}",
+                                     str(row[key]), unit, "F"))
+    for why in density.get("withheld", []):
+        observations.append(("ST", f"LUNG_DENSITY_WITHHELD^Lung densitometry withheld^{CODING}", _clean(why), "", "F"))
     for finding, present in sorted(payload.get("findings", {}).items()):
         observations.append(("ST", f"{_clean(finding, 60).upper().replace(' ', '_')}^{_clean(finding, 80)}^{CODING}",
                              "present" if present else "absent", "", "F"))

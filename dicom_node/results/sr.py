@@ -23,6 +23,10 @@ from ai.types import Findings, LabelInfo, Measurement
 
 from ..storage.volume import SeriesVolume
 from .identity import MANUFACTURER, ResultSettings, coded, derive_uid, present_labels
+from .lung_items import lung_conditions, lung_measurements, lung_withheld
+
+#: SNOMED CT Lung: the segment whose groups carry the lung densitometry.
+LUNG = "39607008"
 
 _UNIT_ML = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 
@@ -103,7 +107,7 @@ def _intensity_unit(modality: str) -> hd.sr.CodedConcept:
 
 def _segment_groups(
     source: SeriesVolume, seg: Dataset, number: int, info: LabelInfo, measurement: Measurement, job_key: str,
-    algorithm: hd.sr.AlgorithmIdentification,
+    algorithm: hd.sr.AlgorithmIdentification, extra: Sequence[hd.sr.Measurement] = (),
 ) -> list[Any]:
     """A volumetric group (TID 1411: the SEG segment, its volume, mean and SD) and, with the
     same tracking UID, a planar group (TID 1410: the longest axial diameter drawn on its key
@@ -125,6 +129,7 @@ def _segment_groups(
             hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=_UNIT_ML),
             hd.sr.Measurement(name=codes.SCT.Mean, value=round(measurement.mean, 2), unit=unit),
             hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
+            *extra,
         ],
     )
     diameter = measurement.longest_axial_diameter_mm
@@ -143,6 +148,7 @@ def _segment_groups(
 
 def _side_group(
     source: SeriesVolume, info: LabelInfo, measurement: Measurement, job_key: str, algorithm: hd.sr.AlgorithmIdentification,
+    extra: Sequence[hd.sr.Measurement] = (),
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """One side of a paired organ (TID 1410: "left kidney"): its Finding Site with laterality,
     its longest axial diameter drawn on its key slice, its volume, mean and SD."""
@@ -154,6 +160,7 @@ def _side_group(
         hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=_UNIT_ML),
         hd.sr.Measurement(name=codes.SCT.Mean, value=round(measurement.mean, 2), unit=unit),
         hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
+        *extra,
     ]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, f"side-{info.value}-{measurement.side}"),
@@ -208,7 +215,7 @@ def _qualitative_evaluations(findings: Findings) -> hd.sr.ContainerContentItem:
     if not items and not findings.measurements:
         items.append(hd.sr.CodeContentItem(name=codes.DCM.Finding, value=_ABSENT,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    withheld: dict[str, str] = findings.extra.get("withheld", {})
+    withheld: dict[str, str] = {**findings.extra.get("withheld", {}), **lung_withheld(findings)}
     for name, value in sorted(findings.extra.get("confidence", {}).items()):
         if name not in withheld:
             items.append(hd.sr.TextContentItem(name=STRUCTURE_CONFIDENCE, value=f"{name}: {value:.2f}",
@@ -254,10 +261,13 @@ def build_report(
         for measurement in findings.measurements:
             if measurement.kind == "label" and measurement.label in numbers and measurement.voxel_count:
                 info = findings.label(measurement.label)
-                groups.extend(_segment_groups(source, seg, numbers[measurement.label], info, measurement, job_key, algorithm))
+                groups.extend(_segment_groups(source, seg, numbers[measurement.label], info, measurement, job_key, algorithm,
+                                              lung_measurements(findings, None) if info.type[0] == LUNG else ()))
     for measurement in findings.measurements:
         if measurement.side is not None and measurement.voxel_count:
-            groups.append(_side_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
+            info = findings.label(measurement.label)
+            groups.append(_side_group(source, info, measurement, job_key, algorithm,
+                                      lung_measurements(findings, measurement.side) if info.type[0] == LUNG else ()))
     for measurement in findings.measurements:
         if measurement.lesion_index is not None and measurement.voxel_count:
             groups.append(_lesion_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
@@ -265,6 +275,7 @@ def build_report(
     report = _measurement_report(source, settings, f"{findings.model_name} {findings.model_version}", groups,
                                  derive_uid(job_key, "nothing"), "nothing found")
     evaluations = _qualitative_evaluations(findings)
+    evaluations.ContentSequence.extend(lung_conditions(findings, source.datasets[0]))
     if evaluations.ContentSequence:
         report[0].ContentSequence.append(evaluations)
     # Evidence: the SEG and the source images the content references (key slices). The whole

@@ -273,7 +273,7 @@ def _assemble(frames: list[_Frame], datasets: list[Dataset], modality: str) -> S
     direction = np.stack([row, col, normal], axis=1)
     # PixelSpacing is (between rows, between columns) = (j, i).
     volume = Volume(voxels, (float(slice_spacing), float(reference.spacing[0]), float(reference.spacing[1])),
-                    tuple(float(x) for x in frames[0].position), direction, modality or "OT")
+                    tuple(float(x) for x in frames[0].position), direction, modality or "OT", frames[0].thickness)
     ordered: list[Dataset] = []
     seen: set[str] = set()
     for frame in frames:

@@ -180,6 +180,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         recent_jobs = "SELECT id FROM jobs WHERE study_uid IN (SELECT study_uid FROM studies ORDER BY last_received_at DESC LIMIT 20)"
         for row in index.query(f"SELECT * FROM jobs WHERE id IN ({recent_jobs}) ORDER BY id"):
             series_jobs.setdefault(row["series_uid"], []).append(_job(row))
+        lung_numbers = lung_rows(index, recent_jobs)
         # Only the shown jobs' SEGs, not every delivery the node ever made.
         seg_jobs = {r["job_id"] for r in index.query(
             f"SELECT DISTINCT job_id FROM deliveries WHERE object = 'seg' AND job_id IN ({recent_jobs})")}
@@ -187,7 +188,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
                                 requests=RequestStore(index).list(20),
                                 notifications=recent_notifications(index, 20)["notifications"],
                                 queue=[_job(r) for r in queue], studies=recent, series_jobs=series_jobs,
-                                failing=[_delivery(r) for r in failing], previews=seg_jobs,
+                                failing=[_delivery(r) for r in failing], previews=seg_jobs, lung_numbers=lung_numbers,
                                 routes=[describe_route(r, config) for r in config.routes])
         return HTMLResponse(html)
 
@@ -294,6 +295,17 @@ def _row_id(request: Request) -> int | None:
 
 def _is_uid(text: str) -> bool:
     return 0 < len(text) <= 64 and all(c.isdigit() or c == "." for c in text)
+
+
+def lung_rows(index: Index, job_ids_sql: str) -> dict[int, dict[str, Any]]:
+    """Per shown job, the lung densitometry its ``job.done`` event carried (rows and what was
+    withheld): a lung clinic reads these numbers off the dashboard."""
+    found: dict[int, dict[str, Any]] = {}
+    for row in index.query(f"SELECT job_id, payload FROM events WHERE type = 'job.done' AND job_id IN ({job_ids_sql})"):
+        density = json.loads(row["payload"] or "{}").get("lung_density")
+        if density:
+            found[int(row["job_id"])] = density
+    return found
 
 
 def _job(row: Any) -> dict[str, Any]:

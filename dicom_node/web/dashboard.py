@@ -89,7 +89,10 @@ _DASHBOARD = _ENV.from_string("""<!doctype html>
 <tr><td></td><td>&nbsp;&nbsp;{{ s.modality }} {{ s.series_description }}<br>&nbsp;&nbsp;<code>{{ s.series_uid }}</code></td>
 <td>{{ s.instance_count }}</td><td class="state {{ s.state }}">{{ s.state }} v{{ s.version }}</td>
 <td>{% for job in series_jobs.get(s.series_uid, []) %}<div>{{ job.route }}: {{ job.ran_pipeline or job.pipeline }}
- <span class="state {{ job.state }}">{{ job.state }}</span>{% if job.last_error %} &middot; {{ job.last_error[:160] }}{% endif %}</div>{% else %}{% if s.state == "complete" %}no rule acted{% endif %}{% endfor %}</td>
+ <span class="state {{ job.state }}">{{ job.state }}</span>{% if job.last_error %} &middot; {{ job.last_error[:160] }}{% endif %}
+{% set lung = lung_numbers.get(job.id) %}{% if lung %}<table class="lung"><tr><th>lung density ({{ lung.slice_thickness_mm }} mm)</th><th>volume (mL)</th><th>MLD (HU)</th><th>LAA%-950</th><th>Perc15 (HU)</th></tr>
+{% for r in lung.rows %}<tr><td>{{ r.region }}</td><td>{{ r.volume_ml }}</td><td>{{ r.mld_hu }}</td><td>{{ "withheld" if r.laa950_percent is none else r.laa950_percent }}</td><td>{{ "withheld" if r.perc15_hu is none else r.perc15_hu }}</td></tr>{% endfor %}
+{% for why in lung.withheld %}<tr><td colspan="5" class="sub">withheld: {{ why }}</td></tr>{% endfor %}</table>{% endif %}</div>{% else %}{% if s.state == "complete" %}no rule acted{% endif %}{% endfor %}</td>
 <td>{% for job in series_jobs.get(s.series_uid, []) if job.id in previews %}<img class="preview" alt="segmentation preview of job {{ job.id }}" src="/api/jobs/{{ job.id }}/preview.png">{% endfor %}</td></tr>
 {% endfor %}
 {% else %}<tr><td colspan="6">no studies received yet</td></tr>{% endfor %}
@@ -116,6 +119,7 @@ _LOGIN = _ENV.from_string("""<!doctype html>
 def render_dashboard(config: NodeConfig, **context: Any) -> str:
     import time
 
+    context.setdefault("lung_numbers", {})
     return _DASHBOARD.render(config=config, style=_STYLE, now=time.time(), **context)
 
 

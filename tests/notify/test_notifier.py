@@ -57,6 +57,9 @@ DONE = {"job": 7, "route": "ct", "pipeline": "ct-organs", "job_key": "ct:1.2.3:v
                          {"name": "liver lesion", "label": 2, "lesion": 1, "volume_ml": 3.1, "mean_hu": 20.0,
                           "longest_axial_diameter_mm": 21.5}],
         "findings": {"liver lesion present": True}, "scores": {"liver lesion present": 0.91},
+        "lung_density": {"rows": [{"region": "left lung", "side": "left", "volume_ml": 2510.4, "mld_hu": -861.2,
+                                   "laa950_percent": None, "perc15_hu": None, "voxel_count": 1}],
+                         "slice_thickness_mm": 3.0, "withheld": ["LAA%-950 and Perc15: slices 3 mm thick"]},
         "sr_sop_instance_uid": "1.2.826.0.1.3680043.8.498.555"}
 
 
@@ -164,6 +167,9 @@ def test_an_oru_to_the_ris_and_what_its_ack_does(make_config: Callable[..., Node
         obx = [s for s in er7.split("\r") if s.startswith("OBX")]
         assert any("LIVER_VOLUME_ML" in s and "|1520.3|mL^milliliter^UCUM|" in s for s in obx)
         assert any("LIVER_LESION_L1_LONGEST_AXIAL_DIAMETER_MM" in s and "|21.5|mm^" in s for s in obx)
+        assert any("LEFT_LUNG_MLD_HU^left lung mean lung density" in s and "|-861.2|[hnsf'U]^" in s for s in obx)
+        assert not any("LEFT_LUNG_LAA950" in s for s in obx)
+        assert any("LUNG_DENSITY_WITHHELD" in s and "slices 3 mm thick" in s for s in obx)
         assert any("|present|" in s for s in obx) and any("1.2.826.0.1.3680043.8.498.555" in s for s in obx)
         state, error = _states(index)[0][1:]
         if mode == "AA":

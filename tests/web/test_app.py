@@ -129,6 +129,10 @@ def test_health_ready_and_the_json_api(running: dict[str, Any]) -> None:
         png = client.get(f"/api/jobs/{jobs['jobs'][0]['id']}/preview.png")
         assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
         assert client.get("/api/jobs/999/preview.png").status_code == 404
+        # The baseline's lung densitometry on the dashboard: this phantom's lungs run off the
+        # scan's top, so the numbers are withheld and the page says why.
+        page = client.get("/").text
+        assert "lung density (3.0 mm)" in page and "withheld: the lungs reach the scan" in page, page[-3000:]
 
 
 def test_metrics_parse_and_count_what_happened(running: dict[str, Any]) -> None:
