@@ -198,7 +198,7 @@ class ClassicalCTPipeline:
     #: arterial-phase vessels (300+ HU) touching bone, so arterial phase is outside.
     domain = Domain(
         modality=["CT"],
-        body_regions=["CHEST", "ABDOMEN", "PELVIS", "CHESTABDOMEN", "ABDOMENPELVIS", "CHESTABDPELVIS", "WHOLEBODY"],
+        body_regions=["CHEST", "ABDOMEN", "PELVIS"],  # read from the pixels; a head or neck alone is out
         contrast_phases=["non-contrast", "portal-venous", "delayed"],
         slice_thickness_mm=(0.5, 5.0),
         pixel_spacing_mm=(0.3, 3.0),

@@ -53,6 +53,23 @@ def reported(findings: Findings, truth: dict[str, np.ndarray] | None) -> tuple[s
     return ", ".join(parts), lesion_text
 
 
+def lung_line(name: str, findings: Findings) -> str:
+    """One table row: each region's volume, MLD, LAA%-950 and Perc15 (or what was withheld)."""
+    density = findings.extra["lung_density"]
+    rows = {row["region"]: row for row in density["rows"]}
+
+    def cell(region: str) -> str:
+        row = rows.get(region)
+        if row is None:
+            return "-"
+        tails = "" if row["laa950_percent"] is None else f", LAA%-950 {row['laa950_percent']:.2f} %, Perc15 {row['perc15_hu']:.0f} HU"
+        return f"{row['volume_ml']:.0f} mL, MLD {row['mld_hu']:.0f} HU{tails}"
+
+    withheld = "; ".join(density["withheld"]) or "-"
+    return (f"| {name} | {density['slice_thickness_mm']:g} mm | {cell('lungs')} | {cell('left lung')} | {cell('right lung')} "
+            f"| {withheld} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phantoms", type=int, default=20)
@@ -75,6 +92,7 @@ def main() -> int:
         truth = {name: np.isin(phantom.labels, values) for name, values in PHANTOM_TRUTH.items()}
         cases.append((f"phantom {seed} ({thickness:g} mm)", phantom.volume,
                       GateFacts("CT", "CHEST", thickness, "iodine (phantom)"), truth))
+    lung_lines: list[str] = []
     print("| scan | pipeline | gate | reported (Dice) | lesions | withheld, why |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, volume, facts, truth in cases:
@@ -88,6 +106,12 @@ def main() -> int:
             text, lesions = reported(findings, truth)
             withheld = "; ".join(f"{k}: {v}" for k, v in findings.extra.get("withheld", {}).items()) or "-"
             print(f"| {name} | {label} | in ({decision.seconds:.2f} s) | {text} | {lesions} | {withheld} |")
+            if "lung_density" in findings.extra:
+                lung_lines.append(lung_line(name, findings))
+    print("\nLung densitometry (ct-baseline; ai/lung_density.py):\n")
+    print("| scan | slices | lungs | left lung | right lung | withheld |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(lung_lines))
     if not args.no_timing:
         phantom = make_phantom(7100, shape=(300, 512, 512), spacing=(1.25, 0.8, 0.8))
         facts = GateFacts("CT", "CHEST", 1.25, "iodine (phantom)")

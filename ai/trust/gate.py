@@ -3,8 +3,8 @@
 Evidence comes from the series' attributes (``GateFacts``, read by the DICOM side) and from its
 pixels, and no decision rests on one attribute alone: a Modality of CT must be borne out by
 Hounsfield units (air near -1000, fat near -100); a slice thickness is the larger of the
-attribute and the slice spacing; a body region is BodyPartExamined where present and the
-body's width in the pixels always; contrast is what the Contrast/Bolus module records, a note
+attribute and the slice spacing; the body region is read from the pixels (region.py), Body
+Part Examined only a hint beside them, and the body's width is measured always; contrast is what the Contrast/Bolus module records, a note
 that only adds to other reasons. A learned model's domain also records the intensity and
 texture statistics of its training data, and a scan whose statistics lie too far from them is
 out of the model's domain, whatever its attributes say.
@@ -26,6 +26,7 @@ from ..types import Volume
 from .domain import Domain
 from .features import feature_distance, intensity_features
 from .features import sample as features_sample
+from .region import canonical, hint_regions, pixel_regions
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,31 @@ def _fat_mode(hu: np.ndarray) -> tuple[float | None, float]:
     return float((edges[peak] + edges[peak + 1]) / 2), fraction
 
 
+def _region(domain: Domain, facts: GateFacts, sample: np.ndarray, spacing: tuple[float, float, float],
+            notes: list[str], measures: dict[str, Any]) -> str | None:
+    """Why the body region is not the model's (None: it is, or cannot be told). The pixels
+    decide (region.py); Body Part Examined speaks only where the pixels say nothing (not CT, a
+    sliver of a scan), and a contradiction between the two is noted."""
+    hint, unknown = hint_regions(facts.body_part_examined)
+    if unknown:
+        notes.append(unknown)
+    seen = pixel_regions(sample, spacing).regions if facts.modality.upper() == "CT" else frozenset()
+    measures["regions"] = sorted(seen)
+    if hint and seen and not hint & seen:
+        notes.append(f"Body Part Examined {facts.body_part_examined} names {', '.join(sorted(hint))}, the pixels show "
+                     f"{', '.join(sorted(seen))}: the pixels decide")
+    if not domain.body_regions:
+        return None
+    allowed = canonical(domain.body_regions)
+    shown, source = (seen, "the pixels show") if seen else (hint, f"Body Part Examined {facts.body_part_examined} names")
+    if not shown:
+        notes.append("body region not determined (no region in the pixels, no usable Body Part Examined)")
+        return None
+    if not shown & allowed:
+        return f"{source} {', '.join(sorted(shown))}, not {', '.join(sorted(allowed))}"
+    return None
+
+
 def check(domain: Domain, facts: GateFacts, volume: Volume) -> GateDecision:
     """Hold one series against ``domain``."""
     started = time.perf_counter()
@@ -117,9 +143,9 @@ def check(domain: Domain, facts: GateFacts, volume: Volume) -> GateDecision:
     low, high = domain.pixel_spacing_mm
     if not low <= pixel <= high:
         reasons.append(f"pixels {pixel:g} mm apart, outside {low:g}-{high:g} mm")
-    part = (facts.body_part_examined or "").strip().upper()
-    if part and domain.body_regions and part not in [r.upper() for r in domain.body_regions]:
-        reasons.append(f"Body Part Examined {part} is not one of {', '.join(domain.body_regions)}")
+    region_reason = _region(domain, facts, sample, sample_spacing, notes, measures)
+    if region_reason:
+        reasons.append(region_reason)
     width = _body_width_mm(sample, float(sample_spacing[2]))
     measures["body_width_mm"] = round(width, 1)
     low, high = domain.body_width_mm
