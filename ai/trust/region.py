@@ -11,8 +11,8 @@ holds, inside the body (> -500 HU, holes filled):
 * PELVIS: bone of at least ``PELVIS_BONE_CM2`` far from the midline (the iliac wings, the femoral
   heads; ribs in the same place are thin arcs of a few cm2);
 * ABDOMEN: a trunk-wide body without lung or pelvic bone (the liver, bowel, kidneys);
-* NECK: a narrow body without a skull.
-A region counts when its slices span at least ``MIN_EXTENT_MM``. Only CT in Hounsfield units
+A narrow body without a skull (a neck, a child's trunk, a limb) is no region the pixels tell
+apart: there Body Part Examined speaks. A region counts when its slices span at least ``MIN_EXTENT_MM``. Only CT in Hounsfield units
 is read this way; for other modalities the hint alone speaks.
 """
 
@@ -92,7 +92,8 @@ def _slice_region(plane: np.ndarray, spacing: tuple[float, float]) -> str | None
         return "CHEST"
     if width < HEAD_WIDTH_MM:
         outline = body & ~ndimage.binary_erosion(body, iterations=3)
-        return "HEAD" if (plane[outline] > 300).mean() > 0.3 else "NECK"
+        # A narrow body without a skull: a neck, a child's trunk or a limb; the pixels do not say.
+        return "HEAD" if (plane[outline] > 300).mean() > 0.3 else None
     midline = (columns[0] + columns[-1]) / 2
     lateral = np.abs(np.arange(plane.shape[1]) - midline) * spacing[1] > 0.2 * width
     bone_cm2 = float((body & (plane > 200) & lateral[None, :]).sum()) * spacing[0] * spacing[1] / 100
