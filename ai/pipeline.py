@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .digest import file_digest, rules_digest
 from .inference import release_free_memory, select_device, sliding_window
 from .lung_density import lung_density
 from .measure import measure_all, probability_score, with_vessels
@@ -52,6 +53,11 @@ class SegmentationPipeline:
         #: Parametric Map a reader sees; off by default (one byte per input voxel).
         self.uncertainty = uncertainty
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def weights_digest(self) -> str:
+        """SHA-256 of the card's weights file."""
+        return file_digest(self.card.weights_path)
 
     @property
     def model(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -193,7 +199,8 @@ class ClassicalCTPipeline:
     """
 
     name = "ct-classical-baseline"
-    version = "2.0.0"
+    version = "2.1.0"  # 2.1: vessels count as lung; lung densitometry
+    algorithm_family = "Image Processing"
     #: HU rules hold on CT of the trunk in Hounsfield units; bone's cortex rule assumes no
     #: arterial-phase vessels (300+ HU) touching bone, so arterial phase is outside.
     domain = Domain(
@@ -214,6 +221,12 @@ class ClassicalCTPipeline:
     NODULE_MAX_ELONGATION = 2.5
     NODULE_MIN_LUNG_SHELL = 0.6
     NODULE_MIN_PEAK_HU = -100.0
+
+    @property
+    def weights_digest(self) -> str:
+        """Its rules are its weights: the digest of every threshold, its domain and version."""
+        rules = {k: getattr(self, k) for k in dir(self) if k.isupper()}
+        return rules_digest({**rules, "version": self.version, "domain": self.domain.model_dump(mode="json")})
 
     def run(self, volume: Volume) -> Findings:
         started = time.perf_counter()
@@ -236,7 +249,7 @@ class ClassicalCTPipeline:
         measurements = measure_all(labels, volume, BASELINE_LABELS)
         density = lung_density(volume, labels == 2)
         return Findings(labels, BASELINE_LABELS, tuple(measurements), {}, {}, self.name, self.version,
-                        algorithm_family="Image Processing",
+                        algorithm_family=self.algorithm_family,
                         extra={"timings": {"total": time.perf_counter() - started}, "lung_density": density.as_dict()})
 
     def lungs(self, hu: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:

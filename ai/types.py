@@ -174,6 +174,9 @@ class Findings:
     #: uint8 steps of 1/UNCERTAINTY_STEPS on the label map's grid (None: not asked for, or a
     #: pipeline without probabilities, such as the classical baseline).
     uncertainty: np.ndarray | None = None
+    #: SHA-256 of the weights (or rules) that made these findings (ai/digest.py); the worker
+    #: fills it from the pipeline's ``weights_digest``.
+    weights_digest: str = ""
 
     def label(self, value: int) -> LabelInfo:
         for info in self.labels:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..digest import file_digest
 from ..inference import select_device
 from ..measure import measure_all
 from ..trust.domain import Domain
@@ -114,6 +115,10 @@ class MonaiBundlePipeline:
         self.labels = bundle_labels(self.metadata, codes or {})
         self.device = select_device(device)
         self._parts: tuple[Any, Callable[..., Any], Any, Any] | None = None
+
+    @property
+    def weights_digest(self) -> str:
+        return file_digest(self.weights())
 
     def weights(self) -> Path:
         for name in ("model.ts", "model.pt"):

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..digest import files_digest
 from ..inference import select_device
 from ..measure import measure_all
 from ..trust.domain import Domain
@@ -103,6 +104,10 @@ class NnUNetPipeline:
         self.device = select_device(device)
         self.mirroring, self.orientation = mirroring, orientation
         self._predictor: Any = None
+
+    @property
+    def weights_digest(self) -> str:
+        return files_digest(self.folder / f"fold_{fold}" / self.checkpoint for fold in self.folds)
 
     @property
     def predictor(self) -> Any:

@@ -75,6 +75,8 @@ class ResultsSection(_Section):
     #: 4 bytes per source voxel (315 MB for 512 x 512 x 300), so off unless a site wants it.
     uncertainty_map: bool = False
     map_series_number: int = Field(9003, ge=1)
+    #: The Key Object Selection of a route with ``key_images: true``.
+    kos_series_number: int = Field(9004, ge=1)
 
 
 class JobsSection(_Section):

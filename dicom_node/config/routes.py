@@ -113,6 +113,8 @@ class Route(_Section):
     forward: list[str | DeidentifiedTarget] = []
     priority: Literal["urgent", "routine"] = "routine"
     priors: PriorsSpec | None = None
+    #: Also send a Key Object Selection of the key images (results/key_images.py).
+    key_images: bool = False
     _condition: Condition = PrivateAttr()
     _required: tuple[Condition, ...] = PrivateAttr(default=())
 

@@ -20,7 +20,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ from ..results import (
     build_segmentation,
     segmentation_variants,
 )
+from ..results.identity import Algorithm
+from ..results.key_images import build_key_images
 from ..results.parametric_map import build_uncertainty_map
 from ..storage.audit import AuditLog
 from ..storage.events import emit
@@ -75,6 +78,12 @@ def file_candidate(variant: str, path: Path, meta: Dataset | None = None) -> Can
         meta = read_file_meta_info(path)
     return Candidate(variant, str(path), str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
                      str(meta.MediaStorageSOPInstanceUID))
+
+
+def algorithm_of(pipeline: Any) -> Algorithm:
+    """A pipeline's identity for its result objects: name, version, family, weights digest."""
+    return Algorithm(str(pipeline.name), str(pipeline.version), getattr(pipeline, "algorithm_family", "Artificial Intelligence"),
+                     str(getattr(pipeline, "weights_digest", "") or ""))
 
 
 def results_folder(root: Path, key: str) -> Path:
@@ -124,6 +133,7 @@ class Worker:
         self.settings = ResultSettings(seg_series_number=config.results.seg_series_number,
                                        sr_series_number=config.results.sr_series_number,
                                        map_series_number=config.results.map_series_number,
+                                       kos_series_number=config.results.kos_series_number,
                                        device_name=config.node.ae_title,
                                        empty_frames=EmptyFrames(config.results.empty_frames))
 
@@ -174,6 +184,7 @@ class Worker:
         chosen, pipeline, decision = self.choose_pipeline(job, source)
         timings["gate"] = time.perf_counter() - started
         started = time.perf_counter()
+        began = datetime.now().astimezone()  # the results' Content Date/Time (IHE AI Results)
         folder = results_folder(self.config.results.path, job.key)
         module_files: list[Path] = []
         findings: Findings | None
@@ -192,6 +203,9 @@ class Worker:
             findings = pipeline.run(source.volume)
         if findings is not None:
             findings.extra["gate"] = {"notes": list(decision.notes), "measures": decision.measures}
+            findings.extra["analysis_started"] = began
+            if not findings.weights_digest:
+                findings = replace(findings, weights_digest=algorithm_of(pipeline).weights_digest)
         timings["pipeline"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -222,6 +236,11 @@ class Worker:
         sr = build_report(source, findings, binary_seg, job.key, self.settings)
         write_dataset_atomically(sr, folder / "sr-binary.dcm")
         outcome.files["sr-binary"] = folder / "sr-binary.dcm"
+        route = next((r for r in self.config.routes if r.name == job.route), None)
+        kos = build_key_images(source, findings, job.key, self.settings) if route is not None and route.key_images else None
+        if kos is not None:
+            write_dataset_atomically(kos, folder / "kos.dcm")
+            outcome.files["kos"] = folder / "kos.dcm"
         uncertainty = build_uncertainty_map(source, findings, job.key, self.settings) \
             if self.config.results.uncertainty_map else None
         if uncertainty is not None:
@@ -276,6 +295,8 @@ class Worker:
             rows.append(("sr", name, sr_candidates))
             if "uncertainty" in outcome.files:
                 rows.append(("uncertainty", name, [candidate("binary", "uncertainty")]))
+            if "kos" in outcome.files:
+                rows.append(("kos", name, [candidate("binary", "kos")]))
         return rows
 
     def run_job(self, job: Job) -> bool:
@@ -376,8 +397,9 @@ class Worker:
         route = next((r for r in self.config.routes if r.name == job.route), None)
         if route is None or route.on_not_applicable != "report" or not job.destinations or exc.source is None:
             return []
-        sr = build_declined_report(exc.source, [(model, decision.summary()) for _, model, decision in exc.declined],
-                                   job.key, self.settings)
+        sr = build_declined_report(exc.source, [(algorithm_of(self.pipeline(name)), decision.summary())
+                                                for name, _, decision in exc.declined],
+                                   job.key, self.settings, datetime.now().astimezone())
         folder = results_folder(self.config.results.path, job.key)
         make_durable_dirs(folder)
         path = folder / "sr-declined.dcm"

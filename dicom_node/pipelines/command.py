@@ -51,6 +51,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ai.digest import rules_digest
 from ai.measure import measure_all
 from ai.trust.domain import Domain
 from ai.types import Findings, LabelInfo, external_label
@@ -88,6 +89,12 @@ class CommandPipeline:
         self.version = spec.version
         self.domain = Domain.model_validate(spec.domain)
         self.work_root = work_root
+
+    @property
+    def weights_digest(self) -> str:
+        """The node cannot see inside a module: the digest of what it runs (command, image,
+        version); a module that changes its weights under the same image tag is not noticed."""
+        return rules_digest(self.spec.model_dump(mode="json"))
 
     def run_series(self, source: SeriesVolume, files: list[Path], job_key: str, keep: Path,
                    priors: list[tuple[str, str, list[Path]]] | None = None) -> CommandOutput:

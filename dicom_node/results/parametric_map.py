@@ -34,7 +34,15 @@ from ai.types import UNCERTAINTY_STEPS, Findings
 
 from .. import __version__
 from ..storage.volume import SeriesVolume
-from .identity import MANUFACTURER, ResultSettings, derive_uid
+from .identity import (
+    MANUFACTURER,
+    Algorithm,
+    ResultSettings,
+    analysis_started,
+    contributing_equipment,
+    derive_uid,
+    set_content_datetime,
+)
 from .seg import source_frame_order
 
 #: What the values mean: no standard code names a model's uncertainty, so a private one, with
@@ -86,7 +94,9 @@ def build_uncertainty_map(source: SeriesVolume, findings: Findings, job_key: str
         content_description=f"uncertainty of {findings.model_name} {findings.model_version}"[:64],
         content_creator_name="dicom-node^AI",
         series_description=f"AI uncertainty ({findings.model_name} v{findings.model_version})"[:64],
+        contributing_equipment=contributing_equipment([Algorithm.of(findings)], settings, analysis_started(findings)),
     )
+    set_content_datetime(pm, analysis_started(findings))
     # General Series' Laterality is Type 2C (paired body parts); dciodvfy wants it on a map of
     # any body part: the source's value, else present and empty.
     pm.Laterality = source.datasets[0].get("Laterality", "")

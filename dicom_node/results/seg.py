@@ -19,13 +19,17 @@ from .. import __version__
 from ..storage.volume import SeriesVolume
 from .identity import (
     MANUFACTURER,
+    Algorithm,
     EmptyFrames,
     ResultSettings,
     SegmentationEncoding,
     algorithm_identification,
+    analysis_started,
     coded,
+    contributing_equipment,
     derive_uid,
     present_labels,
+    set_content_datetime,
 )
 
 
@@ -83,7 +87,7 @@ def build_segmentation(
     segmentation_type = hd.seg.SegmentationTypeValues.LABELMAP if encoding is SegmentationEncoding.LABELMAP \
         else hd.seg.SegmentationTypeValues.BINARY
     transfer_syntax = JPEG2000Lossless if encoding is SegmentationEncoding.BINARY_JPEG2000 else ExplicitVRLittleEndian
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=source_images,
         pixel_array=pixels,
         segmentation_type=segmentation_type,
@@ -104,4 +108,7 @@ def build_segmentation(
         content_creator_name="dicom-node^AI",
         transfer_syntax_uid=transfer_syntax,
         omit_empty_frames=settings.empty_frames is EmptyFrames.OMIT,
+        contributing_equipment=contributing_equipment([Algorithm.of(findings)], settings, analysis_started(findings)),
     )
+    set_content_datetime(seg, analysis_started(findings))
+    return seg

@@ -12,6 +12,7 @@ node declined gets a report that says so and why (:func:`build_declined_report`)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import highdicom as hd
@@ -22,7 +23,18 @@ from pydicom.sr.codedict import codes
 from ai.types import Findings, LabelInfo, Measurement
 
 from ..storage.volume import SeriesVolume
-from .identity import MANUFACTURER, ResultSettings, coded, derive_uid, present_labels
+from .identity import (
+    MANUFACTURER,
+    Algorithm,
+    ResultSettings,
+    analysis_started,
+    coded,
+    contributing_equipment,
+    derive_uid,
+    present_labels,
+    set_content_datetime,
+    sr_algorithm,
+)
 from .lung_items import lung_conditions, lung_measurements, lung_withheld
 
 #: SNOMED CT Lung: the segment whose groups carry the lung densitometry.
@@ -59,6 +71,16 @@ _PROCEDURES = {
 
 
 _IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+
+
+def procedure_reported(source: SeriesVolume) -> list[hd.sr.CodedConcept]:
+    """The imaging procedure analysed: the study's own Procedure Code Sequence where the
+    scheduling system filled it (what the RIS calls the exam), then the modality's procedure
+    (SNOMED CT Computed Tomography, Magnetic Resonance Imaging) or Imaging procedure."""
+    first = source.datasets[0]
+    reported = [hd.sr.CodedConcept(str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning)[:64])
+                for item in first.get("ProcedureCodeSequence", []) if item.get("CodeValue") and item.get("CodeMeaning")]
+    return [*reported, _PROCEDURES.get(source.volume.modality, _IMAGING_PROCEDURE)]
 
 
 def _key_slice(measurement: Measurement) -> int:
@@ -254,7 +276,7 @@ def build_report(
     settings: ResultSettings,
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR with the TID 1500 Measurement Report of ``findings``."""
-    algorithm = hd.sr.AlgorithmIdentification(name=findings.model_name, version=findings.model_version)
+    algorithm = sr_algorithm(Algorithm.of(findings))
     groups: list[object] = []
     if seg is not None:
         numbers = {info.value: n for n, info in enumerate(present_labels(findings), start=1)}
@@ -288,7 +310,8 @@ def build_report(
     if not evidence:  # nothing found: the report is about the whole source series
         evidence = list(source.datasets)
     return _report_object(evidence, report, settings, derive_uid(job_key, "sr-series"), derive_uid(job_key, "sr"),
-                          f"AI measurements ({findings.model_name} v{findings.model_version})")
+                          f"AI measurements ({findings.model_name} v{findings.model_version})", [Algorithm.of(findings)],
+                          analysis_started(findings))
 
 
 def _measurement_report(source: SeriesVolume, settings: ResultSettings, model: str | None, groups: list[object],
@@ -307,7 +330,7 @@ def _measurement_report(source: SeriesVolume, settings: ResultSettings, model: s
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=_PROCEDURES.get(source.volume.modality, _IMAGING_PROCEDURE),
+        procedure_reported=procedure_reported(source),
         imaging_measurements=groups or [hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=placeholder_uid, identifier=placeholder))],
     )
@@ -318,8 +341,9 @@ def _measurement_report(source: SeriesVolume, settings: ResultSettings, model: s
 
 
 def _report_object(evidence: list[Dataset], report: hd.sr.MeasurementReport, settings: ResultSettings,
-                   series_uid: str, sop_uid: str, description: str) -> hd.sr.Comprehensive3DSR:
-    return hd.sr.Comprehensive3DSR(
+                   series_uid: str, sop_uid: str, description: str, algorithms: Sequence[Algorithm],
+                   started: datetime | None) -> hd.sr.Comprehensive3DSR:
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         series_instance_uid=series_uid,
@@ -329,27 +353,31 @@ def _report_object(evidence: list[Dataset], report: hd.sr.MeasurementReport, set
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=description[:64],
+        contributing_equipment=contributing_equipment(algorithms, settings, started),
     )
+    set_content_datetime(sr, started)
+    return sr
 
 
 #: "Not analysed": what the node says to a PACS when no pipeline of a route may analyse a series.
 NOT_ANALYSED = hd.sr.CodedConcept("NOT_ANALYSED", "99DCMNODE", "Not analysed by AI")
 
 
-def build_declined_report(source: SeriesVolume, declined: Sequence[tuple[str, str]], job_key: str,
-                          settings: ResultSettings) -> hd.sr.Comprehensive3DSR:
+def build_declined_report(source: SeriesVolume, declined: Sequence[tuple[Algorithm, str]], job_key: str,
+                          settings: ResultSettings, started: datetime | None = None) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 report that measures nothing and says why: one TEXT item per declining model
     ("ct-organs 2.0.0: <reasons>") under Qualitative Evaluations, and "Finding: not analysed"
     is never confused with "absent". It references every instance of the series, so a viewer
-    shows it with the series the AI looked at and declined."""
+    shows it with the series the AI looked at and declined; each declining algorithm is a
+    Contributing Equipment item, as for a report that measured."""
     report = _measurement_report(source, settings, None, [], derive_uid(job_key, "declined"), "not analysed")
     container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     container.ContentSequence = [
-        hd.sr.TextContentItem(name=NOT_ANALYSED, value=f"not analysed by {model}: {reasons}"[:1024],
+        hd.sr.TextContentItem(name=NOT_ANALYSED, value=f"not analysed by {algorithm.name} {algorithm.version}: {reasons}"[:1024],
                               relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        for model, reasons in declined
+        for algorithm, reasons in declined
     ]
     report[0].ContentSequence.append(container)
-    names = ", ".join(model.split()[0] for model, _ in declined)
+    names = ", ".join(algorithm.name for algorithm, _ in declined)
     return _report_object(list(source.datasets), report, settings, derive_uid(job_key, "declined-series"),
-                          derive_uid(job_key, "declined"), f"AI not analysed ({names})")
+                          derive_uid(job_key, "declined"), f"AI not analysed ({names})", [a for a, _ in declined], started)

@@ -151,7 +151,7 @@ def test_a_series_outside_every_domain_ends_not_applicable(make_config: Callable
     [job] = worker.jobs.list()
     assert job["state"] == "not applicable" and job["attempts"] == 1
     assert "organs (ct-organs 2.0.0): slices 10 mm thick" in job["last_error"]
-    assert "baseline (ct-classical-baseline 2.0.0): slices 10 mm thick" in job["last_error"]
+    assert "baseline (ct-classical-baseline 2.1.0): slices 10 mm thick" in job["last_error"]
     assert worker.run(Event(), burst=True) == 0  # not retried
     [record] = [r for r in read_audit(config.audit.path) if r["event"] == "job_not_applicable"]
     assert [p["pipeline"] for p in record["pipelines"]] == ["organs", "baseline"]

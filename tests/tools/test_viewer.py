@@ -83,7 +83,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator
         routes=[{"name": "ct", "match": {"modality": "CT", "series_description": "classical"}, "pipeline": "baseline",
                  "destinations": ["sender"]},
                 {"name": "organs", "match": {"modality": "CT", "series_description": "organs"}, "pipeline": "organs",
-                 "destinations": ["sender"]}],
+                 "destinations": ["sender"], "key_images": True}],
         pipelines={"baseline": {"kind": "classical"}, "organs": {"kind": "model", "model": "ct-organs", "device": "cpu"}},
         results={"path": str(tmp / "results"), "uncertainty_map": True},
         jobs={"workers": 1, "poll_seconds": 0.2},
@@ -106,8 +106,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator
             studies[name] = (source, study_uid)
         wait_for(lambda: {"SEG", "SR"} <= {s["MainDicomTags"].get("Modality") for s in orthanc.series_of_study(studies["classical"][1])},
                  120, "SEG and SR of the classical study in Orthanc")
-        # SEG, SR and the Parametric Map beside the source series.
-        wait_for(lambda: len(orthanc.series_of_study(studies["organs"][1])) >= 4, 120, "ct-organs' three results in Orthanc")
+        # SEG, SR, the Parametric Map and the key images (KOS) beside the source series.
+        wait_for(lambda: len(orthanc.series_of_study(studies["organs"][1])) >= 5, 120, "ct-organs' four results in Orthanc")
         node.stop()
         seconds = time.perf_counter() - started
         yield Stack(*(Study(phantoms[name], studies[name][0], orthanc, viewer, studies[name][1], seconds)
@@ -354,3 +354,28 @@ def _slice_of_focal_point(page: Any, source: SeriesVolume) -> int:
     volume = source.volume
     ijk = np.linalg.solve(np.asarray(volume.direction) * np.asarray(volume.spacing[::-1]), focal - np.asarray(volume.origin))
     return int(round(ijk[2]))
+
+
+def test_the_key_images_reach_the_pacs_as_a_key_object_selection(stack: Stack) -> None:
+    """The route asked for key images: Orthanc holds a KO series whose images are the slices the
+    SR's lesion measurements were drawn on (this phantom's reported lesions are lung nodule
+    candidates at its top: the key images show a radiologist exactly what the AI claims)."""
+    import io
+
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    study = stack.organs
+    series = study.orthanc.series_of_study(study.study_uid)
+    [ko] = [s for s in series if s["MainDicomTags"].get("Modality") == "KO"]
+    [sr_series] = [s for s in series if s["MainDicomTags"].get("Modality") == "SR"]
+    kos = pydicom.dcmread(io.BytesIO(study.orthanc.instance_file(ko["Instances"][0])))
+    assert kos.ConceptNameCodeSequence[0].CodeMeaning == "Of Interest"
+    referenced = {str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for item in kos.ContentSequence
+                  if item.ValueType == "IMAGE"}
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(study.orthanc.instance_file(sr_series["Instances"][0]))))
+    lesion_images = {str(g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                     for g in sr.content.get_planar_roi_measurement_groups()
+                     if g.get_measurements(name=codes.SCT.LongAxis) and g.roi is not None}
+    assert referenced and referenced == lesion_images
