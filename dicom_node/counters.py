@@ -9,7 +9,7 @@ of them starts: metrics_folder.use_folder) and the web service adds them up when
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 INSTANCES_RECEIVED = Counter("dicom_node_instances_received", "Instances stored and acknowledged, per calling AE title",
                              ["calling_ae"])
@@ -28,3 +28,10 @@ JOB_STAGE_SECONDS = Histogram("dicom_node_job_stage_seconds", "Analysis job time
 JOBS_FINISHED = Counter("dicom_node_jobs_finished", "Analysis jobs by outcome", ["pipeline", "outcome"])
 DELIVERIES = Counter("dicom_node_deliveries", "Objects delivered (results and forwards), per peer", ["peer"])
 DELIVERY_FAILURES = Counter("dicom_node_delivery_failures", "Failed delivery attempts, per peer", ["peer"])
+
+# Monitoring (dicom_node/monitoring/drift.py), set by the one process that checks drift: in
+# multiprocess mode the most recent value written wins ("mostrecent"), whichever process wrote it.
+MODEL_DRIFT = Gauge("dicom_node_model_drift", "How far a model's measure moved from its reference window (positive: worse)",
+                    ["model", "version", "scanner", "measure"], multiprocess_mode="mostrecent")
+MODEL_ACCEPTANCE = Gauge("dicom_node_model_acceptance_rate", "Share of series the model's gate accepted in the recent window",
+                         ["model", "version", "scanner"], multiprocess_mode="mostrecent")

@@ -17,6 +17,7 @@ from .base import is_postgres_url, redacted
 from .dicomweb import AUTH_KINDS, DicomwebAuth, DicomwebSection
 from .loading import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, ENV_OVERRIDES, load_config, parse_config, resolve_config_path
 from .model import NodeConfig
+from .monitoring import MonitoringSection
 from .node import Durability, NodeSection, TlsSection
 from .notifications import EmailTarget, Hl7Target, NotificationsSection, Subscription, WebhookTarget
 from .peers import Peer
@@ -29,6 +30,7 @@ from .web import WebSection, WebTlsSection, token_bits
 __all__ = [
     "EmailTarget",
     "Hl7Target",
+    "MonitoringSection",
     "NotificationsSection",
     "Subscription",
     "WebhookTarget",

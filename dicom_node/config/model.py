@@ -11,6 +11,7 @@ from pydantic import field_validator, model_validator
 from ..errors import ConfigError
 from .analysis import DeliverySection, JobsSection, PipelineSpec, ResultsSection
 from .base import _Section
+from .monitoring import MonitoringSection
 from .node import NodeSection
 from .notifications import NotificationsSection
 from .peers import Peer
@@ -41,6 +42,7 @@ class NodeConfig(_Section):
     deidentification: DeidentificationSection = DeidentificationSection()
     sources: list[PollSource] = []
     notifications: NotificationsSection = NotificationsSection()
+    monitoring: MonitoringSection = MonitoringSection()
 
     @field_validator("peers")
     @classmethod

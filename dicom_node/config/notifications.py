@@ -17,7 +17,7 @@ from .rules import Condition, RuleError, parse_condition
 
 #: The node's event types (storage/events.py records them; README "Notifications" has their payloads).
 EVENT_TYPES = ("study.complete", "job.done", "job.not_applicable", "job.failed", "job.dead", "delivery.dead",
-               "results.returned", "process.died", "security.alert", "disk.low")
+               "results.returned", "process.died", "security.alert", "disk.low", "model.drift", "correction.recorded")
 #: What an HL7 target reports: a finished analysis, the node's own or an external AI's.
 ORU_EVENTS = ("job.done", "results.returned")
 

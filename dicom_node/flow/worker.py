@@ -43,21 +43,21 @@ from ..results import (
     ResultSettings,
     SegmentationEncoding,
     build_declined_report,
-    build_report,
-    build_segmentation,
     segmentation_variants,
 )
 from ..results.identity import Algorithm
-from ..results.key_images import build_key_images
-from ..results.parametric_map import build_uncertainty_map
 from ..storage.audit import AuditLog
 from ..storage.events import emit
 from ..storage.index import Index
+from ..storage.inferences import Scanner
+from ..storage.inferences import record as record_inference
 from ..storage.store import make_durable_dirs, write_dataset_atomically
 from ..storage.volume import gate_facts, load_series
+from . import inference_records
 from .job_engine import job_queue, run_procrastinate_worker, worker_queues
 from .jobs import Job, JobQueue
 from .outbox import Candidate, Outbox
+from .result_files import write_result_files
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,21 @@ class JobOutcome:
     pipeline: str  # the name (in the configuration) of the pipeline that ran
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: For the inference records (inference_records.py): who ran, the gate's word on it and on
+    #: every pipeline that declined first, and the scanner.
+    algorithm: Algorithm | None = None
+    decision: GateDecision | None = None
+    declined: list[tuple[str, Algorithm, GateDecision]] = field(default_factory=list)
+    scanner: Scanner = Scanner()
+
+
+@dataclass
+class _Attempt:
+    """What is known of a job while it runs, for the record of a failure."""
+
+    pipeline: str = ""
+    algorithm: Algorithm | None = None
+    scanner: Scanner = Scanner()
 
 
 def file_candidate(variant: str, path: Path, meta: Dataset | None = None) -> Candidate:
@@ -168,8 +183,9 @@ class Worker:
                  ", ".join(f"{p.study_uid} ({p.study_date}, {len(p.files)} files)" for p in found) or "none found")
         return found
 
-    def analyse(self, job: Job) -> JobOutcome:
+    def analyse(self, job: Job, attempt: _Attempt | None = None) -> JobOutcome:
         """Run the job's pipeline on its series and write the result files (no index writes)."""
+        attempt = attempt if attempt is not None else _Attempt()
         timings: dict[str, float] = {}
         started = time.perf_counter()
         files = self.index.series_files(job.series_uid)
@@ -180,8 +196,10 @@ class Worker:
         except VolumeError as exc:
             raise PermanentJobError(f"series {job.series_uid}: {exc}") from exc
         timings["load"] = time.perf_counter() - started
+        attempt.scanner = Scanner.of(source.datasets[0])
         started = time.perf_counter()
-        chosen, pipeline, decision = self.choose_pipeline(job, source)
+        chosen, pipeline, decision, declined = self.choose_pipeline(job, source)
+        attempt.pipeline, attempt.algorithm = chosen, algorithm_of(pipeline)
         timings["gate"] = time.perf_counter() - started
         started = time.perf_counter()
         began = datetime.now().astimezone()  # the results' Content Date/Time (IHE AI Results)
@@ -210,48 +228,25 @@ class Worker:
 
         started = time.perf_counter()
         make_durable_dirs(folder)
-        outcome = JobOutcome(findings, chosen, timings=timings)
+        outcome = JobOutcome(findings, chosen, timings=timings, algorithm=replace(attempt.algorithm, weights_digest=(
+            findings.weights_digest if findings is not None else attempt.algorithm.weights_digest)), decision=decision,
+            declined=declined, scanner=attempt.scanner)
         for path in module_files:  # a module's own DICOM results, as it wrote them (module-N.dcm)
             outcome.files[path.stem] = path
         if findings is None:
             timings["encode"] = time.perf_counter() - started
             return outcome
-        wanted: list[SegmentationEncoding] = []
-        for name in job.destinations:
-            wanted.extend(SegmentationEncoding(e) for e in self._peer_encodings(name))
-        binary_seg = None
-        for encoding in segmentation_variants(wanted):
-            seg = build_segmentation(source, findings, job.key, self.settings, encoding)
-            if seg is None:
-                break
-            path = folder / f"seg-{encoding.value}.dcm"
-            write_dataset_atomically(seg, path)
-            outcome.files[f"seg-{encoding.value}"] = path
-            if encoding is SegmentationEncoding.LABELMAP:
-                sr = build_report(source, findings, seg, f"{job.key}:labelmap", self.settings)
-                write_dataset_atomically(sr, folder / "sr-labelmap.dcm")
-                outcome.files["sr-labelmap"] = folder / "sr-labelmap.dcm"
-            elif encoding is SegmentationEncoding.BINARY:
-                binary_seg = seg
-        sr = build_report(source, findings, binary_seg, job.key, self.settings)
-        write_dataset_atomically(sr, folder / "sr-binary.dcm")
-        outcome.files["sr-binary"] = folder / "sr-binary.dcm"
+        wanted = [SegmentationEncoding(e) for name in job.destinations for e in self._peer_encodings(name)]
         route = next((r for r in self.config.routes if r.name == job.route), None)
-        kos = build_key_images(source, findings, job.key, self.settings) if route is not None and route.key_images else None
-        if kos is not None:
-            write_dataset_atomically(kos, folder / "kos.dcm")
-            outcome.files["kos"] = folder / "kos.dcm"
-        uncertainty = build_uncertainty_map(source, findings, job.key, self.settings) \
-            if self.config.results.uncertainty_map else None
-        if uncertainty is not None:
-            write_dataset_atomically(uncertainty, folder / "uncertainty.dcm")
-            outcome.files["uncertainty"] = folder / "uncertainty.dcm"
+        outcome.files.update(write_result_files(source, findings, job.key, self.settings, folder, wanted,
+                                                key_images=route is not None and route.key_images,
+                                                uncertainty_map=self.config.results.uncertainty_map))
         timings["encode"] = time.perf_counter() - started
         return outcome
 
-    def choose_pipeline(self, job: Job, source: Any) -> tuple[str, Pipeline, GateDecision]:
-        """The first of the job's pipelines whose domain the series is in, with its name
-        (NotApplicable when none is: every pipeline's reasons)."""
+    def choose_pipeline(self, job: Job, source: Any) -> tuple[str, Pipeline, GateDecision, list[tuple[str, Algorithm, GateDecision]]]:
+        """The first of the job's pipelines whose domain the series is in, with its name and
+        those that declined before it (NotApplicable when none is: every pipeline's reasons)."""
         facts = gate_facts(source)
         declined: list[tuple[str, str, GateDecision]] = []
         for name in job.pipeline.split(","):
@@ -261,7 +256,7 @@ class Worker:
                 if declined:
                     log.info("Job %d: %s declined the series (%s); %s takes it", job.id, declined[-1][0],
                              declined[-1][2].summary(), name)
-                return name, pipeline, decision
+                return name, pipeline, decision, [(n, algorithm_of(self.pipeline(n)), d) for n, _, d in declined]
             declined.append((name, f"{pipeline.name} {pipeline.version}", decision))
         raise NotApplicable(declined, source)
 
@@ -323,8 +318,9 @@ class Worker:
         heart.start()
         log.info("Job %d (%s): %s on series %s v%d, attempt %d of %d", job.id, job.route, job.pipeline, job.series_uid,
                  job.series_version, job.attempts, job.max_attempts)
+        attempt = _Attempt()
         try:
-            outcome = self.analyse(job)
+            outcome = self.analyse(job, attempt)
             rows = self.deliveries(job, outcome)
             if lost.is_set():
                 raise LeaseLost(f"job {job.id}: lease lost while working")
@@ -333,6 +329,11 @@ class Worker:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
                 JobQueue.mark_done(db, job.id, self.owner, now, outcome.pipeline, attempt=job.attempts)
+                for inference in inference_records.declined(job, outcome.declined, outcome.scanner):
+                    record_inference(db, inference, now)
+                if outcome.algorithm is not None and outcome.decision is not None:
+                    record_inference(db, inference_records.analysed(job, outcome.pipeline, outcome.algorithm, outcome.decision,
+                                                                    outcome.findings, outcome.scanner, outcome.timings), now)
                 emit(db, "job.done", study_uid=job.study_uid, series_uid=job.series_uid, job_id=job.id, now=now,
                      payload=job_summary(job, outcome.pipeline, outcome.findings, [r for r in rows if r[0] == "sr"]))
         except LeaseLost as exc:
@@ -351,6 +352,7 @@ class Worker:
                 return False
             log.error("Job %d failed (%s): %s", job.id, state.value, message, exc_info=not permanent)
             counters.JOBS_FINISHED.labels(job.pipeline, state.value).inc()
+            self._record_failure(job, attempt, message, state.value == "dead")
             return False
         finally:
             stop_beat.set()
@@ -365,6 +367,16 @@ class Worker:
                  ", ".join(job.destinations) or "nobody", timings)
         return True
 
+    def _record_failure(self, job: Job, attempt: _Attempt, message: str, final: bool) -> None:
+        """The inference record of a failed attempt, in a transaction of its own (the job's
+        failure is already recorded; losing this record must not undo that)."""
+        try:
+            with self.index.transaction() as db:
+                record_inference(db, inference_records.failed(job, attempt.pipeline, attempt.algorithm, attempt.scanner,
+                                                              message, final), self.clock())
+        except (NodeError, OSError) as exc:
+            log.warning("Job %d: the inference record of its failure could not be written: %s", job.id, exc)
+
     def _not_applicable(self, job: Job, exc: NotApplicable) -> bool:
         """End the job ``not applicable`` (not failed, not retried), with the reasons in the
         job row, the log and the audit trail."""
@@ -376,6 +388,10 @@ class Worker:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
                 JobQueue.mark_not_applicable(db, job.id, self.owner, reasons, now, attempt=job.attempts)
+                scanner = Scanner.of(exc.source.datasets[0] if exc.source is not None else None)
+                for inference in inference_records.declined(
+                        job, [(name, algorithm_of(self.pipeline(name)), d) for name, _, d in exc.declined], scanner):
+                    record_inference(db, inference, now)
                 emit(db, "job.not_applicable", study_uid=job.study_uid, series_uid=job.series_uid, job_id=job.id, now=now,
                      payload={"job": job.id, "route": job.route, "reasons": reasons})
         except (LeaseLost, NodeError, OSError) as inner:

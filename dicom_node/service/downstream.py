@@ -16,6 +16,7 @@ from ..flow.outbox import Outbox
 from ..flow.route_check import describe_route
 from ..flow.routing import route_completed
 from ..flow.worker import worker_main
+from ..monitoring.monitor import Monitor
 from ..notify.notifier import Notifier
 from ..process import StopFlag
 from ..storage.audit import AuditLog
@@ -47,6 +48,9 @@ class Downstream:
         # Notifications go out from the process that sends results (one per index: the sender lock).
         self.notifier = Notifier(config, self._sender_index or index, active=lambda: self.sender.lock.held) \
             if self.sender is not None and config.notifications.subscriptions else None
+        # Monitoring (corrections, drift) from the same process, for the same reason.
+        self.monitor = Monitor(config, self._sender_index or index, active=lambda: self.sender.lock.held) \
+            if self.sender is not None and config.monitoring.enabled else None
         self._context = multiprocessing.get_context("spawn")
         self._stop = StopFlag(self._context)
         self.workers: list[Any] = []
@@ -91,6 +95,8 @@ class Downstream:
                 log.info("No routes configured: series are stored, none analysed or forwarded")
         if self.sender is not None:
             self.sender.start()
+        if self.monitor is not None:
+            self.monitor.start()
         if self.notifier is not None:
             self.notifier.start()
             log.info("Notifications: %d subscription(s) to %s", len(self.config.notifications.subscriptions),
@@ -108,6 +114,8 @@ class Downstream:
             self._stop.set()
         if self.notifier is not None:
             self.notifier.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.sender is not None:
             self.sender.stop()
         if self._sender_index is not None:

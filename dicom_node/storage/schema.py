@@ -29,7 +29,7 @@ from ..errors import IndexError_
 log = logging.getLogger(__name__)
 
 #: The revision this release's code reads and writes.
-HEAD = "0005"
+HEAD = "0006"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 

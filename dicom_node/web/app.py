@@ -46,6 +46,7 @@ from .dashboard import render_dashboard, render_login
 from .events_api import event_routes
 from .guard import STREAMED_PREFIX, LoginThrottle, RequestGuard, Sessions, allowed_host_names, deadline_protocol
 from .metrics import exposition
+from .monitoring_api import monitoring_routes
 from .requests_api import request_routes
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ def create_app(config: NodeConfig, index: Index, readiness: Callable[[], list[st
         Route("/api/audit", audit_tail),
         *request_routes(config, index),
         *event_routes(index),
+        *monitoring_routes(config, index),
         Route("/dicomweb/studies", stow.handle, methods=["POST"]),
         Route("/dicomweb/studies/{study}", stow.handle, methods=["POST"]),
         Route("/dicomweb/{client}/studies", stow.handle, methods=["POST"]),

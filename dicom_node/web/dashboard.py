@@ -34,7 +34,7 @@ _DASHBOARD = _ENV.from_string("""<!doctype html>
 <title>{{ config.node.ae_title }}: dicom-node</title><style>{{ style }}</style></head>
 <body>
 <h1>{{ config.node.ae_title }}</h1>
-<div class="sub">DICOM port {{ config.node.port }} on {{ config.node.host }} &middot; {{ now | when }}</div>
+<div class="sub">DICOM port {{ config.node.port }} on {{ config.node.host }} &middot; {{ now | when }} &middot; <a href="/monitoring">model monitoring</a></div>
 
 <h2>Queue</h2>
 <div class="counts" id="job-counts">

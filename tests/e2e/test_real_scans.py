@@ -116,8 +116,15 @@ def test_real_scans_through_the_node_with_the_shipped_configuration(tmp_path: Pa
             return jobs if jobs and all(job["state"] in ("done", "dead", "not applicable") for job in jobs) else None
 
         jobs = wait_for(finished, 240, "the abdomen job to finish")
+        corrections = _send_reference_as_correction(tmp_path, node.port, series["abdomen"], dcmtk, index_path)
     finally:
         node.stop()
+    # The reference labels came back as a radiologist's corrected SEG: recorded as the baseline's
+    # real-world performance (the body segment, which the reference lacks, counts as deleted).
+    [correction] = corrections
+    dices = {s["name"]: s["dice"] for s in correction["segments"]}
+    assert correction["model"] == "ct-classical-baseline" and dices["body"] == 0.0
+    assert dices["lungs"] >= 0.9 and dices["bone"] >= 0.75, dices  # as scored below: 0.97, 0.84
     assert len(jobs) == 1, jobs  # the MR matched no route: no job at all
     [job] = jobs
     assert (job["state"], job["ran_pipeline"]) == ("done", "ct-baseline"), job["last_error"]
@@ -134,6 +141,40 @@ def test_real_scans_through_the_node_with_the_shipped_configuration(tmp_path: Pa
         if group is not None:  # the reference covers it
             assert real_scans.dice(mask, np.isin(reference, group)) >= (0.6 if name == "bone" else 0.7), name
     assert "lungs" in masks and "bone" in masks
+
+
+def _send_reference_as_correction(tmp_path: Path, port: int, files: list[Path], dcmtk: Dcmtk,
+                                  index_path: Path) -> list[dict[str, object]]:
+    """TotalSegmentator's lungs and bones as a SEG on the node's source series, sent back by
+    storescu as an edited result would be; the corrections the node records (its monitor looks
+    every 15 s)."""
+    from ai.pipeline import BASELINE_LABELS
+    from ai.types import Findings
+    from dicom_node.monitoring.corrections import recent_corrections
+    from dicom_node.results import ResultSettings, build_segmentation
+    from dicom_node.storage.index import Index
+    from dicom_node.storage.volume import load_series
+
+    reference = real_scans.reference_labels()
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[np.isin(reference, real_scans.REFERENCE_GROUPS["lungs"])] = 2
+    labels[np.isin(reference, real_scans.REFERENCE_GROUPS["bone"])] = 3
+    seg = build_segmentation(load_series(files), Findings(labels, BASELINE_LABELS, (), {}, {}, "radiologist", "1"),
+                             "radiologist-edit", ResultSettings())
+    path = tmp_path / "corrected-seg.dcm"
+    seg.save_as(path)
+    sent = processes.run([dcmtk.storescu, "-R", "-aet", "STORESCU", "-aec", "AI_NODE", "127.0.0.1", str(port), str(path)],
+                         env=dcmtk.env(), timeout=120)
+    assert sent.returncode == 0, sent.stderr
+
+    def recorded() -> list[dict[str, object]] | None:
+        index = Index(index_path, synchronous="NORMAL")
+        try:
+            return recent_corrections(index) or None
+        finally:
+            index.close()
+
+    return wait_for(recorded, 60, "the correction to be recorded")
 
 
 @pytest.mark.parametrize(("change", "what"), [
