@@ -78,7 +78,7 @@ def sample_patch(case: Case, size: int, rng: np.random.Generator, focus: float =
         labels = np.pad(labels, widths)
         shape = np.asarray(image.shape)
     if rng.random() < focus:
-        present = [int(c) for c in np.unique(labels) if c != 0]
+        present = [int(c) for c in np.unique(labels) if c not in (0, IGNORE)]
         if present:
             odds = np.asarray([(focus_weights or {}).get(c, 1.0) for c in present], dtype=float)
             cls = present[int(rng.choice(len(present), p=odds / odds.sum()))]
@@ -93,11 +93,19 @@ def sample_patch(case: Case, size: int, rng: np.random.Generator, focus: float =
     return image[sl], labels[sl]
 
 
+#: A label value that says "unknown here": no loss is taken there (a corrected case that names
+#: some of a model's structures and not others, ai/finetune.py).
+IGNORE = 255
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, classes: int, class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy plus soft Dice over the foreground classes present in the batch."""
-    ce = F.cross_entropy(logits, target, weight=class_weights)
+    """Cross-entropy plus soft Dice over the foreground classes present in the batch; voxels
+    labelled IGNORE count in neither."""
+    ce = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE)
     probs = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target, classes).permute(0, 4, 1, 2, 3).float()
+    known = (target != IGNORE).unsqueeze(1).float()
+    onehot = F.one_hot(torch.where(target == IGNORE, 0, target), classes).permute(0, 4, 1, 2, 3).float() * known
+    probs = probs * known
     dims = (0, 2, 3, 4)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)

@@ -13,6 +13,7 @@ from ..errors import ConfigError, NodeError
 from ..storage.file_modes import restrict_new_files
 from .audit import cmd_audit
 from .common import CONFIG_HELP, EXIT_FAILED, EXIT_USAGE, MISSING_HINT, err, fail
+from .learning import cmd_model_versions, cmd_train
 from .models import cmd_models
 from .peers import cmd_echo, cmd_send
 from .privacy import cmd_deidentify
@@ -156,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--check", action="store_true",
                         help="load every configured pipeline and run it on a small phantom CT (exit 1 if one fails)")
     models.set_defaults(func=cmd_models, needs_config=False)
+    versions = models.add_subparsers(dest="action", metavar="{versions,promote,rollback}")
+    listing = versions.add_parser("versions", parents=[common], help="fine-tuned versions: active, shadow (with its record), retired")
+    listing.add_argument("name", nargs="?")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_model_versions, needs_config=True)
+    for action, text in (("promote", "make the version in shadow serve (the comparison is printed)"),
+                         ("rollback", "retire the active version; the one it replaced serves again")):
+        command = versions.add_parser(action, parents=[common], help=text)
+        command.add_argument("name")
+        command.set_defaults(func=cmd_model_versions, needs_config=True)
+
+    train = sub.add_parser("train", help="fine-tune a model on the radiologists' corrections (its new version runs in shadow)")
+    train.add_argument("--from-corrections", action="store_true", required=True)
+    train.add_argument("--base", required=True, help="the model to start from (its active version)")
+    train.add_argument("--steps", type=int, default=300)
+    train.add_argument("--phantoms", type=int, default=8, help="phantoms of its original training data, rehearsed")
+    train.add_argument("--phantom-shape", type=int, nargs=3, default=[150, 176, 176], metavar=("K", "J", "I"))
+    train.add_argument("--evaluate-phantoms", type=int, default=2)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--out", type=Path, help="where the new model folder goes (default: beside monitoring.cases_path)")
+    train.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

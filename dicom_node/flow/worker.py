@@ -35,7 +35,7 @@ from .. import counters
 from ..config import NodeConfig
 from ..errors import CommandOutputError, LeaseLost, NodeError, NotApplicable, PermanentJobError, PipelineError, VolumeError
 from ..logs import log_context, setup_logging
-from ..pipelines.build import Pipeline, build_pipeline
+from ..pipelines.build import Pipeline
 from ..pipelines.command import CommandPipeline
 from ..privacy.outgoing import deid_variant
 from ..results import (
@@ -49,13 +49,14 @@ from ..results.identity import Algorithm
 from ..storage.audit import AuditLog
 from ..storage.events import emit
 from ..storage.index import Index
-from ..storage.inferences import Scanner
+from ..storage.inferences import Inference, Scanner
 from ..storage.inferences import record as record_inference
 from ..storage.store import make_durable_dirs, write_dataset_atomically
 from ..storage.volume import gate_facts, load_series
 from . import inference_records
 from .job_engine import job_queue, run_procrastinate_worker, worker_queues
 from .jobs import Job, JobQueue
+from .model_serving import ServedModels, algorithm_of
 from .outbox import Candidate, Outbox
 from .result_files import write_result_files
 
@@ -74,6 +75,7 @@ class JobOutcome:
     decision: GateDecision | None = None
     declined: list[tuple[str, Algorithm, GateDecision]] = field(default_factory=list)
     scanner: Scanner = Scanner()
+    shadows: list[Inference] = field(default_factory=list)  # shadow versions' runs (model_serving.py)
 
 
 @dataclass
@@ -93,12 +95,6 @@ def file_candidate(variant: str, path: Path, meta: Dataset | None = None) -> Can
         meta = read_file_meta_info(path)
     return Candidate(variant, str(path), str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
                      str(meta.MediaStorageSOPInstanceUID))
-
-
-def algorithm_of(pipeline: Any) -> Algorithm:
-    """A pipeline's identity for its result objects: name, version, family, weights digest."""
-    return Algorithm(str(pipeline.name), str(pipeline.version), getattr(pipeline, "algorithm_family", "Artificial Intelligence"),
-                     str(getattr(pipeline, "weights_digest", "") or ""))
 
 
 def results_folder(root: Path, key: str) -> Path:
@@ -144,7 +140,7 @@ class Worker:
         self.outbox = Outbox(self.index)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
-        self._pipelines: dict[str, Pipeline] = {}
+        self.served = ServedModels(config, self.index)
         self.settings = ResultSettings(seg_series_number=config.results.seg_series_number,
                                        sr_series_number=config.results.sr_series_number,
                                        map_series_number=config.results.map_series_number,
@@ -153,16 +149,16 @@ class Worker:
                                        empty_frames=EmptyFrames(config.results.empty_frames))
 
     def pipeline(self, name: str) -> Pipeline:
-        if name not in self._pipelines:
-            spec = self.config.pipelines.get(name)
-            if spec is None:
-                raise PermanentJobError(f"no pipeline named {name!r} in the configuration")
-            try:
-                self._pipelines[name] = build_pipeline(spec, uncertainty=self.config.results.uncertainty_map, name=name,
-                                                       work_root=Path(self.config.results.path) / "work")
-            except PipelineError as exc:
-                raise PermanentJobError(f"pipeline {name!r}: {exc}") from exc
-        return self._pipelines[name]
+        """The pipeline ``name`` as it serves now: a model's promoted version, else its card."""
+        spec = self.config.pipelines.get(name)
+        if spec is None:
+            raise PermanentJobError(f"no pipeline named {name!r} in the configuration")
+        try:
+            pipeline = self.served.pipeline(name, spec)
+        except PipelineError as exc:
+            raise PermanentJobError(f"pipeline {name!r}: {exc}") from exc
+        assert pipeline is not None
+        return pipeline
 
     # -- one job -------------------------------------------------------------------------
 
@@ -231,6 +227,10 @@ class Worker:
         outcome = JobOutcome(findings, chosen, timings=timings, algorithm=replace(attempt.algorithm, weights_digest=(
             findings.weights_digest if findings is not None else attempt.algorithm.weights_digest)), decision=decision,
             declined=declined, scanner=attempt.scanner)
+        try:
+            outcome.shadows = self.served.shadows(job, source, (chosen, findings), attempt.scanner)
+        except Exception as exc:  # noqa: BLE001 - a shadow version must never change what the job does
+            log.warning("Job %d: the shadow run failed: %s", job.id, exc)
         for path in module_files:  # a module's own DICOM results, as it wrote them (module-N.dcm)
             outcome.files[path.stem] = path
         if findings is None:
@@ -334,6 +334,8 @@ class Worker:
                 if outcome.algorithm is not None and outcome.decision is not None:
                     record_inference(db, inference_records.analysed(job, outcome.pipeline, outcome.algorithm, outcome.decision,
                                                                     outcome.findings, outcome.scanner, outcome.timings), now)
+                for inference in outcome.shadows:
+                    record_inference(db, inference, now)
                 emit(db, "job.done", study_uid=job.study_uid, series_uid=job.series_uid, job_id=job.id, now=now,
                      payload=job_summary(job, outcome.pipeline, outcome.findings, [r for r in rows if r[0] == "sr"]))
         except LeaseLost as exc:
@@ -381,6 +383,12 @@ class Worker:
         """End the job ``not applicable`` (not failed, not retried), with the reasons in the
         job row, the log and the audit trail."""
         reasons = exc.reasons()
+        scanner = Scanner.of(exc.source.datasets[0] if exc.source is not None else None)
+        try:
+            shadows = self.served.shadows(job, exc.source, None, scanner) if exc.source is not None else []
+        except Exception as shadow_error:  # noqa: BLE001 - a shadow version must never change what the job does
+            log.warning("Job %d: the shadow run failed: %s", job.id, shadow_error)
+            shadows = []
         try:
             rows = self._declined_report(job, exc)
             now = self.clock()
@@ -388,9 +396,8 @@ class Worker:
                 for obj, peer, candidates in rows:
                     Outbox.add(db, job.id, job.key, obj, peer, candidates, now)
                 JobQueue.mark_not_applicable(db, job.id, self.owner, reasons, now, attempt=job.attempts)
-                scanner = Scanner.of(exc.source.datasets[0] if exc.source is not None else None)
-                for inference in inference_records.declined(
-                        job, [(name, algorithm_of(self.pipeline(name)), d) for name, _, d in exc.declined], scanner):
+                for inference in [*inference_records.declined(
+                        job, [(name, algorithm_of(self.pipeline(name)), d) for name, _, d in exc.declined], scanner), *shadows]:
                     record_inference(db, inference, now)
                 emit(db, "job.not_applicable", study_uid=job.study_uid, series_uid=job.series_uid, job_id=job.id, now=now,
                      payload={"job": job.id, "route": job.route, "reasons": reasons})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: What became of the series under one pipeline.
-OUTCOMES = ("analysed", "declined", "failed")
+OUTCOMES = ("analysed", "declined", "failed", "shadow")
 
 
 @dataclass(frozen=True)

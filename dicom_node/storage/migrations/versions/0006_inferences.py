@@ -1,7 +1,8 @@
 """Post-market monitoring: ``inferences`` holds one row per pipeline a job held a series against
 (what ran, what declined, what failed, with the gate's measures, per-structure confidence and
 volume, the scanner), written in the transaction that ends the job; ``corrections`` holds what
-a radiologist's edited segmentation says of the node's (per-segment Dice and surface distance).
+a radiologist's edited segmentation says of the node's (per-segment Dice and surface distance);
+``model_versions`` which fine-tuned version of a model is active, in shadow or retired.
 
 Revision ID: 0006
 Revises: 0005
@@ -57,6 +58,18 @@ CREATE TABLE IF NOT EXISTS corrections (
     mean_dice REAL,
     segments TEXT NOT NULL DEFAULT '[]',
     case_path TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    changed_at REAL NOT NULL,
+    replaced_id INTEGER,
+    note TEXT NOT NULL DEFAULT '',
+    UNIQUE (name, version)
 )
 """
 
@@ -68,6 +81,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("model_versions")
     op.drop_table("corrections")
     op.drop_index("inferences_by_job", table_name="inferences")
     op.drop_index("inferences_by_model", table_name="inferences")
