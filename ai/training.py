@@ -159,7 +159,9 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
     model = UNet3D(classes=config.classes, features=config.features, norm=config.norm)
     freeze_step = int(config.steps * config.freeze_norm_at) if config.norm == "batch" else None
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    # A tenth of the steps warming up (at least two steps, at most half: OneCycleLR divides by each phase's length).
+    warm = min(0.5, max(0.1, 2.0 / max(config.steps, 1)))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=warm)
     weights = torch.ones(config.classes)
     weights[0] = 0.5
     for cls, weight in (config.class_weights or {}).items():
