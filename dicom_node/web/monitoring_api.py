@@ -37,6 +37,15 @@ JSON: <a href="/api/drift">drift</a>, <a href="/api/inferences">inferences</a> (
 <tr><td colspan="6"><img class="chart" alt="gate distance and confidence of {{ d.key }}" src="/monitoring/chart.png?model={{ d.model | urlencode }}&version={{ d.model_version | urlencode }}&scanner={{ d.scanner | urlencode }}"></td></tr>
 {% else %}<tr><td colspan="6">no inference recorded yet</td></tr>{% endfor %}
 </table>
+<h2>Recent inferences</h2>
+<table id="inferences"><tr><th>when</th><th>job</th><th>model</th><th>outcome</th><th>delivery</th><th>gate distance</th>
+<th>mean confidence</th><th>scanner</th><th>series</th></tr>
+{% for r in records %}<tr><td>{{ when(r.created_at) }}</td><td>{{ r.job_id }}</td><td>{{ r.model }} {{ r.model_version }}</td>
+<td class="state {{ 'done' if r.outcome == 'analysed' else 'failed' if r.outcome == 'failed' else 'not_applicable' }}">{{ r.outcome }}</td>
+<td>{{ r.delivery }}</td><td>{{ num(r.gate_distance) }}</td><td>{{ num(r.mean_confidence) }}</td><td>{{ r.scanner }}</td>
+<td>{{ r.series_description }}</td></tr>
+{% else %}<tr><td colspan="9">none yet</td></tr>{% endfor %}
+</table>
 <h2>Corrections (radiologists' edits of the node's segmentations)</h2>
 <table id="corrections"><tr><th>when</th><th>model</th><th>scanner</th><th>source series</th><th>mean Dice</th><th>per segment (Dice, mean surface distance mm)</th></tr>
 {% for c in corrections %}<tr><td>{{ when(c.created_at) }}</td><td>{{ c.model }} {{ c.model_version }}</td><td>{{ c.scanner }}</td>
@@ -95,6 +104,7 @@ def monitoring_routes(config: NodeConfig, index: Index) -> list[Route]:
     def page(request: Request) -> Response:
         return HTMLResponse(_PAGE.render(style=_STYLE, section=section, drifts=drift_module.measure(index, section, time.time()),
                                          corrections=recent_corrections(index, 50), num=_number, pct=_percent,
+                                         records=query(index, RecordFilter(limit=50)),
                                          when=lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(float(t)))))
 
     def chart(request: Request) -> Response:

@@ -52,6 +52,7 @@ def test_drift_page_and_chart(client: TestClient) -> None:
     assert drift["judged"] is False  # 25 records in the reference window, none recent
     page = client.get("/monitoring").text
     assert "ct-organs 2.0.0 on ACME Scan 64" in page and "too few records to judge" in page
+    assert page.count('class="state done">analysed') == 20 and page.count(">declined<") == 5  # the recent records
     chart = client.get("/monitoring/chart.png", params={"model": "ct-organs", "version": "2.0.0", "scanner": "ACME Scan 64"})
     assert chart.status_code == 200 and chart.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get("/monitoring/chart.png", params={"model": "nope"}).status_code == 404
