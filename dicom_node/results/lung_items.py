@@ -18,13 +18,13 @@ from pydicom.dataset import Dataset
 
 from ai.types import Findings
 
+from .units import HOUNSFIELD, PERCENT
+
 MEAN_LUNG_DENSITY = hd.sr.CodedConcept("112181", "DCM", "Mean Attenuation Coefficient")
 LAA950 = hd.sr.CodedConcept("LAA950", "99DCMNODE", "Percent of lung below -950 HU (LAA%-950)")
 PERC15 = hd.sr.CodedConcept("PERC15", "99DCMNODE", "15th percentile of lung attenuation (Perc15)")
 SLICE_THICKNESS = hd.sr.CodedConcept("112225", "DCM", "Slice Thickness")
 RECONSTRUCTION_ALGORITHM = hd.sr.CodedConcept("113961", "DCM", "Reconstruction Algorithm")
-_HU = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
-_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
 
 
 def density_of(findings: Findings) -> dict[str, Any]:
@@ -36,11 +36,11 @@ def lung_measurements(findings: Findings, side: str | None) -> list[hd.sr.Measur
     row = next((r for r in density_of(findings).get("rows", []) if r.get("side") == side), None)
     if row is None:
         return []
-    items = [hd.sr.Measurement(name=MEAN_LUNG_DENSITY, value=row["mld_hu"], unit=_HU)]
+    items = [hd.sr.Measurement(name=MEAN_LUNG_DENSITY, value=row["mld_hu"], unit=HOUNSFIELD)]
     if row.get("laa950_percent") is not None:
-        items.append(hd.sr.Measurement(name=LAA950, value=row["laa950_percent"], unit=_PERCENT))
+        items.append(hd.sr.Measurement(name=LAA950, value=row["laa950_percent"], unit=PERCENT))
     if row.get("perc15_hu") is not None:
-        items.append(hd.sr.Measurement(name=PERC15, value=row["perc15_hu"], unit=_HU))
+        items.append(hd.sr.Measurement(name=PERC15, value=row["perc15_hu"], unit=HOUNSFIELD))
     return items
 
 

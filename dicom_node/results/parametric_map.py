@@ -44,11 +44,11 @@ from .identity import (
     set_content_datetime,
 )
 from .seg import source_frame_order
+from .units import NO_UNITS
 
 #: What the values mean: no standard code names a model's uncertainty, so a private one, with
 #: its meaning in the Real World Value Mapping's explanation.
 UNCERTAINTY = hd.sr.CodedConcept("UNCERTAINTY", "99DCMNODE", "Model uncertainty (1 - winning class probability)")
-_NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 
 
 def uncertainty_values(findings: Findings) -> np.ndarray:
@@ -70,7 +70,7 @@ def build_uncertainty_map(source: SeriesVolume, findings: Findings, job_key: str
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="UNCERTAINTY",
         lut_explanation=f"1 - probability of the chosen class ({findings.model_name} {findings.model_version})"[:64],
-        unit=_NO_UNITS,
+        unit=NO_UNITS,
         value_range=(0.0, 1.0),
         slope=1.0,
         intercept=0.0,

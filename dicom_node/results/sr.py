@@ -36,21 +36,10 @@ from .identity import (
     sr_algorithm,
 )
 from .lung_items import lung_conditions, lung_measurements, lung_withheld
+from .units import HOUNSFIELD, MILLILITER, MILLIMETER, NO_UNITS
 
 #: SNOMED CT Lung: the segment whose groups carry the lung densitometry.
 LUNG = "39607008"
-
-_UNIT_ML = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
-
-
-_UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
-
-
-_UNIT_HU = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
-
-
-_UNIT_NONE = hd.sr.CodedConcept("1", "UCUM", "no units")
-
 
 _STANDARD_DEVIATION = hd.sr.CodedConcept("386136009", "SCT", "Standard Deviation")
 
@@ -124,7 +113,7 @@ _LATERALITY = {"left": hd.sr.CodedConcept("7771000", "SCT", "Left"), "right": hd
 
 
 def _intensity_unit(modality: str) -> hd.sr.CodedConcept:
-    return _UNIT_HU if modality == "CT" else _UNIT_NONE
+    return HOUNSFIELD if modality == "CT" else NO_UNITS
 
 
 def _segment_groups(
@@ -148,7 +137,7 @@ def _segment_groups(
         algorithm_id=algorithm,
         # Bare NUM items (no children): OHIF reads any child of a NUM as its image coordinates.
         measurements=[
-            hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=_UNIT_ML),
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=MILLILITER),
             hd.sr.Measurement(name=codes.SCT.Mean, value=round(measurement.mean, 2), unit=unit),
             hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
             *extra,
@@ -163,7 +152,7 @@ def _segment_groups(
         algorithm_id=algorithm,
         # A diameter only across one connected structure; a row of several carries none.
         measurements=None if diameter is None else [
-            hd.sr.Measurement(name=codes.SCT.Diameter, value=round(diameter, 2), unit=_UNIT_MM)],
+            hd.sr.Measurement(name=codes.SCT.Diameter, value=round(diameter, 2), unit=MILLIMETER)],
     )
     return [volumetric, planar]
 
@@ -177,9 +166,9 @@ def _side_group(
     assert measurement.side is not None
     unit = _intensity_unit(source.volume.modality)
     items = [] if measurement.longest_axial_diameter_mm is None else [
-        hd.sr.Measurement(name=codes.SCT.Diameter, value=round(measurement.longest_axial_diameter_mm, 2), unit=_UNIT_MM)]
+        hd.sr.Measurement(name=codes.SCT.Diameter, value=round(measurement.longest_axial_diameter_mm, 2), unit=MILLIMETER)]
     items += [
-        hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=_UNIT_ML),
+        hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 3), unit=MILLILITER),
         hd.sr.Measurement(name=codes.SCT.Mean, value=round(measurement.mean, 2), unit=unit),
         hd.sr.Measurement(name=_STANDARD_DEVIATION, value=round(measurement.std, 2), unit=unit),
         *extra,
@@ -200,11 +189,11 @@ def _lesion_group(
     source: SeriesVolume, info: LabelInfo, measurement: Measurement, job_key: str, algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     measurements = [
-        hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(measurement.longest_axial_diameter_mm or 0.0, 2), unit=_UNIT_MM),
-        hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 4), unit=_UNIT_ML),
+        hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(measurement.longest_axial_diameter_mm or 0.0, 2), unit=MILLIMETER),
+        hd.sr.Measurement(name=codes.SCT.Volume, value=round(measurement.volume_ml, 4), unit=MILLILITER),
     ]
     if measurement.score is not None:
-        measurements.append(hd.sr.Measurement(name=_PROBABILITY, value=round(measurement.score, 4), unit=_UNIT_NONE))
+        measurements.append(hd.sr.Measurement(name=_PROBABILITY, value=round(measurement.score, 4), unit=NO_UNITS))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid(job_key, f"lesion-{info.value}-{measurement.lesion_index}"),
