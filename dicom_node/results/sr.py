@@ -5,8 +5,9 @@ referencing the SEG segment) and one per lesion (TID 1410, planar: the longest a
 a polyline on its key slice, with the lesion's volume and score). OHIF takes the first child of
 a NUM item as that measurement's image coordinates (and fails on a NUM whose child is, say, an
 algorithm name), so NUM items carry no children: the algorithm is named once per group. Lesion
-groups carry image coordinates, which is what OHIF draws. Classification results are a TID 1501
-group of qualitative evaluations (present / absent) that references the key image. A series the
+groups carry image coordinates, which is what OHIF draws. Each classification result is a TID 1501
+group of its own (tracking identifier and UID, present / absent) and is repeated among the
+report's Qualitative Evaluations. A series the
 node declined gets a report that says so and why (:func:`build_declined_report`)."""
 
 from __future__ import annotations
@@ -207,6 +208,23 @@ def _lesion_group(
     )
 
 
+def _classification_groups(findings: Findings, job_key: str,
+                           algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Each classification finding ("liver lesion present") as a TID 1501 group of its own, with
+    a tracking identifier and UID (IHE AI Results: every finding is trackable), the algorithm,
+    and the present/absent evaluation with its score."""
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(job_key, f"finding-{name}"), identifier=name),
+            algorithm_id=algorithm,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                name=hd.sr.CodedConcept(name.upper().replace(" ", "_")[:16], "99DCMNODE", f"{name} (score {findings.scores[name]:.2f})"),
+                value=_PRESENT if present else _ABSENT)],
+        )
+        for name, present in sorted(findings.findings.items())
+    ]
+
+
 #: TID 1500 row "Qualitative Evaluations": findings about the whole series, outside any group.
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
@@ -282,6 +300,7 @@ def build_report(
     for measurement in findings.measurements:
         if measurement.lesion_index is not None and measurement.voxel_count:
             groups.append(_lesion_group(source, findings.label(measurement.label), measurement, job_key, algorithm))
+    groups.extend(_classification_groups(findings, job_key, algorithm))
 
     report = _measurement_report(source, settings, f"{findings.model_name} {findings.model_version}", groups,
                                  derive_uid(job_key, "nothing"), "nothing found")

@@ -17,7 +17,7 @@ from ai.phantom import Phantom, make_phantom
 from ai.registry import ModelRegistry
 from ai.types import UNCERTAINTY_STEPS, Findings
 from dicom_node.results import ResultSettings, build_declined_report, build_report, build_segmentation
-from dicom_node.results.identity import Algorithm
+from dicom_node.results.identity import Algorithm, derive_uid
 from dicom_node.results.key_images import build_key_images, key_slices
 from dicom_node.results.parametric_map import build_uncertainty_map
 from dicom_node.storage.volume import SeriesVolume, load_series
@@ -140,3 +140,19 @@ def test_the_key_images_are_the_lesions_key_slices(source: SeriesVolume, finding
     assert len(key_slices(findings)) == len(expected)
     nothing = replace(findings, measurements=())
     assert build_key_images(source, nothing, "air-job", ResultSettings()) is None
+
+
+def test_each_classification_finding_is_a_tracked_group(objects: dict[str, Dataset]) -> None:
+    groups = [item for item in _walk(list(objects["sr"].ContentSequence)) if item.ValueType == "CONTAINER"
+              and item.ConceptNameCodeSequence[0].CodeValue == "125007"]
+    tracked = {}
+    for group in groups:
+        ids = {i.ConceptNameCodeSequence[0].CodeValue: i for i in group.ContentSequence}
+        if "112039" in ids:
+            tracked[str(ids["112039"].TextValue)] = group
+    group = tracked["liver lesion present"]
+    evaluation = [i for i in group.ContentSequence if i.ValueType == "CODE"
+                  and i.ConceptNameCodeSequence[0].CodeMeaning == "liver lesion present (score 0.90)"]
+    assert evaluation and evaluation[0].ConceptCodeSequence[0].CodeMeaning == "Present"
+    uid = next(i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "112040").UID
+    assert uid == derive_uid("air-job", "finding-liver lesion present")
