@@ -76,3 +76,44 @@ def test_an_edited_seg_is_measured_against_the_node_s(make_config: Callable[...,
     assert (row["model"], row["model_version"]) == ("ct-classical-baseline", ClassicalCTPipeline.version)
     case = Path(row["case_path"])
     assert len(list((case / "source").iterdir())) == len(files) and (case / "corrected-seg.dcm").exists()
+
+
+def test_a_case_kept_de_identified_still_trains(make_config: Callable[..., NodeConfig], tmp_path: Path) -> None:
+    """monitoring.cases_deidentify: the kept case holds no patient identity, and its SEG still
+    refers to its series (the site key maps UIDs alike), so it loads as a training case."""
+    import os
+
+    import pydicom
+
+    from ai.registry import ModelRegistry
+    from dicom_node.monitoring.training_cases import load_case
+
+    key = tmp_path / "site.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = make_config(routes=[{"name": "ct", "match": {"modality": "CT"}, "pipeline": "baseline", "destinations": []}],
+                         pipelines={"baseline": {"kind": "classical"}}, results={"path": str(tmp_path / "results")},
+                         deidentification={"key_file": str(key), "profiles": {"training": {"options": []}}},
+                         monitoring={"cases_path": str(tmp_path / "cases"), "cases_deidentify": "training"})
+    phantom = make_phantom(8, shape=(30, 80, 80), spacing=(3.0, 3.0, 3.0), liver_lesions=(0, 0), lung_nodules=(0, 0))
+    files = write_volume_series(phantom.volume, tmp_path / "series", seed=8, patient_name="Doe^Jane", patient_id="MRN4711")
+    worker = Worker(config)
+    index_series(worker.index, files)
+    route_completed(worker.index, config, now=1000)
+    assert worker.run(Event(), burst=True) == 1
+    source = load_series(files)
+    findings = ClassicalCTPipeline().run(source.volume)
+    corrected = build_segmentation(source, replace(findings, measurements=()), "the-radiologist", ResultSettings())
+    path = tmp_path / "corrected.dcm"
+    corrected.save_as(path)
+    _receive(worker, path, 2000.0)
+    [row] = scan(worker.index, config)[0]
+    worker.close()
+    kept = sorted(Path(row["case_path"]).rglob("*.dcm"))
+    assert len(kept) == len(files) + 1
+    for item in kept:
+        ds = pydicom.dcmread(item)
+        assert "Doe" not in str(ds.get("PatientName", "")) and ds.get("PatientID") != "MRN4711"
+    case = load_case(Path(row["case_path"]), list(ModelRegistry().get("ct-organs").data.labels))
+    assert case is not None and case.labels.shape == source.volume.shape
+    assert (case.labels == 1).sum() == (findings.label_map == 2).sum()  # the baseline's lungs, as ct-organs' label 1
