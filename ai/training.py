@@ -137,6 +137,8 @@ class TrainConfig:
     class_weights: dict[int, float] | None = None
     #: Odds of each class as the centre of a focused patch (1 unless given here).
     focus_weights: dict[int, float] | None = None
+    #: "cpu", "cuda" or "auto" (CUDA when present, ai.inference.select_device).
+    device: str = "cpu"
 
 
 def _freeze_norms(model: torch.nn.Module) -> None:
@@ -156,6 +158,9 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
+    from .inference import select_device
+
+    device = select_device(config.device)
     model = UNet3D(classes=config.classes, features=config.features, norm=config.norm)
     freeze_step = int(config.steps * config.freeze_norm_at) if config.norm == "batch" else None
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
@@ -178,6 +183,8 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
         start = int(state["step"])
     elif init is not None:
         model.load_state_dict(init)
+    model.to(device)
+    weights = weights.to(device)
     model.train()
     if freeze_step is not None and start > freeze_step:
         _freeze_norms(model)  # the checkpoint holds the frozen statistics
@@ -192,7 +199,7 @@ def train(cases: list[Case], config: TrainConfig, out: Path,
         # Intensity augmentation: small gain and offset, as scanners differ.
         image = image * float(rng.uniform(0.95, 1.05)) + float(rng.uniform(-0.02, 0.02))
         target = torch.from_numpy(np.stack([p[1] for p in patches]).astype(np.int64))
-        loss = dice_ce_loss(model(image), target, config.classes, weights)
+        loss = dice_ce_loss(model(image.to(device)), target.to(device), config.classes, weights)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -231,7 +238,7 @@ def recalibrate_batchnorm(model: UNet3D, cases: list[Case], config: TrainConfig,
     with torch.no_grad():
         for _ in range(batches):
             patches = [sample_patch(cases[int(rng.integers(len(cases)))], patch, rng, focus=0.0) for _ in range(4)]
-            model(torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy()))
+            model(torch.from_numpy(np.stack([p[0] for p in patches])[:, None].copy()).to(next(model.parameters()).device))
     for norm in norms:
         norm.momentum = 0.1
     _freeze_norms(model)

@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--phantom-shape", type=int, nargs=3, default=[150, 176, 176], metavar=("K", "J", "I"))
     train.add_argument("--evaluate-phantoms", type=int, default=2)
     train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     train.add_argument("--out", type=Path, help="where the new model folder goes (default: beside monitoring.cases_path)")
     train.add_argument("--models-dir", type=Path, action="append", help="another folder of model folders")
     train.set_defaults(func=cmd_train)
