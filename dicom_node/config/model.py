@@ -85,6 +85,14 @@ class NodeConfig(_Section):
     @model_validator(mode="after")
     def _check_routes(self) -> NodeConfig:
         peers = {p.name: p for p in self.peers}
+        kept = self.monitoring.cases_deidentify
+        if kept is not None and kept not in self.deidentification.profiles:
+            known = ", ".join(sorted(self.deidentification.profiles)) or "none"
+            raise ValueError(f"monitoring.cases_deidentify: no de-identification profile named {kept!r} "
+                             f"(deidentification.profiles: {known})")
+        if kept is not None and self.deidentification.key_file is None:
+            raise ValueError("monitoring.cases_deidentify is set but deidentification.key_file is not (the site secret "
+                             "pseudonyms are made from)")
         if any(r.deidentifies for r in self.routes) and self.deidentification.key_file is None:
             raise ValueError("routes de-identify but deidentification.key_file is not set (the site secret pseudonyms "
                              "are made from)")

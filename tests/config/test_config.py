@@ -169,3 +169,13 @@ def test_deidentified_targets_name_a_profile_and_need_the_site_key(tmp_path: Pat
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config_dict(tmp_path, peers=peers, routes=[route], deidentification=deid)))
     assert main(["--config", str(path), "serve"]) == 2
+
+
+def test_kept_cases_need_a_known_profile_and_the_site_key(tmp_path: Path) -> None:
+    from ..conftest import config_dict
+
+    with pytest.raises(ConfigError, match="monitoring.cases_deidentify: no de-identification profile named 'nope'"):
+        parse_config(config_dict(tmp_path, monitoring={"cases_deidentify": "nope"}), "test")
+    with pytest.raises(ConfigError, match="deidentification.key_file is not"):
+        parse_config(config_dict(tmp_path, monitoring={"cases_deidentify": "training"},
+                                 deidentification={"profiles": {"training": {"options": []}}}), "test")
