@@ -124,9 +124,9 @@ def test_config_is_accepted_after_every_command() -> None:
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     required = {"echo": ["pacs"], "send": ["x.dcm", "--to", "pacs"], "init": [], "audit": ["verify"],
                 "deidentify": ["in", "out", "--profile", "research"], "find": ["--on", "pacs"],
-                "retrieve": ["1.2.3", "--from", "pacs"]}
+                "retrieve": ["1.2.3", "--from", "pacs"], "train": ["--from-corrections", "--base", "ct-organs"]}
     assert {"serve", "echo", "send", "status", "jobs", "worker", "demo", "models", "init", "routes", "audit",
-            "deidentify", "find", "retrieve", "requests"} <= set(commands)
+            "deidentify", "find", "retrieve", "requests", "train"} <= set(commands)
     for command in commands:
         after = parser.parse_args([command, *required.get(command, []), "--config", "after.yaml"])
         assert after.config == Path("after.yaml"), command
@@ -134,6 +134,8 @@ def test_config_is_accepted_after_every_command() -> None:
         assert before.config == Path("before.yaml"), command
         both = parser.parse_args(["--config", "before.yaml", command, *required.get(command, []), "--config", "after.yaml"])
         assert both.config == Path("after.yaml"), command
+    for action in (["versions"], ["promote", "ct-organs"], ["rollback", "ct-organs"]):  # models' own commands
+        assert parser.parse_args(["models", *action, "--config", "after.yaml"]).config == Path("after.yaml"), action
 
 
 def test_status_with_config_after_the_command(cli_config: Path) -> None:
