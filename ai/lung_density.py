@@ -85,8 +85,9 @@ def _row(region: str, side: str | None, values: np.ndarray, voxel_ml: float, tai
     )
 
 
-def lung_density(volume: Volume, lungs: np.ndarray) -> LungDensity:
-    """The numbers of ``lungs`` (a boolean mask on ``volume``'s grid, in HU), or why not."""
+def lung_density(volume: Volume, lungs: np.ndarray, midline: float | None = None) -> LungDensity:
+    """The numbers of ``lungs`` (a boolean mask on ``volume``'s grid, in HU), or why not;
+    ``midline``: the body's (measure.midline_x), when the caller has it already."""
     thickness = volume.effective_thickness_mm
     if not lungs.any():
         return LungDensity((), thickness, ("no lungs found",))
@@ -97,7 +98,7 @@ def lung_density(volume: Volume, lungs: np.ndarray) -> LungDensity:
                                            "volumes and indices need the whole lung",))
     box = (slice(int(present[0]), int(present[-1]) + 1), slice(0, lungs.shape[1]), slice(0, lungs.shape[2]))
     local = lungs[box]
-    left = left_of_midline(volume, box, midline_x(volume)) & local
+    left = left_of_midline(volume, box, midline_x(volume) if midline is None else midline) & local
     right = local & ~left
     voxel_ml = volume.voxel_volume_ml
     small = [f"the {side} lung holds {int(mask.sum()) * voxel_ml:.0f} mL, less than {MIN_SIDE_ML:.0f} mL (not a whole lung)"

@@ -161,7 +161,7 @@ def left_of_midline(volume: Volume, box: tuple[slice, slice, slice], midline: fl
     return out
 
 
-def with_vessels(lungs: np.ndarray, volume: Volume) -> np.ndarray:
+def with_vessels(lungs: np.ndarray, volume: Volume, midline: float | None = None) -> np.ndarray:
     """``lungs`` with what each lung encloses on its slice (vessels, airway walls, nodules):
     the holes of each side's mask, filled one slice at a time. Per side, because both lungs
     together enclose the mediastinum where they meet in front of and behind the heart."""
@@ -170,7 +170,7 @@ def with_vessels(lungs: np.ndarray, volume: Volume) -> np.ndarray:
     if not found or found[0] is None:
         return out
     box = found[0]
-    left = left_of_midline(volume, box, midline_x(volume))
+    left = left_of_midline(volume, box, midline_x(volume) if midline is None else midline)
     local, target = lungs[box], out[box]  # a view: filling it fills ``out``
     for n in range(local.shape[0]):
         for side in (left[n], ~left[n]):
@@ -224,7 +224,7 @@ def probability_score(probabilities: dict[int, np.ndarray], shape: tuple[int, in
 
 
 def measure_all(label_map: np.ndarray, volume: Volume, labels: tuple[LabelInfo, ...],
-                lesion_score: LesionScore | None = None) -> list[Measurement]:
+                lesion_score: LesionScore | None = None, midline: float | None = None) -> list[Measurement]:
     """One measurement per present label (a diameter only when the label is one connected
     structure), then one per side of each paired organ (``is_paired``), then one per lesion
     (connected component of a lesion label), with its score: ``lesion_score(label,
@@ -249,9 +249,10 @@ def measure_all(label_map: np.ndarray, volume: Volume, labels: tuple[LabelInfo, 
             lesion_boxes.append((info, box, offset))
         elif is_paired(info):
             sides.append((info, box))
-    midline = midline_x(volume) if sides else 0.0
+    if sides and midline is None:
+        midline = midline_x(volume)
     for info, box in sides:
-        results.extend(measure_sides(label_map[box] == info.value, volume, info, box, midline))
+        results.extend(measure_sides(label_map[box] == info.value, volume, info, box, midline))  # type: ignore[arg-type]
     for info, box, offset in lesion_boxes:
         labelled, count = components(label_map[box] == info.value)
         for n, sub in enumerate(ndimage.find_objects(labelled), start=1):

@@ -20,7 +20,7 @@ from scipy import ndimage
 from .digest import file_digest, rules_digest
 from .inference import release_free_memory, select_device, sliding_window
 from .lung_density import lung_density
-from .measure import measure_all, probability_score, with_vessels
+from .measure import measure_all, midline_x, probability_score, with_vessels
 from .postprocess import components, postprocess
 from .preprocess import Crop, apply_steps, body_crop, crop, resample_labels
 from .registry import ModelCard, load_model
@@ -244,10 +244,11 @@ class ClassicalCTPipeline:
         labels[lungs] = 2
         labels[bone] = 3
         nodules = self.nodule_candidates(hu, labels, volume)
-        labels[with_vessels(lungs, volume) & (labels == 1)] = 2
+        midline = midline_x(volume)  # one body midline for the vessels, the sides and the densitometry
+        labels[with_vessels(lungs, volume, midline) & (labels == 1)] = 2
         labels[nodules] = 4
-        measurements = measure_all(labels, volume, BASELINE_LABELS)
-        density = lung_density(volume, labels == 2)
+        measurements = measure_all(labels, volume, BASELINE_LABELS, midline=midline)
+        density = lung_density(volume, labels == 2, midline)
         return Findings(labels, BASELINE_LABELS, tuple(measurements), {}, {}, self.name, self.version,
                         algorithm_family=self.algorithm_family,
                         extra={"timings": {"total": time.perf_counter() - started}, "lung_density": density.as_dict()})

@@ -16,7 +16,7 @@ from ..storage.inferences import Inference, Scanner
 from .jobs import Job
 
 
-def _distance(decision: GateDecision | None) -> float | None:
+def gate_distance(decision: GateDecision | None) -> float | None:
     value = None if decision is None else decision.measures.get("distance")
     return float(value) if isinstance(value, (int, float)) else None
 
@@ -24,7 +24,7 @@ def _distance(decision: GateDecision | None) -> float | None:
 def _base(job: Job, name: str, algorithm: Algorithm, scanner: Scanner, decision: GateDecision | None) -> dict[str, Any]:
     return {"job_id": job.id, "job_key": job.key, "route": job.route, "pipeline": name, "model": algorithm.name,
             "model_version": algorithm.version, "device_uid": algorithm.device_uid, "study_uid": job.study_uid,
-            "series_uid": job.series_uid, "scanner": scanner, "gate_distance": _distance(decision)}
+            "series_uid": job.series_uid, "scanner": scanner, "gate_distance": gate_distance(decision)}
 
 
 def declined(job: Job, considered: Sequence[tuple[str, Algorithm, GateDecision]], scanner: Scanner) -> list[Inference]:

@@ -25,6 +25,7 @@ from ..storage import model_versions
 from ..storage.index import Index
 from ..storage.inferences import Inference, Scanner
 from ..storage.volume import gate_facts
+from .inference_records import gate_distance
 from .jobs import Job
 
 
@@ -107,8 +108,7 @@ def _record(job: Job, name: str, pipeline: Any, scanner: Scanner, decision: Any,
             findings: Findings | None = None) -> Inference:
     algorithm = algorithm_of(pipeline) if pipeline is not None else None
     confidence = list((findings.extra.get("confidence", {}) if findings is not None else {}).values())
-    distance = decision.measures.get("distance") if decision is not None else None
     return Inference(job.id, job.key, job.route, name, algorithm.name if algorithm else "", algorithm.version if algorithm else "",
                      algorithm.device_uid if algorithm else "", job.study_uid, job.series_uid, "shadow",
-                     bool(decision is not None and decision.applicable), float(distance) if distance is not None else None,
+                     bool(decision is not None and decision.applicable), gate_distance(decision),
                      scanner, float(np.mean(confidence)) if confidence else None, details)

@@ -28,6 +28,7 @@ from ..flow.worker import results_folder
 from ..storage.events import emit
 from ..storage.index import Index
 from ..storage.volume import load_series
+from .records import scanner_label
 
 log = logging.getLogger(__name__)
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -181,5 +182,5 @@ def recent_corrections(index: Index, limit: int = 200) -> list[dict[str, Any]]:
     rows = [dict(r) for r in index.query("SELECT * FROM corrections ORDER BY id DESC LIMIT ?", (limit,))]
     for row in rows:
         row["segments"] = json.loads(row["segments"] or "[]")
-        row["scanner"] = " ".join(p for p in (row.get("manufacturer") or "", row.get("scanner_model") or "") if p) or "unknown scanner"
+        row["scanner"] = scanner_label(row)
     return rows

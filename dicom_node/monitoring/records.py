@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..storage.index import Index
+from ..storage.inferences import Scanner
 
 #: The flat columns of an export (details stay JSON in its last column).
 COLUMNS = ("id", "created_at", "job_id", "route", "pipeline", "model", "model_version", "device_uid", "study_uid",
@@ -71,7 +72,8 @@ def query(index: Index, where: RecordFilter) -> list[dict[str, Any]]:
 
 
 def scanner_label(row: dict[str, Any]) -> str:
-    return " ".join(p for p in (str(row.get("manufacturer") or ""), str(row.get("scanner_model") or "")) if p) or "unknown scanner"
+    """A record's scanner as drift groups it (storage.inferences.Scanner.label)."""
+    return Scanner(str(row.get("manufacturer") or ""), str(row.get("scanner_model") or "")).label
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
